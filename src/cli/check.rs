@@ -1,0 +1,46 @@
+//! `keygate check`: validates the config and the key store, naming file, line
+//! and field for every problem.
+
+use super::{CliError, ConfigArg};
+use crate::config::{self, Config, StoreLocation};
+use crate::keys::{Access, FileStore, KeyIndex};
+
+pub fn run(args: &ConfigArg) -> Result<(), CliError> {
+    let path = config::resolve_path(args.config.as_deref());
+    let config = Config::load(&path)?;
+    if let Some(tls) = &config.server.tls {
+        for p in [&tls.cert, &tls.key] {
+            std::fs::metadata(p).map_err(|e| {
+                CliError::user(format!(
+                    "{}: server.tls: cannot read {}: {e}",
+                    path.display(),
+                    p.display()
+                ))
+            })?;
+        }
+    }
+    let store = match &config.keys.store {
+        StoreLocation::File(p) => FileStore::new(p.clone()),
+        StoreLocation::Postgres(_) => {
+            return Err(CliError::user(
+                "the PostgreSQL store is not supported by this build yet",
+            ));
+        }
+    };
+    let snapshot = store.load()?;
+    let index = KeyIndex::build(&snapshot);
+    println!("{}: ok", path.display());
+    println!(
+        "{}: ok, {} key(s): {} read-only, {} full-access; {} revoked hash(es){}",
+        store.path().display(),
+        snapshot.keys.len(),
+        index.count(Access::ReadOnly),
+        index.count(Access::FullAccess),
+        snapshot.revoked.len(),
+        match index.revoked_in_store() {
+            0 => String::new(),
+            n => format!("; {n} key(s) in the store are revoked and refused"),
+        }
+    );
+    Ok(())
+}

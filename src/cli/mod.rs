@@ -1,0 +1,88 @@
+//! The `keygate` command line: argument shapes (clap) and dispatch. Each
+//! subcommand lives in its own file; all of them return `CliError`, which
+//! `main` prints as one line.
+
+mod check;
+mod keys;
+mod snippet;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A failed command: a one-line message and its exit code.
+#[derive(Debug)]
+pub struct CliError {
+    message: String,
+    code: u8,
+}
+
+impl CliError {
+    /// A user error (exit 1): bad input, missing file, refused change.
+    pub fn user(message: impl Into<String>) -> Self {
+        CliError {
+            message: message.into(),
+            code: 1,
+        }
+    }
+
+    /// A usage error (exit 2): the command line itself is wrong.
+    pub fn usage(message: impl Into<String>) -> Self {
+        CliError {
+            message: message.into(),
+            code: 2,
+        }
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        self.code
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // One line, whatever the message holds.
+        f.write_str(&self.message.replace('\n', " "))
+    }
+}
+
+impl<E: std::error::Error> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError::user(e.to_string())
+    }
+}
+
+/// keygate: an authenticating reverse proxy for API keys.
+#[derive(Debug, Parser)]
+#[command(name = "keygate", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ConfigArg {
+    /// Config file [default: $KEYGATE_CONFIG, else config/keygate.toml]
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(ConfigArg),
+    /// Validate the config and the key store; exit 1 with clear errors.
+    Check(ConfigArg),
+    /// Manage API keys.
+    Keys(keys::KeysArgs),
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Serve(_) => Err(CliError::user("serve is not built yet")),
+        Command::Check(c) => check::run(&c),
+        Command::Keys(k) => keys::run(k),
+    }
+}

@@ -1,0 +1,123 @@
+use super::*;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text, Path::new("/etc/keygate"), &no_env)
+}
+
+fn err(text: &str) -> String {
+    parse(text)
+        .err()
+        .map(|e| e.0)
+        .unwrap_or_else(|| panic!("expected an error for:\n{text}"))
+}
+
+const MINIMAL: &str = "[upstream]\nurl = \"http://127.0.0.1:3000\"\n";
+
+#[test]
+fn minimal_config_gets_spec_defaults() {
+    let c = parse(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.server.listen,
+        "0.0.0.0:8080".parse().unwrap_or_else(|e| panic!("{e}"))
+    );
+    assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.server.max_header_bytes, 32768);
+    assert_eq!(c.server.max_headers, 100);
+    assert_eq!(c.server.max_connections, 10_000);
+    assert_eq!(c.server.drain_timeout, Duration::from_secs(30));
+    assert_eq!(c.upstream.connect_timeout, Duration::from_secs(2));
+    assert_eq!(c.upstream.response_timeout, Duration::from_secs(30));
+    assert_eq!(
+        c.keys.store,
+        StoreLocation::File(PathBuf::from("/etc/keygate/keys.toml"))
+    );
+    assert_eq!(c.keys.header, "x-api-key");
+    assert_eq!(c.keys.prefix, "kg");
+    assert_eq!(c.keys.query_param, None);
+    assert!(!c.keys.forward_key);
+    assert_eq!(c.policy.browser_full_access, BrowserFullAccess::Deny);
+    assert!(c.cors.is_none());
+    assert_eq!(
+        c.metrics.listen,
+        "127.0.0.1:9090".parse().unwrap_or_else(|e| panic!("{e}"))
+    );
+}
+
+#[test]
+fn shipped_config_is_valid() {
+    let text = include_str!("../../config/keygate.toml");
+    let c = parse(text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.keys.store,
+        StoreLocation::File(PathBuf::from("/etc/keygate/keys.toml"))
+    );
+}
+
+#[test]
+fn misspelt_option_is_named_with_its_line() {
+    let e = err(
+        "[server]\nlisten = \"127.0.0.1:1\"\nidle_timeuot = \"5s\"\n[upstream]\nurl = \"http://a\"\n",
+    );
+    assert!(e.starts_with("3: unknown field `idle_timeuot`"), "{e}");
+}
+
+#[test]
+fn duration_without_unit_is_refused_at_its_line() {
+    let e = err("[upstream]\nurl = \"http://a\"\nconnect_timeout = \"2\"\n");
+    assert!(e.starts_with("3: duration \"2\" needs a unit"), "{e}");
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_folder() {
+    let c = parse("[server.tls]\ncert = \"tls/c.pem\"\nkey = \"/abs/k.pem\"\n[upstream]\nurl = \"http://a\"\n[keys]\nstore = \"data/k.toml\"\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tls = c.server.tls.unwrap_or_else(|| panic!("tls"));
+    assert_eq!(tls.cert, PathBuf::from("/etc/keygate/tls/c.pem"));
+    assert_eq!(tls.key, PathBuf::from("/abs/k.pem"));
+    assert_eq!(
+        c.keys.store,
+        StoreLocation::File(PathBuf::from("/etc/keygate/data/k.toml"))
+    );
+}
+
+#[test]
+fn upstream_must_be_an_http_url_without_path() {
+    assert!(err("[upstream]\nurl = \"ftp://a\"\n").contains("http:// or https://"));
+    assert!(err("[upstream]\nurl = \"http://a/api\"\n").contains("must not have a path"));
+    assert!(err("[server]\n").contains("[upstream] is missing"));
+}
+
+#[test]
+fn store_env_reads_the_named_variable() {
+    let text = format!("{MINIMAL}[keys]\nstore_env = \"KG_DB\"\n");
+    let env = |n: &str| (n == "KG_DB").then(|| "postgres://u@h/db".to_string());
+    let c = Config::from_toml(&text, Path::new("/"), &env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.keys.store,
+        StoreLocation::Postgres("postgres://u@h/db".into())
+    );
+    assert!(err(&text).contains("$KG_DB, which is not set"));
+}
+
+#[test]
+fn bad_values_are_refused_with_the_field_name() {
+    assert!(err(&format!("{MINIMAL}[keys]\nprefix = \"k_g\"\n")).contains("keys.prefix"));
+    assert!(err(&format!("{MINIMAL}[keys]\nheader = \"bad header\"\n")).contains("keys.header"));
+    assert!(
+        err(&format!(
+            "{MINIMAL}[policy]\nbrowser_full_access = \"allow\"\n"
+        ))
+        .contains("unknown variant")
+    );
+    assert!(
+        err(&format!("{MINIMAL}[cors]\nallowed_origins = [\"shop\"]\n"))
+            .contains("cors.allowed_origins")
+    );
+    assert!(err(&format!("[server]\nworkers = 0\n{MINIMAL}")).contains("server.workers"));
+    assert!(err(&format!("[server]\nlisten = \"nowhere\"\n{MINIMAL}")).starts_with("2:"));
+}

@@ -1,0 +1,128 @@
+//! `KeyHash`: the BLAKE3 digest of a token, the only form in which a key is stored.
+
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// BLAKE3 digest of a token. Its `Debug` and `Display` show only a short
+/// fingerprint, so a hash never lands whole in a log line by accident.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyHash([u8; 32]);
+
+impl KeyHash {
+    /// Hashes a presented token.
+    pub fn of(token: &[u8]) -> Self {
+        KeyHash(*blake3::hash(token).as_bytes())
+    }
+
+    /// Parses the 64-character lowercase hex form used in the store files.
+    pub fn from_hex(s: &str) -> Result<Self, String> {
+        let bytes = s.as_bytes();
+        if bytes.len() != 64 {
+            return Err(format!(
+                "must be 64 hex characters (a BLAKE3 digest), found {}",
+                bytes.len()
+            ));
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in bytes.chunks_exact(2).enumerate() {
+            let hi = hex_digit(pair[0]);
+            let lo = hex_digit(pair[1]);
+            match (hi, lo) {
+                (Some(h), Some(l)) => out[i] = h << 4 | l,
+                _ => return Err("must be lowercase hex (0-9, a-f)".to_string()),
+            }
+        }
+        Ok(KeyHash(out))
+    }
+
+    /// The full 64-character hex form, for the store files only.
+    pub fn to_hex(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push(HEX[usize::from(b >> 4)] as char);
+            s.push(HEX[usize::from(b & 15)] as char);
+        }
+        s
+    }
+
+    /// The first 8 hex characters: enough to tell hashes apart in a message.
+    pub fn fingerprint(&self) -> String {
+        self.to_hex()[..8].to_string()
+    }
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyHash({}…)", self.fingerprint())
+    }
+}
+
+impl fmt::Display for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}…", self.fingerprint())
+    }
+}
+
+/// Hasher for maps keyed by `KeyHash`. The digest is already uniformly random,
+/// so its first 8 bytes are as good a hash as SipHash would compute, for free.
+#[derive(Default, Clone, Copy)]
+pub struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // `[u8; 32]`'s Hash writes the 32 bytes in one call (plus nothing else).
+        let mut word = [0u8; 8];
+        let n = bytes.len().min(8);
+        word[..n].copy_from_slice(&bytes[..n]);
+        self.0 ^= u64::from_le_bytes(word);
+    }
+}
+
+/// `BuildHasher` for `HashMap<KeyHash, _>`.
+pub type DigestState = BuildHasherDefault<DigestHasher>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips() {
+        let h = KeyHash::of(b"kg_secret");
+        assert_eq!(KeyHash::from_hex(&h.to_hex()), Ok(h));
+    }
+
+    #[test]
+    fn hex_errors_are_precise() {
+        assert!(KeyHash::from_hex("abc").unwrap_err().contains("64 hex"));
+        let upper = "A".repeat(64);
+        assert!(KeyHash::from_hex(&upper).unwrap_err().contains("lowercase"));
+    }
+
+    #[test]
+    fn debug_and_display_never_show_the_whole_digest() {
+        let h = KeyHash::of(b"x");
+        assert!(!format!("{h:?}").contains(&h.to_hex()));
+        assert!(!format!("{h}").contains(&h.to_hex()));
+    }
+
+    #[test]
+    fn hash_matches_blake3() {
+        assert_eq!(
+            KeyHash::of(b"abc").to_hex(),
+            blake3::hash(b"abc").to_hex().to_string()
+        );
+    }
+}

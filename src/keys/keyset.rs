@@ -1,0 +1,303 @@
+//! `KeySet`: the validated content of a key store, and the pure operations the
+//! CLI performs on it (add, update, remove). No I/O here: `store` loads and
+//! writes, this module decides what a change means and whether it is allowed.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use super::{Access, KeyHash, KeyId, KeyRecord};
+
+/// Why a change to the key set was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySetError {
+    NotFound(String),
+    DuplicateId(String),
+    DuplicateHash {
+        existing_id: String,
+    },
+    /// Read-only → full-access without `--force`.
+    UpgradeRefused(String),
+    /// The OS could not supply randomness for a new id.
+    Randomness(String),
+}
+
+impl fmt::Display for KeySetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySetError::NotFound(id) => write!(f, "no key with id {id:?}"),
+            KeySetError::DuplicateId(id) => write!(f, "a key with id {id:?} already exists"),
+            KeySetError::DuplicateHash { existing_id } => {
+                write!(f, "this secret is already stored as key {existing_id:?}")
+            }
+            KeySetError::Randomness(e) => write!(f, "the OS random number generator failed: {e}"),
+            KeySetError::UpgradeRefused(id) => write!(
+                f,
+                "refusing to upgrade {id:?} from read-only to full-access: a read-only key may \
+                 already be public (in a web page or an app); create a new full-access key \
+                 instead, or pass --force if you are sure it never left a backend"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for KeySetError {}
+
+/// A change to an existing key; `None` leaves a field as it is.
+#[derive(Debug, Default, Clone)]
+pub struct KeyUpdate {
+    pub name: Option<String>,
+    pub access: Option<Access>,
+}
+
+/// The keys of a store, in file order, with unique ids and hashes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KeySet {
+    records: Vec<KeyRecord>,
+}
+
+impl KeySet {
+    /// Builds a set, refusing duplicates. On error, also returns the index of
+    /// the offending record so the caller can point at its line.
+    pub fn from_records(records: Vec<KeyRecord>) -> Result<Self, (usize, KeySetError)> {
+        let mut ids = HashSet::with_capacity(records.len());
+        let mut hashes = std::collections::HashMap::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            if !ids.insert(&r.id) {
+                return Err((i, KeySetError::DuplicateId(r.id.to_string())));
+            }
+            if let Some(first) = hashes.insert(r.hash, &r.id) {
+                return Err((
+                    i,
+                    KeySetError::DuplicateHash {
+                        existing_id: first.to_string(),
+                    },
+                ));
+            }
+        }
+        Ok(KeySet { records })
+    }
+
+    pub fn records(&self) -> &[KeyRecord] {
+        &self.records
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&KeyRecord> {
+        self.records.iter().find(|r| r.id.as_str() == id)
+    }
+
+    pub fn contains_id(&self, id: &KeyId) -> bool {
+        self.records.iter().any(|r| &r.id == id)
+    }
+
+    /// Adds a key at the end.
+    pub fn add(&mut self, record: KeyRecord) -> Result<(), KeySetError> {
+        self.check_new(&record)?;
+        self.records.push(record);
+        Ok(())
+    }
+
+    /// Adds many keys, all or none.
+    pub fn add_all(&mut self, records: Vec<KeyRecord>) -> Result<(), (usize, KeySetError)> {
+        let mut all = self.records.clone();
+        let base = all.len();
+        all.extend(records);
+        let merged = KeySet::from_records(all).map_err(|(i, e)| (i.saturating_sub(base), e))?;
+        *self = merged;
+        Ok(())
+    }
+
+    fn check_new(&self, record: &KeyRecord) -> Result<(), KeySetError> {
+        if self.contains_id(&record.id) {
+            return Err(KeySetError::DuplicateId(record.id.to_string()));
+        }
+        if let Some(existing) = self.records.iter().find(|r| r.hash == record.hash) {
+            return Err(KeySetError::DuplicateHash {
+                existing_id: existing.id.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Renames and/or changes access. Downgrades are always allowed; an upgrade
+    /// to full-access needs `force`.
+    pub fn update(
+        &mut self,
+        id: &str,
+        change: KeyUpdate,
+        force: bool,
+    ) -> Result<&KeyRecord, KeySetError> {
+        let record = self
+            .records
+            .iter_mut()
+            .find(|r| r.id.as_str() == id)
+            .ok_or_else(|| KeySetError::NotFound(id.to_string()))?;
+        if change.access == Some(Access::FullAccess) && record.access == Access::ReadOnly && !force
+        {
+            return Err(KeySetError::UpgradeRefused(id.to_string()));
+        }
+        if let Some(name) = change.name {
+            record.name = name;
+        }
+        if let Some(access) = change.access {
+            record.access = access;
+        }
+        Ok(record)
+    }
+
+    /// Removes a key, returning it (its hash goes to the revocation list).
+    pub fn remove(&mut self, id: &str) -> Result<KeyRecord, KeySetError> {
+        let pos = self
+            .records
+            .iter()
+            .position(|r| r.id.as_str() == id)
+            .ok_or_else(|| KeySetError::NotFound(id.to_string()))?;
+        Ok(self.records.remove(pos))
+    }
+
+    /// True when a hash is already in use.
+    pub fn has_hash(&self, hash: &KeyHash) -> bool {
+        self.records.iter().any(|r| &r.hash == hash)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn rec(id: &str, secret: &str, access: Access) -> KeyRecord {
+        KeyRecord {
+            id: KeyId::parse(id).unwrap_or_else(|e| panic!("{e}")),
+            name: format!("name of {id}"),
+            access,
+            hash: KeyHash::of(secret.as_bytes()),
+            created: UNIX_EPOCH,
+            expires: None,
+            origins: vec![],
+        }
+    }
+
+    fn set() -> KeySet {
+        KeySet::from_records(vec![
+            rec("a", "s1", Access::ReadOnly),
+            rec("b", "s2", Access::FullAccess),
+        ])
+        .unwrap_or_else(|(_, e)| panic!("{e}"))
+    }
+
+    #[test]
+    fn duplicate_ids_and_hashes_are_refused_with_their_position() {
+        let dup_id = KeySet::from_records(vec![
+            rec("a", "s1", Access::ReadOnly),
+            rec("a", "s2", Access::ReadOnly),
+        ]);
+        assert_eq!(dup_id, Err((1, KeySetError::DuplicateId("a".into()))));
+        let dup_hash = KeySet::from_records(vec![
+            rec("a", "s1", Access::ReadOnly),
+            rec("b", "s1", Access::ReadOnly),
+        ]);
+        assert_eq!(
+            dup_hash,
+            Err((
+                1,
+                KeySetError::DuplicateHash {
+                    existing_id: "a".into()
+                }
+            ))
+        );
+    }
+
+    #[test]
+    fn add_refuses_existing_id_or_secret() {
+        let mut s = set();
+        assert_eq!(
+            s.add(rec("a", "new", Access::ReadOnly)),
+            Err(KeySetError::DuplicateId("a".into()))
+        );
+        assert!(matches!(
+            s.add(rec("c", "s2", Access::ReadOnly)),
+            Err(KeySetError::DuplicateHash { .. })
+        ));
+        assert_eq!(s.add(rec("c", "s3", Access::ReadOnly)), Ok(()));
+        assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn downgrade_is_always_allowed() {
+        let mut s = set();
+        let change = KeyUpdate {
+            access: Some(Access::ReadOnly),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.update("b", change, false).map(|r| r.access),
+            Ok(Access::ReadOnly)
+        );
+    }
+
+    #[test]
+    fn upgrade_needs_force() {
+        let mut s = set();
+        let change = KeyUpdate {
+            access: Some(Access::FullAccess),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.update("a", change.clone(), false).map(|r| r.access),
+            Err(KeySetError::UpgradeRefused("a".into()))
+        );
+        assert_eq!(s.get("a").map(|r| r.access), Some(Access::ReadOnly));
+        assert_eq!(
+            s.update("a", change, true).map(|r| r.access),
+            Ok(Access::FullAccess)
+        );
+    }
+
+    #[test]
+    fn rename_keeps_everything_else() {
+        let mut s = set();
+        let before = s.get("a").cloned();
+        let change = KeyUpdate {
+            name: Some("Shop".into()),
+            ..Default::default()
+        };
+        let after = s
+            .update("a", change, false)
+            .cloned()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(after.name, "Shop");
+        assert_eq!(Some(after.hash), before.map(|r| r.hash));
+    }
+
+    #[test]
+    fn unknown_ids_are_reported() {
+        let mut s = set();
+        assert_eq!(s.remove("zz"), Err(KeySetError::NotFound("zz".into())));
+        assert!(matches!(
+            s.update("zz", KeyUpdate::default(), false),
+            Err(KeySetError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn add_all_is_all_or_nothing() {
+        let mut s = set();
+        let batch = vec![
+            rec("c", "s3", Access::ReadOnly),
+            rec("d", "s1", Access::ReadOnly),
+        ];
+        assert!(matches!(
+            s.add_all(batch),
+            Err((1, KeySetError::DuplicateHash { .. }))
+        ));
+        assert_eq!(s.len(), 2);
+    }
+}

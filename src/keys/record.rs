@@ -1,0 +1,156 @@
+//! `KeyRecord`: one key as the store holds it (never the secret), and its parts.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use super::{KeyHash, KeyId};
+
+/// What a key may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Access {
+    /// For frontends: safe methods only, browsers allowed.
+    ReadOnly,
+    /// For backend systems: every method, never from a browser.
+    FullAccess,
+}
+
+impl Access {
+    /// The wire and file spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Access::ReadOnly => "read-only",
+            Access::FullAccess => "full-access",
+        }
+    }
+}
+
+impl FromStr for Access {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "read-only" => Ok(Access::ReadOnly),
+            "full-access" => Ok(Access::FullAccess),
+            other => Err(format!(
+                "access must be read-only or full-access, found {other:?}"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One key as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: KeyId,
+    pub name: String,
+    pub access: Access,
+    pub hash: KeyHash,
+    pub created: SystemTime,
+    pub expires: Option<SystemTime>,
+    /// Browser origins allowed for this key; empty means any.
+    pub origins: Vec<String>,
+}
+
+/// Checks a key name: 1 to 200 characters of any script, no control characters
+/// (they would break the store's lines and terminals).
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let chars = name.chars().count();
+    if chars == 0 || chars > 200 {
+        return Err(format!("name must be 1 to 200 characters, found {chars}"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("name must not contain control characters".to_string());
+    }
+    Ok(())
+}
+
+/// Validates and normalises a browser origin: `scheme://host[:port]`, no path,
+/// lowercased the way browsers serialise the `Origin` header.
+pub fn normalize_origin(origin: &str) -> Result<String, String> {
+    let lower = origin.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+        .ok_or_else(|| format!("origin {origin:?} must start with https:// or http://"))?;
+    let valid_host = !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    if !valid_host {
+        return Err(format!(
+            "origin {origin:?} must be scheme://host[:port] with no path, as browsers send it"
+        ));
+    }
+    Ok(lower)
+}
+
+/// Formats a time the way the store and the CLI write it.
+pub fn format_time(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Parses an RFC 3339 time (`2027-01-31T12:00:00Z`) or a bare date (midnight UTC).
+pub fn parse_time(s: &str) -> Result<SystemTime, String> {
+    let full;
+    let text = if s.len() == 10 && s.as_bytes().get(4) == Some(&b'-') {
+        full = format!("{s}T00:00:00Z");
+        &full
+    } else {
+        s
+    };
+    humantime::parse_rfc3339(text).map_err(|e| {
+        format!("{s:?} is not a date (2027-01-31) or an RFC 3339 time (2027-01-31T12:00:00Z): {e}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_parses_both_spellings_only() {
+        assert_eq!("read-only".parse(), Ok(Access::ReadOnly));
+        assert_eq!("full-access".parse(), Ok(Access::FullAccess));
+        assert!("Read-Only".parse::<Access>().is_err());
+        assert!("admin".parse::<Access>().is_err());
+    }
+
+    #[test]
+    fn names_accept_unicode_and_refuse_control_characters() {
+        assert!(validate_name("Boutique Café 東京 🛍").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("a\nb").is_err());
+        assert!(validate_name(&"é".repeat(200)).is_ok());
+        assert!(validate_name(&"é".repeat(201)).is_err());
+    }
+
+    #[test]
+    fn origins_are_normalised_or_refused() {
+        assert_eq!(
+            normalize_origin("https://Shop.Example.com"),
+            Ok("https://shop.example.com".into())
+        );
+        assert_eq!(
+            normalize_origin("http://localhost:3000"),
+            Ok("http://localhost:3000".into())
+        );
+        assert!(normalize_origin("shop.example.com").is_err());
+        assert!(normalize_origin("https://shop.example.com/").is_err());
+        assert!(normalize_origin("https://").is_err());
+    }
+
+    #[test]
+    fn times_round_trip_and_dates_mean_midnight_utc() {
+        let t = parse_time("2027-01-31").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(format_time(t), "2027-01-31T00:00:00Z");
+        let t = parse_time("2027-01-31T12:30:00Z").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(format_time(t), "2027-01-31T12:30:00Z");
+        assert!(parse_time("tomorrow").is_err());
+    }
+}

@@ -1,0 +1,268 @@
+//! `FileStore`: the embedded key store on disk, `keys.toml` with `keys.revoked`
+//! beside it. Every change happens under an exclusive advisory lock, re-reads
+//! the file, and replaces it atomically (temp file, fsync, rename, fsync of the
+//! folder), so concurrent CLI runs lose nothing and a crash leaves either the
+//! old file or the new one.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::storefile::{self, FileError};
+use super::{KeyHash, KeyRecord, KeySet, KeySetError};
+
+/// Everything the gateway needs from a store: its keys and the revoked hashes.
+#[derive(Debug, Clone, Default)]
+pub struct StoreSnapshot {
+    pub keys: KeySet,
+    pub revoked: HashSet<KeyHash>,
+}
+
+/// A store failure, worded for an operator.
+#[derive(Debug)]
+pub enum StoreError {
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: io::Error,
+    },
+    Invalid {
+        path: PathBuf,
+        error: FileError,
+    },
+    Key(KeySetError),
+    /// A batch (import) refused at the item from this input line.
+    Batch {
+        line: usize,
+        error: KeySetError,
+    },
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Io {
+                path,
+                action,
+                source,
+            } => write!(f, "cannot {action} {}: {source}", path.display()),
+            StoreError::Invalid { path, error } => write!(f, "{}:{error}", path.display()),
+            StoreError::Key(e) => write!(f, "{e}"),
+            StoreError::Batch { line, error } => write!(f, "line {line}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<KeySetError> for StoreError {
+    fn from(e: KeySetError) -> Self {
+        StoreError::Key(e)
+    }
+}
+
+/// The key store file and its companions.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    path: PathBuf,
+}
+
+impl FileStore {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        FileStore { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `keys.revoked` beside the store (same stem).
+    pub fn revoked_path(&self) -> PathBuf {
+        self.path.with_extension("revoked")
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.path.with_file_name(format!(".{name}.lock"))
+    }
+
+    /// Reads and validates the store and the revocation list. A missing store
+    /// is an error (the gateway must not start on nothing by accident); a
+    /// missing revocation list is empty.
+    pub fn load(&self) -> Result<StoreSnapshot, StoreError> {
+        let text = read_text(&self.path)?;
+        self.load_from(&text)
+    }
+
+    /// Like `load`, from store text already read (the reloader reads once to
+    /// both hash and parse).
+    pub fn load_from(&self, text: &str) -> Result<StoreSnapshot, StoreError> {
+        let keys = storefile::parse_store(text).map_err(|error| StoreError::Invalid {
+            path: self.path.clone(),
+            error,
+        })?;
+        let revoked = self.load_revoked()?;
+        Ok(StoreSnapshot { keys, revoked })
+    }
+
+    fn load_revoked(&self) -> Result<HashSet<KeyHash>, StoreError> {
+        let path = self.revoked_path();
+        match read_text(&path) {
+            Ok(text) => {
+                storefile::parse_revoked(&text).map_err(|error| StoreError::Invalid { path, error })
+            }
+            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Ok(HashSet::new())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Applies `change` to the current keys under the lock and writes the
+    /// result. A missing store counts as empty here, so the first `create`
+    /// makes the file. Nothing is written if `change` fails.
+    pub fn modify<T>(
+        &self,
+        change: impl FnOnce(&mut KeySet, &HashSet<KeyHash>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let _lock = self.lock()?;
+        let mut snapshot = match self.load() {
+            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                StoreSnapshot {
+                    keys: KeySet::default(),
+                    revoked: self.load_revoked()?,
+                }
+            }
+            other => other?,
+        };
+        let out = change(&mut snapshot.keys, &snapshot.revoked)?;
+        self.write(&snapshot.keys)?;
+        Ok(out)
+    }
+
+    /// Deletes a key: its hash is appended to the revocation list first, then
+    /// the store is rewritten without it. A crash between the two leaves the
+    /// key revoked, which is the safe side.
+    pub fn delete(&self, id: &str) -> Result<KeyRecord, StoreError> {
+        self.modify(|keys, _| {
+            let removed = keys.remove(id)?;
+            self.append_revoked(&removed)?;
+            Ok(removed)
+        })
+    }
+
+    fn append_revoked(&self, record: &KeyRecord) -> Result<(), StoreError> {
+        let path = self.revoked_path();
+        let io_err = |source| StoreError::Io {
+            path: path.clone(),
+            action: "append to",
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err)?;
+        file.write_all(storefile::revoked_line(record, SystemTime::now()).as_bytes())
+            .map_err(io_err)?;
+        file.sync_all().map_err(io_err)
+    }
+
+    fn lock(&self) -> Result<File, StoreError> {
+        let path = self.lock_path();
+        let io_err = |source| StoreError::Io {
+            path: path.clone(),
+            action: "lock",
+            source,
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err)?;
+        file.lock().map_err(io_err)?;
+        Ok(file)
+    }
+
+    /// Writes the whole store atomically with mode 0600.
+    fn write(&self, keys: &KeySet) -> Result<(), StoreError> {
+        let text = storefile::render_store(keys).map_err(|e| StoreError::Io {
+            path: self.path.clone(),
+            action: "render",
+            source: io::Error::other(e),
+        })?;
+        let dir = match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+        let io_err = |action, source| StoreError::Io {
+            path: tmp.clone(),
+            action,
+            source,
+        };
+        let result = (|| {
+            let mut file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| io_err("create", e))?;
+            file.set_permissions(fs::Permissions::from_mode(0o600))
+                .map_err(|e| io_err("set the mode of", e))?;
+            file.write_all(text.as_bytes())
+                .map_err(|e| io_err("write", e))?;
+            file.sync_all().map_err(|e| io_err("sync", e))?;
+            fs::rename(&tmp, &self.path).map_err(|source| StoreError::Io {
+                path: self.path.clone(),
+                action: "replace",
+                source,
+            })?;
+            // The rename is durable only once the folder's entry is on disk.
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| StoreError::Io {
+                    path: dir.clone(),
+                    action: "sync",
+                    source,
+                })
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// Reads a file as UTF-8 with an error that names it.
+pub fn read_text(path: &Path) -> Result<String, StoreError> {
+    let bytes = fs::read(path).map_err(|source| StoreError::Io {
+        path: path.to_path_buf(),
+        action: "read",
+        source,
+    })?;
+    String::from_utf8(bytes).map_err(|e| StoreError::Io {
+        path: path.to_path_buf(),
+        action: "read",
+        source: io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()),
+        ),
+    })
+}

@@ -1,0 +1,320 @@
+//! The key store's TOML format: parsing with file-and-line errors, and rendering
+//! in a stable, hand-editable layout. Pure: text in, text out.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::record::{format_time, normalize_origin, parse_time, validate_name};
+use super::{KeyHash, KeyId, KeyRecord, KeySet};
+
+/// A problem in a store or revocation file, with the 1-based line it is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.line, self.message)
+    }
+}
+
+const HEADER: &str = "\
+# keygate key store: one [[keys]] table per key. Written by `keygate keys ...`,
+# and equally fine to edit by hand; the gateway reloads it within a second.
+# Secrets are never stored: `hash` is the BLAKE3 digest of the key.
+# Fields: id ([a-z0-9_]{1,32}), name, access (\"read-only\" | \"full-access\"),
+# hash, created and optional expires (quoted RFC 3339 times, or dates),
+# optional origins (browser origins allowed for the key, e.g. \"https://shop.example.com\").
+# Deleting a key here does not revoke it: use `keygate keys delete`, which also
+# adds its hash to keys.revoked so that an old copy of this file cannot bring it back.
+";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default)]
+    keys: Vec<Spanned<RawKey>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    id: Spanned<String>,
+    name: Spanned<String>,
+    access: Spanned<String>,
+    hash: Spanned<String>,
+    created: Spanned<String>,
+    #[serde(default)]
+    expires: Option<Spanned<String>>,
+    #[serde(default)]
+    origins: Option<Spanned<Vec<String>>>,
+}
+
+fn line_of(src: &str, offset: usize) -> usize {
+    src.as_bytes()[..offset.min(src.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+fn field<T, U>(
+    src: &str,
+    name: &str,
+    v: &Spanned<T>,
+    check: impl FnOnce(&T) -> Result<U, String>,
+) -> Result<U, FileError> {
+    check(v.get_ref()).map_err(|msg| FileError {
+        line: line_of(src, v.span().start),
+        message: format!("{name}: {msg}"),
+    })
+}
+
+/// Parses and validates a whole store.
+pub fn parse_store(src: &str) -> Result<KeySet, FileError> {
+    let raw: RawStore = toml::from_str(src).map_err(|e| FileError {
+        line: e.span().map_or(1, |s| line_of(src, s.start)),
+        message: e.message().trim().to_string(),
+    })?;
+    let mut records = Vec::with_capacity(raw.keys.len());
+    let mut starts = Vec::with_capacity(raw.keys.len());
+    for key in &raw.keys {
+        let k = key.get_ref();
+        starts.push(key.span().start);
+        let origins = match &k.origins {
+            None => Vec::new(),
+            Some(list) => field(src, "origins", list, |l| {
+                l.iter()
+                    .map(|o| normalize_origin(o))
+                    .collect::<Result<Vec<_>, _>>()
+            })?,
+        };
+        records.push(KeyRecord {
+            id: field(src, "id", &k.id, |s| KeyId::parse(s))?,
+            name: field(src, "name", &k.name, |s| {
+                validate_name(s).map(|()| s.clone())
+            })?,
+            access: field(src, "access", &k.access, |s| s.parse())?,
+            hash: field(src, "hash", &k.hash, |s| KeyHash::from_hex(s))?,
+            created: field(src, "created", &k.created, |s| parse_time(s))?,
+            expires: match &k.expires {
+                None => None,
+                Some(e) => Some(field(src, "expires", e, |s| parse_time(s))?),
+            },
+            origins,
+        });
+    }
+    KeySet::from_records(records).map_err(|(i, e)| FileError {
+        line: line_of(src, starts.get(i).copied().unwrap_or(0)),
+        message: e.to_string(),
+    })
+}
+
+#[derive(Serialize)]
+struct OutStore<'a> {
+    keys: Vec<OutKey<'a>>,
+}
+
+#[derive(Serialize)]
+struct OutKey<'a> {
+    id: &'a str,
+    name: &'a str,
+    access: &'a str,
+    hash: String,
+    created: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires: Option<String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    origins: &'a [String],
+}
+
+/// Renders a store: the header comment, then one `[[keys]]` table per key in order.
+pub fn render_store(set: &KeySet) -> Result<String, toml::ser::Error> {
+    let out = OutStore {
+        keys: set
+            .records()
+            .iter()
+            .map(|r| OutKey {
+                id: r.id.as_str(),
+                name: &r.name,
+                access: r.access.as_str(),
+                hash: r.hash.to_hex(),
+                created: format_time(r.created),
+                expires: r.expires.map(format_time),
+                origins: &r.origins,
+            })
+            .collect(),
+    };
+    let body = toml::to_string(&out)?;
+    Ok(format!("{HEADER}\n{body}"))
+}
+
+/// Parses a revocation list: one hash per line as its first word; blank lines
+/// and `#` comments ignored. The rest of a line (id, time) is for people.
+pub fn parse_revoked(src: &str) -> Result<HashSet<KeyHash>, FileError> {
+    let mut set = HashSet::new();
+    for (i, line) in src.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let word = line.split_whitespace().next().unwrap_or_default();
+        let hash = KeyHash::from_hex(word).map_err(|e| FileError {
+            line: i + 1,
+            message: format!("hash: {e}"),
+        })?;
+        set.insert(hash);
+    }
+    Ok(set)
+}
+
+/// One revocation list line for a deleted key.
+pub fn revoked_line(record: &KeyRecord, at: std::time::SystemTime) -> String {
+    format!(
+        "{} {} {}\n",
+        record.hash.to_hex(),
+        record.id,
+        format_time(at)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::Access;
+
+    const GOOD: &str = r#"
+[[keys]]
+id = "shop_front"
+name = "Boutique Café"
+access = "read-only"
+hash = "0000000000000000000000000000000000000000000000000000000000000001"
+created = "2026-11-01T10:00:00Z"
+origins = ["https://Shop.example.com"]
+
+[[keys]]
+id = "erp"
+name = "ERP"
+access = "full-access"
+hash = "0000000000000000000000000000000000000000000000000000000000000002"
+created = "2026-11-01"
+expires = "2027-11-01T00:00:00Z"
+"#;
+
+    fn err(src: &str) -> FileError {
+        parse_store(src)
+            .err()
+            .unwrap_or_else(|| panic!("expected an error for:\n{src}"))
+    }
+
+    #[test]
+    fn parses_a_valid_store() {
+        let set = parse_store(GOOD).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(set.len(), 2);
+        let front = set.get("shop_front").unwrap_or_else(|| panic!("missing"));
+        assert_eq!(front.access, Access::ReadOnly);
+        assert_eq!(front.origins, vec!["https://shop.example.com".to_string()]);
+        assert!(set.get("erp").and_then(|r| r.expires).is_some());
+    }
+
+    #[test]
+    fn empty_store_is_valid() {
+        assert_eq!(parse_store("").map(|s| s.len()), Ok(0));
+        assert_eq!(parse_store("# nothing yet\n").map(|s| s.len()), Ok(0));
+    }
+
+    #[test]
+    fn bad_access_names_line_and_field() {
+        let e = err(&GOOD.replace("\"full-access\"", "\"admin\""));
+        assert_eq!(e.line, 13);
+        assert!(
+            e.message
+                .starts_with("access: access must be read-only or full-access"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_an_error_naming_it() {
+        let e = err(&GOOD.replace("name = \"ERP\"", "nmae = \"ERP\""));
+        assert!(e.message.contains("nmae"), "{}", e.message);
+        assert_eq!(e.line, 12);
+    }
+
+    #[test]
+    fn missing_field_is_an_error_naming_it() {
+        let e = err(&GOOD.replace("created = \"2026-11-01\"\n", ""));
+        assert!(e.message.contains("created"), "{}", e.message);
+    }
+
+    #[test]
+    fn duplicate_id_points_at_the_second_table() {
+        let e = err(&GOOD.replace("id = \"erp\"", "id = \"shop_front\""));
+        assert_eq!(e.line, 10);
+        assert!(e.message.contains("already exists"));
+    }
+
+    #[test]
+    fn duplicate_hash_is_refused() {
+        let e = err(&GOOD.replace(
+            "0000000000000000000000000000000000000000000000000000000000000002",
+            "0000000000000000000000000000000000000000000000000000000000000001",
+        ));
+        assert!(e.message.contains("already stored"), "{}", e.message);
+    }
+
+    #[test]
+    fn syntax_errors_have_a_line() {
+        let e = err("[[keys]]\nid = \"a\"\nname = \n");
+        assert_eq!(e.line, 3);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(
+            err(&GOOD.replace("shop_front", "Shop Front"))
+                .message
+                .starts_with("id:")
+        );
+        assert!(
+            err(&GOOD.replace("2026-11-01T10:00:00Z", "yesterday"))
+                .message
+                .starts_with("created:")
+        );
+        assert!(
+            err(&GOOD.replace("https://Shop.example.com", "shop"))
+                .message
+                .starts_with("origins:")
+        );
+        assert!(
+            err(&GOOD.replace("\"Boutique Café\"", "\"\""))
+                .message
+                .starts_with("name:")
+        );
+    }
+
+    #[test]
+    fn render_then_parse_round_trips() {
+        let set = parse_store(GOOD).unwrap_or_else(|e| panic!("{e}"));
+        let text = render_store(&set).unwrap_or_else(|e| panic!("{e}"));
+        assert!(text.starts_with("# keygate key store"));
+        assert_eq!(parse_store(&text), Ok(set));
+    }
+
+    #[test]
+    fn revoked_list_parses_and_reports_lines() {
+        let h = KeyHash::of(b"x").to_hex();
+        let set = parse_revoked(&format!(
+            "# deleted keys\n\n{h} key_a 2026-11-01T00:00:00Z\n"
+        ));
+        assert_eq!(set.map(|s| s.len()), Ok(1));
+        let e = parse_revoked(&format!("{h}\nnot-a-hash\n")).err();
+        assert_eq!(e.map(|e| e.line), Some(2));
+    }
+}

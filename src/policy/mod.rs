@@ -1,0 +1,178 @@
+//! Every accept/deny rule of the gateway, as one pure function: `decide`.
+//!
+//! It sees the request head (method, headers, query), the key index and the
+//! time, and returns a `Decision`. It does no I/O, reads no clock and logs
+//! nothing, so that each row of SPEC's decision table is a unit test here.
+
+pub mod credentials;
+mod rejection;
+
+use std::time::SystemTime;
+
+use http::header::{ACCESS_CONTROL_REQUEST_METHOD, ORIGIN};
+use http::{HeaderMap, HeaderName, Method};
+
+pub use credentials::{Credential, KeySource};
+pub use rejection::{InvalidReason, Rejection};
+
+use crate::config::{BrowserFullAccess, CorsConfig};
+use crate::keys::{Access, KeyEntry, KeyHash, KeyIndex, Lookup, token};
+
+/// `Sec-Fetch-Site`: sent by browsers on every request, unremovable by scripts.
+pub const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+
+/// The settings `decide` depends on, borrowed from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicySettings<'a> {
+    pub header: &'a HeaderName,
+    pub query_param: Option<&'a str>,
+    pub prefix: &'a str,
+    pub browser_full_access: BrowserFullAccess,
+    pub cors: Option<&'a CorsConfig>,
+}
+
+/// The parts of a request that decisions depend on.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+    pub query: Option<&'a str>,
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone, Copy)]
+pub enum Decision<'k> {
+    /// A CORS preflight (row 0): needs no key.
+    Preflight(Preflight),
+    /// Refused by the gateway; `key` when the key was identified.
+    Deny {
+        rejection: Rejection,
+        key: Option<&'k KeyEntry>,
+    },
+    /// Forwarded. `reported` marks a full-access key from a browser let through
+    /// in report-only mode.
+    Allow {
+        key: &'k KeyEntry,
+        source: KeySource,
+        reported: bool,
+    },
+}
+
+/// The three outcomes of a preflight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preflight {
+    /// No `[cors]`: the backend answers it, unchanged.
+    Forward,
+    /// The gateway answers 204 with the CORS headers.
+    Answer,
+    /// The gateway refuses it.
+    Deny(Rejection),
+}
+
+/// Methods a read-only key may use, and the only ones CORS ever advertises.
+pub fn is_safe_method(m: &Method) -> bool {
+    *m == Method::GET || *m == Method::HEAD || *m == Method::OPTIONS
+}
+
+/// True when the request comes from a browser: any `Origin` (even `null` or
+/// empty) or any `Sec-Fetch-Site`. `Sec-Fetch-Mode` alone does not count:
+/// Node.js's `fetch()` sends it from servers.
+pub fn is_browser(headers: &HeaderMap) -> bool {
+    headers.contains_key(ORIGIN) || headers.contains_key(SEC_FETCH_SITE)
+}
+
+/// True when `origin` is one of `allowed` (already lowercased).
+pub fn origin_listed(origin: &[u8], allowed: &[String]) -> bool {
+    allowed
+        .iter()
+        .any(|a| a.as_bytes().eq_ignore_ascii_case(origin))
+}
+
+/// Decides a request, rows 0 to 7 of SPEC's table, in order.
+pub fn decide<'k>(
+    head: RequestHead<'_>,
+    index: &'k KeyIndex,
+    settings: &PolicySettings<'_>,
+    now: SystemTime,
+) -> Decision<'k> {
+    let headers = head.headers;
+    if *head.method == Method::OPTIONS
+        && headers.contains_key(ORIGIN)
+        && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        return Decision::Preflight(preflight(headers, settings.cors));
+    }
+    let deny = |rejection| Decision::Deny {
+        rejection,
+        key: None,
+    };
+    let (token, source) =
+        match credentials::extract(headers, head.query, settings.header, settings.query_param) {
+            Credential::Missing => return deny(Rejection::MissingKey),
+            Credential::Multiple => return deny(Rejection::InvalidKey(InvalidReason::Multiple)),
+            Credential::One { token, source } => (token, source),
+        };
+    if let Err(e) = token::check(&token, settings.prefix) {
+        return deny(Rejection::InvalidKey(InvalidReason::Token(e)));
+    }
+    let key = match index.lookup(&KeyHash::of(&token)) {
+        Lookup::Found(key) => key,
+        Lookup::Unknown => return deny(Rejection::InvalidKey(InvalidReason::Unknown)),
+        Lookup::Revoked => return deny(Rejection::InvalidKey(InvalidReason::Revoked)),
+    };
+    let deny_key = |rejection| Decision::Deny {
+        rejection,
+        key: Some(key),
+    };
+    if key.expires.is_some_and(|t| t <= now) {
+        return deny_key(Rejection::ExpiredKey);
+    }
+    let browser = is_browser(headers);
+    let mut reported = false;
+    if browser && key.access == Access::FullAccess {
+        match settings.browser_full_access {
+            BrowserFullAccess::Deny => return deny_key(Rejection::BrowserFullAccess),
+            BrowserFullAccess::Report => reported = true,
+        }
+    }
+    if browser && !key.origins.is_empty() {
+        let listed = headers
+            .get(ORIGIN)
+            .is_some_and(|o| origin_listed(o.as_bytes(), &key.origins));
+        if !listed {
+            return deny_key(Rejection::OriginNotAllowed);
+        }
+    }
+    if key.access == Access::ReadOnly && !is_safe_method(head.method) {
+        return deny_key(Rejection::ReadOnlyMethod);
+    }
+    Decision::Allow {
+        key,
+        source,
+        reported,
+    }
+}
+
+fn preflight(headers: &HeaderMap, cors: Option<&CorsConfig>) -> Preflight {
+    let Some(cors) = cors else {
+        return Preflight::Forward;
+    };
+    let origin_ok = headers
+        .get(ORIGIN)
+        .is_some_and(|o| origin_listed(o.as_bytes(), &cors.allowed_origins));
+    if !origin_ok {
+        return Preflight::Deny(Rejection::OriginNotAllowed);
+    }
+    let method_ok = headers
+        .get(ACCESS_CONTROL_REQUEST_METHOD)
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+        .is_some_and(|m| is_safe_method(&m));
+    if method_ok {
+        Preflight::Answer
+    } else {
+        Preflight::Deny(Rejection::ReadOnlyMethod)
+    }
+}
+
+#[cfg(test)]
+mod tests;
