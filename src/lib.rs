@@ -21,4 +21,8 @@
 pub mod cli;
 pub mod config;
 pub mod keys;
+pub mod metrics;
 pub mod policy;
+pub mod proxy;
+pub mod reload;
+pub mod server;

@@ -216,34 +216,7 @@ fn create(
         .iter()
         .map(|o| normalize_origin(o).map_err(|e| CliError::user(format!("--origin: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
-    let secret = token::generate(t.prefix())
-        .map_err(|e| CliError::user(format!("the OS random number generator failed: {e}")))?;
-    let record = t.store.modify(|keys, revoked| {
-        let id = loop {
-            let id = KeyId::generate()
-                .map_err(|e| StoreError::Key(KeySetError::Randomness(e.to_string())))?;
-            if !keys.contains_id(&id) {
-                break id;
-            }
-        };
-        let record = KeyRecord {
-            id,
-            name,
-            access,
-            hash: KeyHash::of(secret.as_bytes()),
-            created: now,
-            expires,
-            origins,
-        };
-        if revoked.contains(&record.hash) {
-            // 178 random bits never collide; this guards against a broken RNG.
-            return Err(StoreError::Key(KeySetError::DuplicateHash {
-                existing_id: "a revoked key".into(),
-            }));
-        }
-        keys.add(record.clone())?;
-        Ok(record)
-    })?;
+    let (record, secret) = create_key(&t.store, t.prefix(), name, access, expires, origins, now)?;
     if json {
         let mut v = key_json(&record);
         v["key"] = json!(secret);
@@ -270,6 +243,49 @@ fn create(
         writeln!(out, "Code to use it: keygate keys snippet {}", record.id)?;
     }
     Ok(())
+}
+
+/// Generates a secret and stores a new key under a fresh id; returns the
+/// record and the secret (which exists nowhere else from here on).
+pub(super) fn create_key(
+    store: &FileStore,
+    prefix: &str,
+    name: String,
+    access: Access,
+    expires: Option<SystemTime>,
+    origins: Vec<String>,
+    now: SystemTime,
+) -> Result<(KeyRecord, String), CliError> {
+    let secret = token::generate(prefix)
+        .map_err(|e| CliError::user(format!("the OS random number generator failed: {e}")))?;
+    let hash = KeyHash::of(secret.as_bytes());
+    let record = store.modify(|keys, revoked| {
+        let id = loop {
+            let id = KeyId::generate()
+                .map_err(|e| StoreError::Key(KeySetError::Randomness(e.to_string())))?;
+            if !keys.contains_id(&id) {
+                break id;
+            }
+        };
+        if revoked.contains(&hash) {
+            // 178 random bits never collide; this guards against a broken RNG.
+            return Err(StoreError::Key(KeySetError::DuplicateHash {
+                existing_id: "a revoked key".into(),
+            }));
+        }
+        let record = KeyRecord {
+            id,
+            name,
+            access,
+            hash,
+            created: now,
+            expires,
+            origins,
+        };
+        keys.add(record.clone())?;
+        Ok(record)
+    })?;
+    Ok((record, secret))
 }
 
 fn load(t: &Target) -> Result<crate::keys::KeySet, CliError> {

@@ -3,7 +3,9 @@
 //! `main` prints as one line.
 
 mod check;
+mod demo;
 mod keys;
+mod serve;
 mod snippet;
 
 use std::fmt;
@@ -76,12 +78,16 @@ enum Command {
     Check(ConfigArg),
     /// Manage API keys.
     Keys(keys::KeysArgs),
+    /// Try keygate: the gateway on the shipped config, a built-in echo backend
+    /// and two throwaway keys, with curl lines to run.
+    Demo(ConfigArg),
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Serve(_) => Err(CliError::user("serve is not built yet")),
+        Command::Serve(c) => serve::run(&c),
+        Command::Demo(c) => demo::run(&c),
         Command::Check(c) => check::run(&c),
         Command::Keys(k) => keys::run(k),
     }

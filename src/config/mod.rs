@@ -302,16 +302,13 @@ fn validate(
     }
     let prefix = k.prefix.unwrap_or_else(|| "kg".to_string());
     token::validate_prefix(&prefix).map_err(|e| format!("keys.{e}"))?;
-    if let Some(q) = &k.query_param {
-        if q.is_empty()
-            || !q
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(format!(
-                "keys.query_param {q:?} must be letters, digits, _ or -"
-            ));
-        }
+    let name_char = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+    if let Some(q) = &k.query_param
+        && (q.is_empty() || !q.bytes().all(name_char))
+    {
+        return Err(format!(
+            "keys.query_param {q:?} must be letters, digits, _ or -"
+        ));
     }
     let keys = KeysConfig {
         store,

@@ -1,0 +1,144 @@
+//! `keygate serve`: wire config, store, index, metrics, reloader, ops listener
+//! and the client listener together, then run until SIGTERM/SIGINT.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
+
+use super::{CliError, ConfigArg};
+use crate::config::{self, Config, LogConfig, LogFormat, StoreLocation};
+use crate::keys::{FileStore, KeyIndex};
+use crate::metrics::{Health, Metrics, serve_ops};
+use crate::proxy::Gateway;
+use crate::reload::Reloader;
+use crate::server::{self, Drain, tls};
+
+pub fn run(args: &ConfigArg) -> Result<(), CliError> {
+    let config = Config::load(&config::resolve_path(args.config.as_deref()))?;
+    serve(config, |_, _| {})
+}
+
+/// Sets up `tracing`: text or JSON on stderr, level from `RUST_LOG` or the config.
+pub fn init_logging(log: &LogConfig) -> Result<(), CliError> {
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| log.level.clone());
+    let filter =
+        Targets::from_str(&spec).map_err(|e| CliError::user(format!("log.level {spec:?}: {e}")))?;
+    let ansi = std::io::stderr().is_terminal();
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match log.format {
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(ansi),
+            )
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+    };
+    // Already initialised (a second serve in one process): keep the first.
+    let _ = result;
+    Ok(())
+}
+
+/// Runs the gateway on `config` until SIGTERM/SIGINT. `on_ready` is called
+/// with the client and ops addresses once both listen and the index is loaded.
+pub fn serve(
+    config: Config,
+    on_ready: impl FnOnce(SocketAddr, SocketAddr) + Send,
+) -> Result<(), CliError> {
+    init_logging(&config.log)?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.server.workers {
+        rt.worker_threads(n);
+    }
+    let rt = rt
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::user(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(run_gateway(config, on_ready))
+}
+
+async fn run_gateway(
+    config: Config,
+    on_ready: impl FnOnce(SocketAddr, SocketAddr),
+) -> Result<(), CliError> {
+    let metrics = Arc::new(Metrics::new().map_err(|e| CliError::user(format!("metrics: {e}")))?);
+    let health = Arc::new(Health::default());
+    let index = Arc::new(ArcSwap::from_pointee(KeyIndex::default()));
+    let store = match &config.keys.store {
+        StoreLocation::File(p) => FileStore::new(p.clone()),
+        StoreLocation::Postgres(_) => {
+            return Err(CliError::user(
+                "the PostgreSQL store is not supported by this build yet",
+            ));
+        }
+    };
+    let mut reloader = Reloader::new(store, index.clone(), metrics.clone(), health.clone());
+    // The first load must succeed: a gateway with no keys would refuse everything.
+    reloader.reload("start")?;
+
+    let tls = match &config.server.tls {
+        None => None,
+        Some(files) => {
+            let resolver = tls::CertResolver::load(files).map_err(CliError::user)?;
+            reloader = reloader.with_tls(files.clone(), resolver.clone());
+            Some(tls::server_config(resolver).map_err(CliError::user)?)
+        }
+    };
+    let gateway = Arc::new(Gateway::new(&config, index, metrics.clone()).map_err(CliError::user)?);
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| CliError::user(format!("server.listen {}: {e}", config.server.listen)))?;
+    let ops = TcpListener::bind(config.metrics.listen)
+        .await
+        .map_err(|e| CliError::user(format!("metrics.listen {}: {e}", config.metrics.listen)))?;
+    let client_addr = listener.local_addr()?;
+    let ops_addr = ops.local_addr()?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+
+    tokio::spawn(serve_ops(ops, metrics.clone(), health.clone()));
+    tokio::spawn(reloader.watch());
+    tracing::info!(client.addr = %client_addr, ops.addr = %ops_addr, tls = config.server.tls.is_some(), upstream = %config.upstream.url, "keygate listening");
+    on_ready(client_addr, ops_addr);
+
+    let shutdown = async {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "shutting down: draining connections"),
+            _ = interrupt.recv() => tracing::info!(signal = "SIGINT", "shutting down: draining connections"),
+        }
+    };
+    match server::run(
+        listener,
+        &config.server,
+        gateway,
+        tls,
+        metrics,
+        health,
+        shutdown,
+    )
+    .await
+    {
+        Drain::Complete => tracing::info!("shutdown complete: every connection finished"),
+        Drain::CutOff(n) => {
+            tracing::warn!(connections = n, drain_timeout = ?config.server.drain_timeout, "shutdown: drain timeout cut off connections")
+        }
+    }
+    Ok(())
+}

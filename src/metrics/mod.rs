@@ -1,0 +1,322 @@
+//! Every metric keygate exports, with its name and help text, in this one file.
+//!
+//! One `Metrics` value is built at start-up on its own `Registry` and passed
+//! to whoever counts. Label handles are resolved once here, so counting on the
+//! request path is an atomic add: no map lookup, no lock, no allocation.
+
+mod ops;
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+pub use ops::{Health, serve_ops};
+
+use crate::keys::Access;
+
+/// The `decision` label: SPEC's codes, plus report-only and preflight outcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionLabel {
+    MissingKey,
+    InvalidKey,
+    ExpiredKey,
+    BrowserFullAccess,
+    OriginNotAllowed,
+    ReadOnlyMethod,
+    Allowed,
+    BrowserFullAccessReported,
+    Preflight,
+}
+
+impl DecisionLabel {
+    pub const ALL: [DecisionLabel; 9] = [
+        DecisionLabel::MissingKey,
+        DecisionLabel::InvalidKey,
+        DecisionLabel::ExpiredKey,
+        DecisionLabel::BrowserFullAccess,
+        DecisionLabel::OriginNotAllowed,
+        DecisionLabel::ReadOnlyMethod,
+        DecisionLabel::Allowed,
+        DecisionLabel::BrowserFullAccessReported,
+        DecisionLabel::Preflight,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DecisionLabel::MissingKey => "missing_key",
+            DecisionLabel::InvalidKey => "invalid_key",
+            DecisionLabel::ExpiredKey => "expired_key",
+            DecisionLabel::BrowserFullAccess => "browser_full_access",
+            DecisionLabel::OriginNotAllowed => "origin_not_allowed",
+            DecisionLabel::ReadOnlyMethod => "read_only_method",
+            DecisionLabel::Allowed => "allowed",
+            DecisionLabel::BrowserFullAccessReported => "browser_full_access_reported",
+            DecisionLabel::Preflight => "preflight",
+        }
+    }
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl From<crate::policy::Rejection> for DecisionLabel {
+    fn from(r: crate::policy::Rejection) -> Self {
+        use crate::policy::Rejection;
+        match r {
+            Rejection::MissingKey => DecisionLabel::MissingKey,
+            Rejection::InvalidKey(_) => DecisionLabel::InvalidKey,
+            Rejection::ExpiredKey => DecisionLabel::ExpiredKey,
+            Rejection::BrowserFullAccess => DecisionLabel::BrowserFullAccess,
+            Rejection::OriginNotAllowed => DecisionLabel::OriginNotAllowed,
+            Rejection::ReadOnlyMethod => DecisionLabel::ReadOnlyMethod,
+        }
+    }
+}
+
+/// The `kind` label of upstream errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect,
+    Timeout,
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Protocol => "protocol",
+        }
+    }
+}
+
+/// The `access` label: a key's access, or `none` when no key was identified.
+const ACCESS_LABELS: [&str; 3] = ["none", "read-only", "full-access"];
+
+fn access_index(access: Option<Access>) -> usize {
+    match access {
+        None => 0,
+        Some(Access::ReadOnly) => 1,
+        Some(Access::FullAccess) => 2,
+    }
+}
+
+/// All of keygate's metrics.
+pub struct Metrics {
+    registry: Registry,
+    decisions: Vec<[IntCounter; 3]>,
+    durations: Vec<Histogram>,
+    upstream_errors: [IntCounter; 3],
+    keys: [IntGauge; 2],
+    reload_success: IntCounter,
+    reload_failure: IntCounter,
+    last_reload_ok: IntGauge,
+    last_reload_success_ts: Gauge,
+    connections_active: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// Builds and registers every metric, with every label combination present
+    /// from the start (a series that appears only on first use breaks `rate()`).
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let reg = |c: Box<dyn prometheus::core::Collector>| registry.register(c);
+
+        let decisions_vec = IntCounterVec::new(
+            Opts::new(
+                "keygate_decisions_total",
+                "Requests by gateway decision and key access type.",
+            ),
+            &["decision", "access"],
+        )?;
+        reg(Box::new(decisions_vec.clone()))?;
+        let durations_vec = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "keygate_request_duration_seconds",
+                "Time from request head to response head, by decision.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["decision"],
+        )?;
+        reg(Box::new(durations_vec.clone()))?;
+        let mut decisions = Vec::with_capacity(DecisionLabel::ALL.len());
+        let mut durations = Vec::with_capacity(DecisionLabel::ALL.len());
+        for d in DecisionLabel::ALL {
+            let by_access =
+                ACCESS_LABELS.map(|a| decisions_vec.with_label_values(&[d.as_str(), a]));
+            decisions.push(by_access);
+            durations.push(durations_vec.with_label_values(&[d.as_str()]));
+        }
+
+        let upstream_vec = IntCounterVec::new(
+            Opts::new(
+                "keygate_upstream_errors_total",
+                "Failed exchanges with the upstream, by kind.",
+            ),
+            &["kind"],
+        )?;
+        reg(Box::new(upstream_vec.clone()))?;
+        let upstream_errors = [
+            UpstreamErrorKind::Connect,
+            UpstreamErrorKind::Timeout,
+            UpstreamErrorKind::Protocol,
+        ]
+        .map(|k| upstream_vec.with_label_values(&[k.as_str()]));
+
+        let keys_vec = IntGaugeVec::new(
+            Opts::new(
+                "keygate_keys",
+                "Active keys in the loaded index, by access type.",
+            ),
+            &["access"],
+        )?;
+        reg(Box::new(keys_vec.clone()))?;
+        let keys = [
+            keys_vec.with_label_values(&["read-only"]),
+            keys_vec.with_label_values(&["full-access"]),
+        ];
+
+        let reloads_vec = IntCounterVec::new(
+            Opts::new("keygate_reloads_total", "Key store reloads, by result."),
+            &["result"],
+        )?;
+        reg(Box::new(reloads_vec.clone()))?;
+        let last_reload_ok = IntGauge::new(
+            "keygate_config_last_reload_successful",
+            "1 if the last key store reload succeeded, else 0.",
+        )?;
+        reg(Box::new(last_reload_ok.clone()))?;
+        let last_reload_success_ts = Gauge::new(
+            "keygate_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful key store reload.",
+        )?;
+        reg(Box::new(last_reload_success_ts.clone()))?;
+        let connections_active =
+            IntGauge::new("keygate_connections_active", "Open client connections.")?;
+        reg(Box::new(connections_active.clone()))?;
+
+        #[cfg(target_os = "linux")]
+        reg(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+
+        Ok(Metrics {
+            registry,
+            decisions,
+            durations,
+            upstream_errors,
+            keys,
+            reload_success: reloads_vec.with_label_values(&["success"]),
+            reload_failure: reloads_vec.with_label_values(&["failure"]),
+            last_reload_ok,
+            last_reload_success_ts,
+            connections_active,
+        })
+    }
+
+    /// Counts one request's decision and how long the gateway took to answer it.
+    pub fn record_decision(&self, decision: DecisionLabel, access: Option<Access>, seconds: f64) {
+        let i = decision.index();
+        self.decisions[i][access_index(access)].inc();
+        self.durations[i].observe(seconds);
+    }
+
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.upstream_errors[kind as usize].inc();
+    }
+
+    /// Records a reload's outcome; on success, the new key counts.
+    pub fn reload(&self, outcome: Result<(usize, usize), ()>, unix_seconds: f64) {
+        match outcome {
+            Ok((read_only, full_access)) => {
+                self.reload_success.inc();
+                self.last_reload_ok.set(1);
+                self.last_reload_success_ts.set(unix_seconds);
+                self.keys[0].set(i64::try_from(read_only).unwrap_or(i64::MAX));
+                self.keys[1].set(i64::try_from(full_access).unwrap_or(i64::MAX));
+            }
+            Err(()) => {
+                self.reload_failure.inc();
+                self.last_reload_ok.set(0);
+            }
+        }
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections_active.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_active.dec();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec only fails on invalid metric data, which the
+        // constructors above rule out.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> Metrics {
+        Metrics::new().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn every_spec_metric_is_exported_from_the_start() {
+        let text = metrics().render();
+        for name in [
+            "keygate_decisions_total{access=\"none\",decision=\"missing_key\"} 0",
+            "keygate_request_duration_seconds_bucket{decision=\"allowed\",le=\"0.001\"} 0",
+            "keygate_upstream_errors_total{kind=\"protocol\"} 0",
+            "keygate_keys{access=\"read-only\"} 0",
+            "keygate_reloads_total{result=\"failure\"} 0",
+            "keygate_config_last_reload_successful 0",
+            "keygate_config_last_reload_success_timestamp_seconds 0",
+            "keygate_connections_active 0",
+        ] {
+            assert!(text.contains(name), "missing {name}");
+        }
+    }
+
+    #[test]
+    fn counting_moves_the_right_series() {
+        let m = metrics();
+        m.record_decision(
+            DecisionLabel::BrowserFullAccess,
+            Some(Access::FullAccess),
+            0.0002,
+        );
+        m.upstream_error(UpstreamErrorKind::Timeout);
+        m.reload(Ok((3, 1)), 1_800_000_000.0);
+        let text = m.render();
+        assert!(text.contains(
+            "keygate_decisions_total{access=\"full-access\",decision=\"browser_full_access\"} 1"
+        ));
+        assert!(text.contains(
+            "keygate_request_duration_seconds_count{decision=\"browser_full_access\"} 1"
+        ));
+        assert!(text.contains("keygate_upstream_errors_total{kind=\"timeout\"} 1"));
+        assert!(text.contains("keygate_keys{access=\"read-only\"} 3"));
+        assert!(text.contains("keygate_config_last_reload_successful 1"));
+        assert!(text.contains("keygate_config_last_reload_success_timestamp_seconds 1800000000"));
+    }
+}

@@ -1,0 +1,275 @@
+//! The request pipeline: take the index snapshot once, decide, then answer
+//! (rejection, preflight) or forward to the upstream and stream back.
+//!
+//! Everything that can go wrong while forwarding is a `ProxyError`, and every
+//! response the gateway writes itself comes from `reject`.
+
+mod body;
+pub mod headers;
+pub mod reject;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use http::header::{HOST, ORIGIN};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+pub use body::ProxyBody;
+use headers::Caller;
+use reject::ProxyError;
+use upstream::Upstream;
+
+use crate::config::{Config, CorsConfig};
+use crate::keys::{Access, KeyIndex};
+use crate::metrics::{DecisionLabel, Metrics};
+use crate::policy::{self, Decision, KeySource, PolicySettings, Preflight, RequestHead};
+
+/// The current key index; swapped whole by the reloader.
+pub type SharedIndex = Arc<ArcSwap<KeyIndex>>;
+
+/// What the pipeline needs about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// The gateway: policy settings, the index, the upstream and the metrics.
+pub struct Gateway {
+    index: SharedIndex,
+    upstream: Upstream,
+    metrics: Arc<Metrics>,
+    header: HeaderName,
+    query_param: Option<String>,
+    prefix: String,
+    browser_full_access: crate::config::BrowserFullAccess,
+    cors: Option<CorsConfig>,
+    forward_key: bool,
+    access_log: bool,
+}
+
+/// What an allowed request carries to the forwarder, owned so that the
+/// request itself can move.
+struct Identity {
+    id: HeaderValue,
+    access: Access,
+    source: KeySource,
+}
+
+impl Gateway {
+    pub fn new(
+        config: &Config,
+        index: SharedIndex,
+        metrics: Arc<Metrics>,
+    ) -> Result<Gateway, String> {
+        Ok(Gateway {
+            index,
+            upstream: Upstream::new(&config.upstream)?,
+            metrics,
+            header: config.keys.header.clone(),
+            query_param: config.keys.query_param.clone(),
+            prefix: config.keys.prefix.clone(),
+            browser_full_access: config.policy.browser_full_access,
+            cors: config.cors.clone(),
+            forward_key: config.keys.forward_key,
+            access_log: config.log.access_log,
+        })
+    }
+
+    /// Handles one request, start to response head.
+    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        let started = Instant::now();
+        // One snapshot for the request's whole life, whatever reloads meanwhile.
+        let index = self.index.load();
+        let settings = PolicySettings {
+            header: &self.header,
+            query_param: self.query_param.as_deref(),
+            prefix: &self.prefix,
+            browser_full_access: self.browser_full_access,
+            cors: self.cors.as_ref(),
+        };
+        let head = RequestHead {
+            method: req.method(),
+            headers: req.headers(),
+            query: req.uri().query(),
+        };
+        let decision = policy::decide(head, &index, &settings, SystemTime::now());
+        let origin = req.headers().get(ORIGIN).cloned();
+
+        let (mut response, label, access) = match decision {
+            Decision::Allow {
+                key,
+                source,
+                reported,
+            } => {
+                let label = if reported {
+                    DecisionLabel::BrowserFullAccessReported
+                } else {
+                    DecisionLabel::Allowed
+                };
+                if reported {
+                    tracing::warn!(decision = label.as_str(), key.id = %key.id, method = %req.method(), path = req.uri().path(), client.addr = %conn.peer, "full-access key used from a browser (report-only mode: forwarded)");
+                } else if self.access_log {
+                    tracing::info!(decision = label.as_str(), key.id = %key.id, method = %req.method(), path = req.uri().path(), client.addr = %conn.peer, "request allowed");
+                }
+                let identity = Identity {
+                    id: key.id_header.clone(),
+                    access: key.access,
+                    source,
+                };
+                let access = key.access;
+                drop(index);
+                (
+                    self.forward(req, conn, Some(identity)).await,
+                    label,
+                    Some(access),
+                )
+            }
+            Decision::Deny { rejection, key } => {
+                tracing::info!(
+                    decision = rejection.code(),
+                    reason = rejection.detail(),
+                    key.id = key.map(|k| k.id.as_str()),
+                    method = %req.method(),
+                    path = req.uri().path(),
+                    client.addr = %conn.peer,
+                    "request denied"
+                );
+                (
+                    reject::rejection_response(rejection),
+                    DecisionLabel::from(rejection),
+                    key.map(|k| k.access),
+                )
+            }
+            Decision::Preflight(Preflight::Forward) => {
+                drop(index);
+                (
+                    self.forward(req, conn, None).await,
+                    DecisionLabel::Preflight,
+                    None,
+                )
+            }
+            Decision::Preflight(Preflight::Answer) => match &self.cors {
+                Some(cors) => (
+                    reject::preflight_response(req.headers(), cors),
+                    DecisionLabel::Preflight,
+                    None,
+                ),
+                None => (
+                    reject::error_response(ProxyError::BadTarget),
+                    DecisionLabel::Preflight,
+                    None,
+                ),
+            },
+            Decision::Preflight(Preflight::Deny(rejection)) => {
+                tracing::info!(decision = rejection.code(), method = %req.method(), client.addr = %conn.peer, "preflight denied");
+                (
+                    reject::rejection_response(rejection),
+                    DecisionLabel::from(rejection),
+                    None,
+                )
+            }
+        };
+        reject::add_cors(&mut response, origin.as_ref(), self.cors.as_ref());
+        self.metrics
+            .record_decision(label, access, started.elapsed().as_secs_f64());
+        response
+    }
+
+    /// Forwards a request upstream and returns the upstream's response head
+    /// with its body streaming through.
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        conn: ConnInfo,
+        identity: Option<Identity>,
+    ) -> Response<ProxyBody> {
+        let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+
+        let mut path_and_query = parts.uri.path_and_query().cloned();
+        if let (Some(id), Some(param), false) = (&identity, &self.query_param, self.forward_key)
+            && id.source == KeySource::Query
+        {
+            path_and_query = strip_query(path_and_query, param);
+        }
+        // HTTP/2 carries the host in :authority; HTTP/1.1 backends need Host.
+        if !parts.headers.contains_key(HOST)
+            && let Some(v) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(HOST, v);
+        }
+        parts.uri = match self.upstream.target(path_and_query) {
+            Ok(uri) => uri,
+            Err(e) => return reject::error_response(e),
+        };
+        let none = HeaderValue::from_static("");
+        let caller = Caller {
+            peer: conn.peer.ip(),
+            tls: conn.tls,
+            key_id: identity.as_ref().map_or(&none, |i| &i.id),
+            access: identity.as_ref().map_or(Access::ReadOnly, |i| i.access),
+            remove_key: match (&identity, self.forward_key) {
+                (Some(i), false) => Some((i.source, &self.header)),
+                _ => None,
+            },
+        };
+        headers::rewrite_request(&mut parts.headers, &caller, upgrade);
+        if identity.is_none() {
+            // Preflights carry no key: no identity to vouch for.
+            parts.headers.remove(headers::KEY_ID);
+            parts.headers.remove(headers::KEY_ACCESS);
+        }
+        parts.version = Version::HTTP_11;
+
+        let mut response = match self.upstream.send(Request::from_parts(parts, body)).await {
+            Ok(r) => r,
+            Err((error, kind)) => {
+                self.metrics.upstream_error(kind);
+                tracing::warn!(kind = kind.as_str(), client.addr = %conn.peer, "upstream request failed");
+                return reject::error_response(error);
+            }
+        };
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(client_side)) = (switching, client_upgrade) {
+            let upstream_side = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                if let (Ok(client), Ok(upstream)) = (client_side.await, upstream_side.await) {
+                    let _ = tokio::io::copy_bidirectional(
+                        &mut TokioIo::new(client),
+                        &mut TokioIo::new(upstream),
+                    )
+                    .await;
+                }
+            });
+        }
+        let (mut parts, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, switching);
+        Response::from_parts(parts, ProxyBody::upstream(body, self.metrics.clone()))
+    }
+}
+
+fn strip_query(
+    pq: Option<http::uri::PathAndQuery>,
+    param: &str,
+) -> Option<http::uri::PathAndQuery> {
+    let pq = pq?;
+    let Some(query) = pq.query() else {
+        return Some(pq);
+    };
+    let rebuilt = match headers::strip_query_param(query, param) {
+        Some(q) => format!("{}?{q}", pq.path()),
+        None => pq.path().to_string(),
+    };
+    rebuilt.parse().ok().or(Some(pq))
+}

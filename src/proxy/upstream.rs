@@ -1,0 +1,120 @@
+//! The upstream: a pooled, kept-alive hyper client (plain HTTP or HTTPS via
+//! rustls), with the connect and response timeouts from the config, and the
+//! classification of its failures into 502/504 and metric kinds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use super::reject::ProxyError;
+use crate::config::UpstreamConfig;
+use crate::metrics::UpstreamErrorKind;
+
+/// The backend every allowed request goes to.
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    scheme: Scheme,
+    authority: Authority,
+    response_timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, String> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        let tls = client_tls(cfg)?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.pool_max_idle)
+            .build(connector);
+        let (scheme, authority) = match (cfg.url.scheme(), cfg.url.authority()) {
+            (Some(s), Some(a)) => (s.clone(), a.clone()),
+            _ => {
+                return Err(format!(
+                    "upstream.url {} needs a scheme and a host",
+                    cfg.url
+                ));
+            }
+        };
+        Ok(Upstream {
+            client,
+            scheme,
+            authority,
+            response_timeout: cfg.response_timeout,
+        })
+    }
+
+    /// The upstream URI for a request path and query.
+    pub fn target(&self, path_and_query: Option<PathAndQuery>) -> Result<Uri, ProxyError> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")))
+            .build()
+            .map_err(|_| ProxyError::BadTarget)
+    }
+
+    /// Sends a request and waits for the response head.
+    pub async fn send(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, (ProxyError, UpstreamErrorKind)> {
+        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if e.is_connect() => {
+                Err((ProxyError::Unavailable, UpstreamErrorKind::Connect))
+            }
+            Ok(Err(_)) => Err((ProxyError::Unavailable, UpstreamErrorKind::Protocol)),
+            Err(_) => Err((ProxyError::Timeout, UpstreamErrorKind::Timeout)),
+        }
+    }
+}
+
+/// TLS to an `https://` upstream: the system's roots plus `upstream.ca`.
+fn client_tls(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, String> {
+    let mut roots = RootCertStore::empty();
+    // Missing system roots are not fatal: an internal upstream may be trusted
+    // through `upstream.ca` alone.
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(ca) = &cfg.ca {
+        let certs = CertificateDer::pem_file_iter(ca)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("upstream.ca {}: {e}", ca.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "upstream.ca {}: no certificate in the file",
+                ca.display()
+            ));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("upstream.ca {}: {e}", ca.display()))?;
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .map_err(|e| format!("TLS setup: {e}"))
+}

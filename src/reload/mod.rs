@@ -1,0 +1,221 @@
+//! Keeping the key index (and the TLS certificate) current without a restart.
+//!
+//! One entry point, `Reloader::reload`, used at start-up, on SIGHUP and when
+//! the watcher sees a change. A reload is all-or-nothing: read, parse and
+//! validate the store and the revocation list, build a new index off the
+//! request path, then swap it in with one pointer store. Any error keeps the
+//! last good index. Requests in flight keep the snapshot they started with.
+//!
+//! The watcher polls file metadata (following symlinks) every 250 ms. A
+//! `stat` per file is cheap, needs no platform event API, and sees every way a
+//! file can change: in-place writes, editors' rename-over, and Kubernetes'
+//! `..data` symlink swap.
+
+mod fingerprint;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::Instant;
+
+use fingerprint::Fingerprint;
+
+use crate::config::TlsFiles;
+use crate::keys::{Access, FileStore, KeyHash, KeyIndex, StoreError, StoreSnapshot};
+use crate::metrics::{Health, Metrics};
+use crate::proxy::SharedIndex;
+use crate::server::tls::CertResolver;
+
+/// How often the watcher looks at the files.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What a successful reload changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReloadStats {
+    pub keys: usize,
+    pub added: usize,
+    pub removed: usize,
+    pub changed: usize,
+    pub revoked: usize,
+}
+
+/// Owns the store, the last loaded snapshot and the shared index.
+pub struct Reloader {
+    store: FileStore,
+    index: SharedIndex,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    /// id → (hash, access, expiry, origins) of the last good load, for the diff.
+    last: HashMap<String, (KeyHash, Access, Option<SystemTime>, Vec<String>)>,
+    tls: Option<(TlsFiles, Arc<CertResolver>)>,
+}
+
+impl Reloader {
+    pub fn new(
+        store: FileStore,
+        index: SharedIndex,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Self {
+        Reloader {
+            store,
+            index,
+            metrics,
+            health,
+            last: HashMap::new(),
+            tls: None,
+        }
+    }
+
+    /// Also reload this certificate when its files change.
+    pub fn with_tls(mut self, files: TlsFiles, resolver: Arc<CertResolver>) -> Self {
+        self.tls = Some((files, resolver));
+        self
+    }
+
+    /// Loads the store and swaps in a new index; on error the old one stays.
+    /// Logs the outcome and records it in the metrics either way.
+    pub fn reload(&mut self, cause: &str) -> Result<ReloadStats, StoreError> {
+        let started = Instant::now();
+        let unix_now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        match self.store.load() {
+            Ok(snapshot) => {
+                let index = KeyIndex::build(&snapshot);
+                let stats = self.diff(&snapshot);
+                let counts = (
+                    index.count(Access::ReadOnly),
+                    index.count(Access::FullAccess),
+                );
+                self.index.store(Arc::new(index));
+                self.metrics.reload(Ok(counts), unix_now);
+                self.health.set_loaded();
+                tracing::info!(
+                    result = "success",
+                    cause,
+                    store = %self.store.path().display(),
+                    keys = stats.keys,
+                    added = stats.added,
+                    removed = stats.removed,
+                    changed = stats.changed,
+                    revoked = stats.revoked,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    "key store loaded"
+                );
+                Ok(stats)
+            }
+            Err(e) => {
+                self.metrics.reload(Err(()), unix_now);
+                tracing::error!(result = "failure", cause, error = %e, "key store reload failed; keeping the last good index");
+                Err(e)
+            }
+        }
+    }
+
+    fn diff(&mut self, snapshot: &StoreSnapshot) -> ReloadStats {
+        let next: HashMap<_, _> = snapshot
+            .keys
+            .records()
+            .iter()
+            .map(|r| {
+                (
+                    r.id.to_string(),
+                    (r.hash, r.access, r.expires, r.origins.clone()),
+                )
+            })
+            .collect();
+        let added = next
+            .keys()
+            .filter(|id| !self.last.contains_key(*id))
+            .count();
+        let removed = self
+            .last
+            .keys()
+            .filter(|id| !next.contains_key(*id))
+            .count();
+        let changed = next
+            .iter()
+            .filter(|(id, v)| self.last.get(*id).is_some_and(|old| old != *v))
+            .count();
+        let stats = ReloadStats {
+            keys: next.len(),
+            added,
+            removed,
+            changed,
+            revoked: snapshot.revoked.len(),
+        };
+        self.last = next;
+        stats
+    }
+
+    fn reload_tls(&self) {
+        if let Some((files, resolver)) = &self.tls {
+            match resolver.reload(files) {
+                Ok(()) => {
+                    tracing::info!(result = "success", cert = %files.cert.display(), "TLS certificate reloaded")
+                }
+                Err(e) => {
+                    tracing::error!(result = "failure", error = %e, "TLS certificate reload failed; keeping the current one")
+                }
+            }
+        }
+    }
+
+    /// Watches the files and SIGHUP until the task is dropped. File reads and
+    /// index builds run on the blocking pool, never on a request worker.
+    pub async fn watch(mut self) {
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; file watching still works");
+                None
+            }
+        };
+        let store_files = [self.store.path().to_path_buf(), self.store.revoked_path()];
+        let tls_files: Vec<_> = self
+            .tls
+            .iter()
+            .flat_map(|(f, _)| [f.cert.clone(), f.key.clone()])
+            .collect();
+        let mut store_seen = Fingerprint::of(&store_files);
+        let mut tls_seen = Fingerprint::of(&tls_files);
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let forced = tokio::select! {
+                _ = tick.tick() => false,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            };
+            let store_now = Fingerprint::of(&store_files);
+            let tls_now = Fingerprint::of(&tls_files);
+            let store_changed = store_now != store_seen;
+            let tls_changed = tls_now != tls_seen;
+            if !(forced || store_changed || tls_changed) {
+                continue;
+            }
+            store_seen = store_now;
+            tls_seen = tls_now;
+            let cause = if forced { "sighup" } else { "file change" };
+            let joined = tokio::task::spawn_blocking(move || {
+                if forced || store_changed {
+                    let _ = self.reload(cause);
+                }
+                if forced || tls_changed {
+                    self.reload_tls();
+                }
+                self
+            })
+            .await;
+            match joined {
+                Ok(me) => self = me,
+                Err(e) => {
+                    tracing::error!(error = %e, "reload task failed; hot reload stops");
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The client listener: accept (bounded by `max_connections`), optional TLS,
+//! HTTP/1.1 or HTTP/2 on the same port, per-connection timeouts, and the
+//! graceful drain on shutdown. Requests go to `proxy::Gateway::handle`.
+
+pub mod activity;
+mod io;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_rustls::TlsAcceptor;
+
+use activity::{Activity, Deadline};
+use io::{ClientIo, Stream, sniff_h2};
+
+use crate::config::ServerConfig;
+use crate::metrics::{Health, Metrics};
+use crate::proxy::{ConnInfo, Gateway, ProxyBody};
+
+/// How a shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Every connection finished within `drain_timeout`.
+    Complete,
+    /// The bound ran out with this many connections still open.
+    CutOff(usize),
+}
+
+struct Shared {
+    gateway: Arc<Gateway>,
+    metrics: Arc<Metrics>,
+    tls: Option<TlsAcceptor>,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+/// Serves client connections on `listener` until `shutdown` resolves, then
+/// drains: `/readyz` turns 503, no new connections, kept-alive ones are told
+/// to close, in-flight requests get up to `drain_timeout`.
+pub async fn run(
+    listener: TcpListener,
+    config: &ServerConfig,
+    gateway: Arc<Gateway>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()>,
+) -> Drain {
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_headers(config.max_headers)
+        .max_header_size(config.max_header_bytes)
+        // Room for the head plus what arrives with it; beyond this hyper
+        // answers 431 before the head is even complete.
+        .max_buf_size(config.max_header_bytes.max(8192) + 16 * 1024);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+    let shared = Arc::new(Shared {
+        gateway,
+        metrics,
+        tls: tls.map(TlsAcceptor::from),
+        h1,
+        h2,
+        header_read_timeout: config.header_read_timeout,
+        idle_timeout: config.idle_timeout,
+    });
+    let max = config.max_connections;
+    let slots = Arc::new(Semaphore::new(max));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let shared = shared.clone();
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, peer, &shared, stop).await;
+            drop(permit);
+        });
+    }
+
+    health.set_draining();
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    let drained = timeout(config.drain_timeout, slots.acquire_many(all)).await;
+    match drained {
+        Ok(_) => Drain::Complete,
+        Err(_) => Drain::CutOff(max - slots.available_permits()),
+    }
+}
+
+/// The per-connection hyper service: marks each request in flight and hands
+/// it to the gateway.
+#[derive(Clone)]
+struct ConnService {
+    gateway: Arc<Gateway>,
+    activity: Arc<Activity>,
+    info: ConnInfo,
+}
+
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn call(&self, req: Request<Incoming>) -> ResponseFuture {
+        let gateway = self.gateway.clone();
+        let busy = self.activity.begin(req.version() == Version::HTTP_2);
+        let info = self.info;
+        Box::pin(async move {
+            let response = gateway.handle(req, info).await;
+            Ok(response.map(|b| b.with_busy(busy)))
+        })
+    }
+}
+
+/// An HTTP/1.1 (with upgrades) or HTTP/2 connection being served.
+enum Served {
+    H1(Pin<Box<http1::UpgradeableConnection<TokioIo<ClientIo>, ConnService>>>),
+    H2(Pin<Box<http2::Connection<TokioIo<ClientIo>, ConnService, TokioExecutor>>>),
+}
+
+impl Served {
+    fn graceful_shutdown(&mut self) {
+        match self {
+            Served::H1(c) => c.as_mut().graceful_shutdown(),
+            Served::H2(c) => c.as_mut().graceful_shutdown(),
+        }
+    }
+}
+
+impl Future for Served {
+    type Output = hyper::Result<()>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Served::H1(c) => c.as_mut().poll(cx),
+            Served::H2(c) => c.as_mut().poll(cx),
+        }
+    }
+}
+
+async fn serve_connection(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = tcp.set_nodelay(true);
+    shared.metrics.connection_opened();
+    let _open = OpenConnection(&shared.metrics);
+    let activity = Activity::new();
+
+    // TLS handshake and protocol sniffing count against the header timeout.
+    let setup = async {
+        match &shared.tls {
+            None => sniff_h2(&mut tcp)
+                .await
+                .map(|(h2, replay)| (Stream::Plain(tcp), replay, h2, false)),
+            Some(acceptor) => {
+                let tls = acceptor.accept(tcp).await?;
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                Ok((Stream::Tls(Box::new(tls)), bytes::Bytes::new(), h2, true))
+            }
+        }
+    };
+    let (stream, replay, h2, is_tls) = match timeout(shared.header_read_timeout, setup).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(client.addr = %peer, error = %e, "connection setup failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client.addr = %peer, "connection closed: no request head in time");
+            return;
+        }
+    };
+    let io = TokioIo::new(ClientIo::new(stream, replay, activity.clone()));
+    let service = ConnService {
+        gateway: shared.gateway.clone(),
+        activity: activity.clone(),
+        info: ConnInfo { peer, tls: is_tls },
+    };
+    let mut conn = if h2 {
+        Served::H2(Box::pin(shared.h2.serve_connection(io, service)))
+    } else {
+        Served::H1(Box::pin(
+            shared.h1.serve_connection(io, service).with_upgrades(),
+        ))
+    };
+
+    let mut draining = false;
+    loop {
+        let deadline = activity.deadline(shared.header_read_timeout, shared.idle_timeout);
+        let wake_at = match deadline {
+            Deadline::None => Instant::now() + Duration::from_secs(86_400),
+            Deadline::HeaderRead(t) | Deadline::Idle(t) => t,
+        };
+        tokio::select! {
+            result = &mut conn => {
+                if let Err(e) = result {
+                    tracing::debug!(client.addr = %peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = stop.changed(), if !draining => {
+                draining = true;
+                conn.graceful_shutdown();
+            }
+            () = activity.changed() => {}
+            () = sleep_until(wake_at) => {
+                match activity.deadline(shared.header_read_timeout, shared.idle_timeout) {
+                    Deadline::HeaderRead(t) if t <= Instant::now() => {
+                        tracing::debug!(client.addr = %peer, "connection closed: request head not complete in time");
+                        break;
+                    }
+                    Deadline::Idle(t) if t <= Instant::now() => {
+                        tracing::debug!(client.addr = %peer, "connection closed: idle");
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Decrements the open-connections gauge however the connection ends.
+struct OpenConnection<'a>(&'a Metrics);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.connection_closed();
+    }
+}
