@@ -1,0 +1,119 @@
+//! Small clients: HTTP/1.1 via hyper's pooled client, HTTP/2 (h2c prior
+//! knowledge and TLS with ALPN) via hyper's connection API, and raw TCP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The gateway's error code, or "" for a non-JSON body.
+    pub fn code(&self) -> String {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+fn build(method: &str, url: &str, headers: &[(&str, &str)], body: Bytes) -> Request<Full<Bytes>> {
+    let mut req = Request::builder().method(Method::from_bytes(method.as_bytes()).unwrap()).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.body(Full::new(body)).unwrap()
+}
+
+/// One HTTP/1.1 request.
+pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let resp = client.request(build(method, url, headers, body.into())).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Reply { status: parts.status, headers: parts.headers, body }
+}
+
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    send("GET", url, headers, Bytes::new()).await
+}
+
+/// One request over HTTP/2 on an already-connected stream.
+pub async fn send_h2<S>(io: S, method: &str, url: &str, headers: &[(&str, &str)]) -> Reply
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await.unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(build(method, url, headers, Bytes::new())).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Reply { status: parts.status, headers: parts.headers, body }
+}
+
+/// HTTP/2 with prior knowledge over plain TCP (h2c).
+pub async fn get_h2c(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    send_h2(tcp, "GET", &format!("http://{addr}{path}"), headers).await
+}
+
+/// A TLS client trusting `ca_pem`, offering `alpn`.
+pub async fn tls_connect(addr: SocketAddr, ca_pem: &str, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    connector.connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap()
+}
+
+/// A self-signed certificate for `localhost`: (cert PEM, key PEM).
+pub fn self_signed() -> (String, String) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    (cert.cert.pem(), cert.signing_key.serialize_pem())
+}
+
+/// Writes raw bytes and reads until the server closes (or 5 s pass).
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Scrapes `/metrics` and returns the value of one exact series, or 0.
+pub async fn metric(ops: SocketAddr, series: &str) -> f64 {
+    let text = get(&format!("http://{ops}/metrics"), &[]).await;
+    let text = String::from_utf8_lossy(&text.body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,189 @@
+//! `TestGateway`: the real `keygate serve` binary on ephemeral ports, with a
+//! config and key store in a temporary folder and a standard set of keys.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use keygate::keys::{token, Access, FileStore, KeyHash, KeyId, KeyRecord};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+pub const SHOP: &str = "https://shop.example.com";
+
+/// Secrets of the standard keys every test gateway starts with.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    pub read_only: String,
+    pub full: String,
+    pub expired: String,
+    /// Read-only, origins = [SHOP].
+    pub pinned: String,
+    /// Full-access, created then deleted: on the revocation list.
+    pub revoked: String,
+}
+
+/// Config sections a test can add to (TOML lines).
+#[derive(Debug, Clone, Default)]
+pub struct Setup {
+    pub server: String,
+    pub upstream: String,
+    pub keys: String,
+    pub policy: String,
+    /// Whole extra tables, e.g. `[cors]`.
+    pub tables: String,
+}
+
+pub struct TestGateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub ops: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub keys: Keys,
+    output: Arc<Mutex<Vec<String>>>,
+}
+
+/// Adds a key to a store through the library, returning its secret.
+pub fn add_key(store: &FileStore, id: &str, access: Access, expires: Option<SystemTime>, origins: &[&str]) -> String {
+    let secret = token::generate("kg").unwrap();
+    let record = KeyRecord {
+        id: KeyId::parse(id).unwrap(),
+        name: format!("test key {id}"),
+        access,
+        hash: KeyHash::of(secret.as_bytes()),
+        created: SystemTime::now(),
+        expires,
+        origins: origins.iter().map(|o| o.to_string()).collect(),
+    };
+    store.modify(|keys, _| Ok(keys.add(record)?)).unwrap();
+    secret
+}
+
+/// Writes the standard keys into `dir/keys.toml`.
+pub fn standard_keys(dir: &Path) -> Keys {
+    let store = FileStore::new(dir.join("keys.toml"));
+    let keys = Keys {
+        read_only: add_key(&store, "ro", Access::ReadOnly, None, &[]),
+        full: add_key(&store, "full", Access::FullAccess, None, &[]),
+        expired: add_key(&store, "expired", Access::ReadOnly, Some(SystemTime::now() - Duration::from_secs(60)), &[]),
+        pinned: add_key(&store, "pinned", Access::ReadOnly, None, &[SHOP]),
+        revoked: add_key(&store, "gone", Access::FullAccess, None, &[]),
+    };
+    store.delete("gone").unwrap();
+    keys
+}
+
+impl TestGateway {
+    pub fn start(upstream_url: &str) -> TestGateway {
+        Self::start_with(upstream_url, Setup::default())
+    }
+
+    pub fn start_with(upstream_url: &str, setup: Setup) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = standard_keys(dir.path());
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[upstream]\nurl = \"{upstream_url}\"\n{}\n[keys]\nstore = \"keys.toml\"\n{}\n[policy]\n{}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"info\"\n{}\n",
+            setup.server, setup.upstream, setup.keys, setup.policy, setup.tables
+        );
+        std::fs::write(dir.path().join("keygate.toml"), config).unwrap();
+        let (child, addr, ops, output) = spawn_serve(&dir.path().join("keygate.toml"));
+        TestGateway { child, addr, ops, dir, keys, output }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn store(&self) -> FileStore {
+        FileStore::new(self.dir.path().join("keys.toml"))
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join("keys.toml")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("keygate.toml")
+    }
+
+    /// Everything the process printed so far (stderr and stdout lines).
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().join("\n")
+    }
+
+    /// Waits (polling) until the output contains `needle`; panics after 10 s.
+    pub fn wait_for_output(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.output().contains(needle) {
+            assert!(Instant::now() < deadline, "gateway never printed {needle:?}; output:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for the process to exit (up to 20 s).
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "gateway did not exit; output:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `keygate serve --config <path>` and waits for its "listening" line.
+pub fn spawn_serve(config: &Path) -> (Child, SocketAddr, SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel();
+    for stream in [Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stdout.take().unwrap())] {
+        let output = output.clone();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if line.contains("keygate listening") {
+                    let _ = tx.send(line.clone());
+                }
+                output.lock().unwrap().push(line);
+            }
+        });
+    }
+    let line = match rx.recv_timeout(Duration::from_secs(15)) {
+        Ok(l) => l,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("gateway did not start; output:\n{}", output.lock().unwrap().join("\n"));
+        }
+    };
+    let field = |name: &str| -> SocketAddr {
+        let start = line.find(name).unwrap() + name.len();
+        line[start..].split_whitespace().next().unwrap().parse().unwrap()
+    };
+    (child, field("client.addr="), field("ops.addr="), output)
+}

@@ -1,0 +1,13 @@
+//! Test harness: a real upstream (in-process hyper server), the real
+//! `keygate` binary on ephemeral ports, key fixtures and small clients, so
+//! that a test reads upstream → gateway → client in a few lines.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod client;
+pub mod gateway;
+pub mod upstream;
+
+pub use client::*;
+pub use gateway::*;
+pub use upstream::*;

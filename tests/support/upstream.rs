@@ -1,0 +1,183 @@
+//! `TestUpstream`: a hyper HTTP/1.1 server on 127.0.0.1:0 that records every
+//! request it receives and answers according to the path:
+//! - `/slow/<ms>`: waits, then answers;
+//! - `/bytes/<n>`: streams n bytes (in 64 KiB chunks);
+//! - `/echo-body`: streams the request body back;
+//! - `/die-mid-body`: sends a head promising 1 MiB, some bytes, then drops;
+//! - `/ws`: answers 101 and echoes bytes on the upgraded connection;
+//! - anything else: 200 with a small JSON body.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: String,
+    pub headers: HeaderMap,
+}
+
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// `total` bytes in 64 KiB chunks, then (if `fail`) an error instead of the end.
+struct Chunks {
+    left: usize,
+    index: usize,
+    fail: bool,
+    /// Before failing, a pause, so that the head and first bytes are flushed.
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        if this.left == 0 {
+            if this.fail {
+                let pause = this.pause.get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+                std::task::ready!(pause.as_mut().poll(cx));
+            }
+            return std::task::Poll::Ready(this.fail.then(|| Err(std::io::Error::other("upstream died"))));
+        }
+        let len = this.left.min(65536);
+        this.left -= len;
+        this.index += 1;
+        std::task::Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![(this.index % 251) as u8; len])))))
+    }
+}
+
+impl TestUpstream {
+    pub async fn start() -> TestUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let record = record.clone();
+                        async move { Ok::<_, Infallible>(answer(req, &record).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        TestUpstream { addr, seen, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request seen so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The last request seen; panics if there was none.
+    pub fn last(&self) -> Seen {
+        self.seen().pop().expect("the upstream saw no request")
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(mut req: Request<Incoming>, record: &Mutex<Vec<Seen>>) -> Response<Body> {
+    record.lock().unwrap().push(Seen {
+        method: req.method().clone(),
+        uri: req.uri().to_string(),
+        headers: req.headers().clone(),
+    });
+    let path = req.uri().path().to_string();
+    if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        return Response::new(full("slow done"));
+    }
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        let total: usize = n.parse().unwrap_or(0);
+        let mut r = Response::new(Chunks { left: total, index: 0, fail: false, pause: None }.boxed());
+        r.headers_mut().insert("content-length", total.to_string().parse().unwrap());
+        return r;
+    }
+    if path == "/echo-body" {
+        let (parts, body) = req.into_parts();
+        let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        let mut r = Response::new(full(bytes));
+        if let Some(ct) = parts.headers.get("content-type") {
+            r.headers_mut().insert("content-type", ct.clone());
+        }
+        return r;
+    }
+    if path == "/die-mid-body" {
+        // Some bytes, then an error: hyper aborts the connection mid-body.
+        let mut r = Response::new(Chunks { left: 1000, index: 0, fail: true, pause: None }.boxed());
+        r.headers_mut().insert("content-length", "1048576".parse().unwrap());
+        return r;
+    }
+    if path == "/ws" {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = upgrade.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut r = Response::new(full(""));
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut().insert("connection", "upgrade".parse().unwrap());
+        r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
+        return r;
+    }
+    let mut r = Response::new(full("{\"upstream\":true}"));
+    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut().insert("x-upstream", "yes".parse().unwrap());
+    r.headers_mut().insert("connection", "keep-alive, x-hop".parse().unwrap());
+    r.headers_mut().insert("x-hop", "must be stripped".parse().unwrap());
+    r
+}
+
