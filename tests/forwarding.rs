@@ -1,6 +1,8 @@
 //! Forwarding end to end: headers, streaming bodies, HTTP/2, TLS, WebSocket,
 //! upstream failures and malformed requests.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 use support::*;
 
@@ -42,10 +44,16 @@ async fn rewrites_headers_for_the_backend() {
 #[tokio::test]
 async fn forward_key_option_keeps_the_key() {
     let upstream = TestUpstream::start().await;
-    let setup = Setup { keys: "forward_key = true".into(), ..Setup::default() };
+    let setup = Setup {
+        keys: "forward_key = true".into(),
+        ..Setup::default()
+    };
     let gw = TestGateway::start_with(&upstream.url(), setup);
     get(&gw.url("/"), &[("x-api-key", &gw.keys.read_only)]).await;
-    assert_eq!(upstream.last().headers["x-api-key"], gw.keys.read_only.as_str());
+    assert_eq!(
+        upstream.last().headers["x-api-key"],
+        gw.keys.read_only.as_str()
+    );
 }
 
 #[tokio::test]
@@ -54,12 +62,22 @@ async fn large_bodies_stream_both_ways_intact() {
     let gw = TestGateway::start(&upstream.url());
     let bearer = format!("Bearer {}", gw.keys.full);
     let sent: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
-    let r = send("POST", &gw.url("/echo-body"), &[("authorization", &bearer)], Bytes::from(sent.clone())).await;
+    let r = send(
+        "POST",
+        &gw.url("/echo-body"),
+        &[("authorization", &bearer)],
+        Bytes::from(sent.clone()),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), sent.len());
     assert!(r.body == sent, "request body changed on the way");
 
-    let r = get(&gw.url("/bytes/6291456"), &[("x-api-key", &gw.keys.read_only)]).await;
+    let r = get(
+        &gw.url("/bytes/6291456"),
+        &[("x-api-key", &gw.keys.read_only)],
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), 6 * 1024 * 1024);
 }
@@ -73,7 +91,12 @@ async fn http2_prior_knowledge_on_plaintext() {
     let seen = upstream.last();
     assert_eq!(seen.uri, "/over-h2c");
     assert_eq!(seen.headers["host"], gw.addr.to_string().as_str());
-    let denied = get_h2c(gw.addr, "/", &[("x-api-key", &gw.keys.full), ("origin", SHOP)]).await;
+    let denied = get_h2c(
+        gw.addr,
+        "/",
+        &[("x-api-key", &gw.keys.full), ("origin", SHOP)],
+    )
+    .await;
     assert_eq!(denied.code(), "browser_full_access");
 }
 
@@ -86,7 +109,13 @@ fn tls_setup(dir: &std::path::Path) -> (Setup, String) {
         dir.join("cert.pem").display(),
         dir.join("key.pem").display()
     );
-    (Setup { server, ..Setup::default() }, cert)
+    (
+        Setup {
+            server,
+            ..Setup::default()
+        },
+        cert,
+    )
 }
 
 #[tokio::test]
@@ -98,16 +127,29 @@ async fn tls_termination_with_h2_and_http11_by_alpn() {
 
     let tls = tls_connect(gw.addr, &ca, &[b"h2"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let r = send_h2(tls, "GET", &format!("https://localhost:{}/tls", gw.addr.port()), &[("x-api-key", &gw.keys.read_only)]).await;
+    let r = send_h2(
+        tls,
+        "GET",
+        &format!("https://localhost:{}/tls", gw.addr.port()),
+        &[("x-api-key", &gw.keys.read_only)],
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(upstream.last().headers["x-forwarded-proto"], "https");
 
     let mut tls = tls_connect(gw.addr, &ca, &[b"http/1.1"]).await;
-    let req = format!("GET /h1 HTTP/1.1\r\nhost: localhost\r\nx-api-key: {}\r\nconnection: close\r\n\r\n", gw.keys.read_only);
+    let req = format!(
+        "GET /h1 HTTP/1.1\r\nhost: localhost\r\nx-api-key: {}\r\nconnection: close\r\n\r\n",
+        gw.keys.read_only
+    );
     tls.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     let _ = tls.read_to_end(&mut out).await;
-    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&out));
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
 }
 
 #[tokio::test]
@@ -133,7 +175,10 @@ async fn websocket_upgrade_passes_through_both_ways() {
     let mut echoed = [0u8; 23];
     tcp.read_exact(&mut echoed).await.unwrap();
     assert_eq!(&echoed, b"ping through the tunnel");
-    assert_eq!(upstream.last().headers["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+    assert_eq!(
+        upstream.last().headers["sec-websocket-key"],
+        "dGhlIHNhbXBsZSBub25jZQ=="
+    );
 }
 
 #[tokio::test]
@@ -144,32 +189,58 @@ async fn upstream_down_is_502_and_counted() {
     // Nothing listens there any more (the port was just released).
     let gw = TestGateway::start(&url);
     let r = get(&gw.url("/"), &[("x-api-key", &gw.keys.read_only)]).await;
-    assert_eq!((r.status.as_u16(), r.code().as_str()), (502, "upstream_unavailable"));
-    assert_eq!(metric(gw.ops, "keygate_upstream_errors_total{kind=\"connect\"}").await, 1.0);
+    assert_eq!(
+        (r.status.as_u16(), r.code().as_str()),
+        (502, "upstream_unavailable")
+    );
+    assert_eq!(
+        metric(gw.ops, "keygate_upstream_errors_total{kind=\"connect\"}").await,
+        1.0
+    );
 }
 
 #[tokio::test]
 async fn slow_upstream_is_504() {
     let upstream = TestUpstream::start().await;
-    let setup = Setup { upstream: "response_timeout = \"300ms\"".into(), ..Setup::default() };
+    let setup = Setup {
+        upstream: "response_timeout = \"300ms\"".into(),
+        ..Setup::default()
+    };
     let gw = TestGateway::start_with(&upstream.url(), setup);
     let r = get(&gw.url("/slow/3000"), &[("x-api-key", &gw.keys.read_only)]).await;
-    assert_eq!((r.status.as_u16(), r.code().as_str()), (504, "upstream_timeout"));
-    assert_eq!(metric(gw.ops, "keygate_upstream_errors_total{kind=\"timeout\"}").await, 1.0);
+    assert_eq!(
+        (r.status.as_u16(), r.code().as_str()),
+        (504, "upstream_timeout")
+    );
+    assert_eq!(
+        metric(gw.ops, "keygate_upstream_errors_total{kind=\"timeout\"}").await,
+        1.0
+    );
 }
 
 #[tokio::test]
 async fn upstream_dying_mid_body_aborts_the_client_response() {
     let upstream = TestUpstream::start().await;
     let gw = TestGateway::start(&upstream.url());
-    let req = format!("GET /die-mid-body HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n", gw.keys.read_only);
+    let req = format!(
+        "GET /die-mid-body HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
+        gw.keys.read_only
+    );
     let out = raw(gw.addr, req.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
     assert!(body.len() < 1_048_576, "the response must not complete");
-    assert_eq!(metric(gw.ops, "keygate_upstream_errors_total{kind=\"protocol\"}").await, 1.0);
+    assert_eq!(
+        metric(gw.ops, "keygate_upstream_errors_total{kind=\"protocol\"}").await,
+        1.0
+    );
     // The gateway keeps serving.
-    assert_eq!(get(&gw.url("/"), &[("x-api-key", &gw.keys.read_only)]).await.status, 200);
+    assert_eq!(
+        get(&gw.url("/"), &[("x-api-key", &gw.keys.read_only)])
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -180,7 +251,12 @@ async fn malformed_request_gets_400_and_the_gateway_goes_on() {
     assert!(out.starts_with("HTTP/1.1 400"), "{out:?}");
     let out = raw(gw.addr, b"NOT-HTTP\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out:?}");
-    assert_eq!(get(&gw.url("/"), &[("x-api-key", &gw.keys.read_only)]).await.status, 200);
+    assert_eq!(
+        get(&gw.url("/"), &[("x-api-key", &gw.keys.read_only)])
+            .await
+            .status,
+        200
+    );
     assert!(upstream.seen().len() == 1);
 }
 
@@ -193,30 +269,51 @@ async fn oversized_headers_get_431() {
     let out = raw(gw.addr, req.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 431"), "{out:?}");
     let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
-    let out = raw(gw.addr, format!("GET / HTTP/1.1\r\nhost: x\r\n{many}\r\n").as_bytes()).await;
+    let out = raw(
+        gw.addr,
+        format!("GET / HTTP/1.1\r\nhost: x\r\n{many}\r\n").as_bytes(),
+    )
+    .await;
     assert!(out.starts_with("HTTP/1.1 431"), "{out:?}");
-    assert_eq!(get(&gw.url("/"), &[("x-api-key", &gw.keys.read_only)]).await.status, 200);
+    assert_eq!(
+        get(&gw.url("/"), &[("x-api-key", &gw.keys.read_only)])
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
 async fn a_silent_client_is_closed_after_the_header_read_timeout() {
     let upstream = TestUpstream::start().await;
-    let setup = Setup { server: "header_read_timeout = \"300ms\"".into(), ..Setup::default() };
+    let setup = Setup {
+        server: "header_read_timeout = \"300ms\"".into(),
+        ..Setup::default()
+    };
     let gw = TestGateway::start_with(&upstream.url(), setup);
     let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
     let mut buf = Vec::new();
-    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
+    let closed =
+        tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
     assert!(closed.is_ok(), "the connection was not closed");
 }
 
 #[tokio::test]
 async fn an_idle_kept_alive_connection_outlives_the_header_timeout() {
     let upstream = TestUpstream::start().await;
-    let setup = Setup { server: "header_read_timeout = \"200ms\"\nidle_timeout = \"60s\"".into(), ..Setup::default() };
+    let setup = Setup {
+        server: "header_read_timeout = \"200ms\"\nidle_timeout = \"60s\"".into(),
+        ..Setup::default()
+    };
     let gw = TestGateway::start_with(&upstream.url(), setup);
     let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let req = format!("GET / HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n", gw.keys.read_only);
+    let req = format!(
+        "GET / HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
+        gw.keys.read_only
+    );
     for _ in 0..2 {
         tcp.write_all(req.as_bytes()).await.unwrap();
         let mut buf = vec![0u8; 4096];

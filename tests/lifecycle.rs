@@ -1,11 +1,16 @@
 //! Process lifecycle: graceful drain on SIGTERM, readiness, ops endpoints.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 use support::*;
 
 use std::time::{Duration, Instant};
 
-async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+async fn wait_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !check().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -17,12 +22,18 @@ async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut check
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let upstream = TestUpstream::start().await;
     let mut gw = TestGateway::start(&upstream.url());
-    assert_eq!(get(&format!("http://{}/readyz", gw.ops), &[]).await.status, 200);
+    assert_eq!(
+        get(&format!("http://{}/readyz", gw.ops), &[]).await.status,
+        200
+    );
 
     let url = gw.url("/slow/1500");
     let key = gw.keys.read_only.clone();
     let in_flight = tokio::spawn(async move { get(&url, &[("x-api-key", &key)]).await });
-    wait_until("the upstream to see the request", || async { !upstream.seen().is_empty() }).await;
+    wait_until("the upstream to see the request", || async {
+        !upstream.seen().is_empty()
+    })
+    .await;
 
     gw.signal("TERM");
     let ops = gw.ops;
@@ -40,29 +51,49 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body, "slow done");
     assert!(gw.wait_exit().success());
-    assert!(gw.output().contains("every connection finished"), "{}", gw.output());
+    assert!(
+        gw.output().contains("every connection finished"),
+        "{}",
+        gw.output()
+    );
 }
 
 #[tokio::test]
 async fn drain_timeout_bounds_the_wait() {
     let upstream = TestUpstream::start().await;
-    let setup = Setup { server: "drain_timeout = \"200ms\"".into(), ..Setup::default() };
+    let setup = Setup {
+        server: "drain_timeout = \"200ms\"".into(),
+        ..Setup::default()
+    };
     let mut gw = TestGateway::start_with(&upstream.url(), setup);
     let url = gw.url("/slow/10000");
     let key = gw.keys.read_only.clone();
     let _in_flight = tokio::spawn(async move { get(&url, &[("x-api-key", &key)]).await });
-    wait_until("the upstream to see the request", || async { !upstream.seen().is_empty() }).await;
+    wait_until("the upstream to see the request", || async {
+        !upstream.seen().is_empty()
+    })
+    .await;
     gw.signal("TERM");
     assert!(gw.wait_exit().success());
-    assert!(gw.output().contains("drain timeout cut off"), "{}", gw.output());
+    assert!(
+        gw.output().contains("drain timeout cut off"),
+        "{}",
+        gw.output()
+    );
 }
 
 #[tokio::test]
 async fn ops_listener_serves_health_readiness_and_metrics() {
     let upstream = TestUpstream::start().await;
     let gw = TestGateway::start(&upstream.url());
-    assert_eq!(get(&format!("http://{}/healthz", gw.ops), &[]).await.status, 200);
-    assert_eq!(get(&format!("http://{}/readyz", gw.ops), &[]).await.status, 200);
+    assert_eq!(
+        get(&format!("http://{}/healthz", gw.ops), &[]).await.status,
+        200
+    );
+    assert_eq!(
+        get(&format!("http://{}/readyz", gw.ops), &[]).await.status,
+        200
+    );
     let m = get(&format!("http://{}/metrics", gw.ops), &[]).await;
     assert_eq!(m.status, 200);
     let text = String::from_utf8_lossy(&m.body);
@@ -79,7 +110,10 @@ async fn ops_listener_serves_health_readiness_and_metrics() {
     ] {
         assert!(text.contains(&format!("# TYPE {name} ")), "missing {name}");
     }
-    assert_eq!(get(&format!("http://{}/nope", gw.ops), &[]).await.status, 404);
+    assert_eq!(
+        get(&format!("http://{}/nope", gw.ops), &[]).await.status,
+        404
+    );
 }
 
 #[tokio::test]
@@ -87,16 +121,46 @@ async fn every_decision_moves_its_series() {
     let upstream = TestUpstream::start().await;
     let gw = TestGateway::start(&upstream.url());
     let k = gw.keys.clone();
-    let series = |d: &str, a: &str| format!("keygate_decisions_total{{access=\"{a}\",decision=\"{d}\"}}");
-    let cases: Vec<(&str, Vec<(&str, &str)>, String)> = vec![
+    let series =
+        |d: &str, a: &str| format!("keygate_decisions_total{{access=\"{a}\",decision=\"{d}\"}}");
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, String);
+    let cases: Vec<Case> = vec![
         ("GET", vec![], series("missing_key", "none")),
-        ("GET", vec![("x-api-key", "nope")], series("invalid_key", "none")),
-        ("GET", vec![("x-api-key", &k.expired)], series("expired_key", "read-only")),
-        ("GET", vec![("x-api-key", &k.full), ("origin", SHOP)], series("browser_full_access", "full-access")),
-        ("GET", vec![("x-api-key", &k.pinned), ("origin", "https://x.example")], series("origin_not_allowed", "read-only")),
-        ("PUT", vec![("x-api-key", &k.read_only)], series("read_only_method", "read-only")),
-        ("GET", vec![("x-api-key", &k.read_only)], series("allowed", "read-only")),
-        ("PATCH", vec![("x-api-key", &k.full)], series("allowed", "full-access")),
+        (
+            "GET",
+            vec![("x-api-key", "nope")],
+            series("invalid_key", "none"),
+        ),
+        (
+            "GET",
+            vec![("x-api-key", &k.expired)],
+            series("expired_key", "read-only"),
+        ),
+        (
+            "GET",
+            vec![("x-api-key", &k.full), ("origin", SHOP)],
+            series("browser_full_access", "full-access"),
+        ),
+        (
+            "GET",
+            vec![("x-api-key", &k.pinned), ("origin", "https://x.example")],
+            series("origin_not_allowed", "read-only"),
+        ),
+        (
+            "PUT",
+            vec![("x-api-key", &k.read_only)],
+            series("read_only_method", "read-only"),
+        ),
+        (
+            "GET",
+            vec![("x-api-key", &k.read_only)],
+            series("allowed", "read-only"),
+        ),
+        (
+            "PATCH",
+            vec![("x-api-key", &k.full)],
+            series("allowed", "full-access"),
+        ),
     ];
     for (method, headers, name) in cases {
         let before = metric(gw.ops, &name).await;
@@ -105,8 +169,14 @@ async fn every_decision_moves_its_series() {
     }
     let hist = "keygate_request_duration_seconds_count{decision=\"allowed\"}";
     assert_eq!(metric(gw.ops, hist).await, 2.0);
-    assert_eq!(metric(gw.ops, "keygate_keys{access=\"read-only\"}").await, 3.0);
-    assert_eq!(metric(gw.ops, "keygate_keys{access=\"full-access\"}").await, 1.0);
+    assert_eq!(
+        metric(gw.ops, "keygate_keys{access=\"read-only\"}").await,
+        3.0
+    );
+    assert_eq!(
+        metric(gw.ops, "keygate_keys{access=\"full-access\"}").await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -120,5 +190,8 @@ async fn connections_gauge_counts_open_client_connections() {
     })
     .await;
     drop(held);
-    wait_until("the gauge to drop back", || async move { metric(ops, "keygate_connections_active").await == 0.0 }).await;
+    wait_until("the gauge to drop back", || async move {
+        metric(ops, "keygate_connections_active").await == 0.0
+    })
+    .await;
 }

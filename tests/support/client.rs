@@ -22,7 +22,8 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
 
     /// The gateway's error code, or "" for a non-JSON body.
@@ -39,7 +40,9 @@ impl Reply {
 }
 
 fn build(method: &str, url: &str, headers: &[(&str, &str)], body: Bytes) -> Request<Full<Bytes>> {
-    let mut req = Request::builder().method(Method::from_bytes(method.as_bytes()).unwrap()).uri(url);
+    let mut req = Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).unwrap())
+        .uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -47,12 +50,24 @@ fn build(method: &str, url: &str, headers: &[(&str, &str)], body: Bytes) -> Requ
 }
 
 /// One HTTP/1.1 request.
-pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+pub async fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let resp = client.request(build(method, url, headers, body.into())).await.unwrap();
+    let resp = client
+        .request(build(method, url, headers, body.into()))
+        .await
+        .unwrap();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
-    Reply { status: parts.status, headers: parts.headers, body }
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
 }
 
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
@@ -64,12 +79,22 @@ pub async fn send_h2<S>(io: S, method: &str, url: &str, headers: &[(&str, &str)]
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .unwrap();
     tokio::spawn(conn);
-    let resp = sender.send_request(build(method, url, headers, Bytes::new())).await.unwrap();
+    let resp = sender
+        .send_request(build(method, url, headers, Bytes::new()))
+        .await
+        .unwrap();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
-    Reply { status: parts.status, headers: parts.headers, body }
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
 }
 
 /// HTTP/2 with prior knowledge over plain TCP (h2c).
@@ -79,24 +104,40 @@ pub async fn get_h2c(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> 
 }
 
 /// A TLS client trusting `ca_pem`, offering `alpn`.
-pub async fn tls_connect(addr: SocketAddr, ca_pem: &str, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<TcpStream> {
+pub async fn tls_connect(
+    addr: SocketAddr,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr).await.unwrap();
-    connector.connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap()
+    connector
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap()
 }
 
 /// A self-signed certificate for `localhost`: (cert PEM, key PEM).
 pub fn self_signed() -> (String, String) {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
     (cert.cert.pem(), cert.signing_key.serialize_pem())
 }
 
@@ -114,6 +155,9 @@ pub async fn metric(ops: SocketAddr, series: &str) -> f64 {
     let text = get(&format!("http://{ops}/metrics"), &[]).await;
     let text = String::from_utf8_lossy(&text.body).into_owned();
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
         .unwrap_or(0.0)
 }

@@ -5,10 +5,10 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
-use keygate::keys::{token, Access, FileStore, KeyHash, KeyId, KeyRecord};
+use keygate::keys::{Access, FileStore, KeyHash, KeyId, KeyRecord, token};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keygate");
 pub const SHOP: &str = "https://shop.example.com";
@@ -46,7 +46,13 @@ pub struct TestGateway {
 }
 
 /// Adds a key to a store through the library, returning its secret.
-pub fn add_key(store: &FileStore, id: &str, access: Access, expires: Option<SystemTime>, origins: &[&str]) -> String {
+pub fn add_key(
+    store: &FileStore,
+    id: &str,
+    access: Access,
+    expires: Option<SystemTime>,
+    origins: &[&str],
+) -> String {
     let secret = token::generate("kg").unwrap();
     let record = KeyRecord {
         id: KeyId::parse(id).unwrap(),
@@ -67,7 +73,13 @@ pub fn standard_keys(dir: &Path) -> Keys {
     let keys = Keys {
         read_only: add_key(&store, "ro", Access::ReadOnly, None, &[]),
         full: add_key(&store, "full", Access::FullAccess, None, &[]),
-        expired: add_key(&store, "expired", Access::ReadOnly, Some(SystemTime::now() - Duration::from_secs(60)), &[]),
+        expired: add_key(
+            &store,
+            "expired",
+            Access::ReadOnly,
+            Some(SystemTime::now() - Duration::from_secs(60)),
+            &[],
+        ),
         pinned: add_key(&store, "pinned", Access::ReadOnly, None, &[SHOP]),
         revoked: add_key(&store, "gone", Access::FullAccess, None, &[]),
     };
@@ -89,7 +101,14 @@ impl TestGateway {
         );
         std::fs::write(dir.path().join("keygate.toml"), config).unwrap();
         let (child, addr, ops, output) = spawn_serve(&dir.path().join("keygate.toml"));
-        TestGateway { child, addr, ops, dir, keys, output }
+        TestGateway {
+            child,
+            addr,
+            ops,
+            dir,
+            keys,
+            output,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -117,13 +136,20 @@ impl TestGateway {
     pub fn wait_for_output(&self, needle: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.output().contains(needle) {
-            assert!(Instant::now() < deadline, "gateway never printed {needle:?}; output:\n{}", self.output());
+            assert!(
+                Instant::now() < deadline,
+                "gateway never printed {needle:?}; output:\n{}",
+                self.output()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 
@@ -134,7 +160,11 @@ impl TestGateway {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "gateway did not exit; output:\n{}", self.output());
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not exit; output:\n{}",
+                self.output()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -162,7 +192,10 @@ pub fn spawn_serve(config: &Path) -> (Child, SocketAddr, SocketAddr, Arc<Mutex<V
         .unwrap();
     let output = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = mpsc::channel();
-    for stream in [Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stdout.take().unwrap())] {
+    for stream in [
+        Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stdout.take().unwrap()),
+    ] {
         let output = output.clone();
         let tx = tx.clone();
         std::thread::spawn(move || {
@@ -178,12 +211,20 @@ pub fn spawn_serve(config: &Path) -> (Child, SocketAddr, SocketAddr, Arc<Mutex<V
         Ok(l) => l,
         Err(_) => {
             let _ = child.kill();
-            panic!("gateway did not start; output:\n{}", output.lock().unwrap().join("\n"));
+            panic!(
+                "gateway did not start; output:\n{}",
+                output.lock().unwrap().join("\n")
+            );
         }
     };
     let field = |name: &str| -> SocketAddr {
         let start = line.find(name).unwrap() + name.len();
-        line[start..].split_whitespace().next().unwrap().parse().unwrap()
+        line[start..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     (child, field("client.addr="), field("ops.addr="), output)
 }

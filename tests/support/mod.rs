@@ -2,7 +2,7 @@
 //! `keygate` binary on ephemeral ports, key fixtures and small clients, so
 //! that a test reads upstream → gateway → client in a few lines.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod client;
 pub mod gateway;

@@ -8,9 +8,9 @@
 //! - anything else: 200 with a small JSON body.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -61,15 +61,24 @@ impl hyper::body::Body for Chunks {
         let this = self.get_mut();
         if this.left == 0 {
             if this.fail {
-                let pause = this.pause.get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+                let pause = this.pause.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep(Duration::from_millis(100)))
+                });
                 std::task::ready!(pause.as_mut().poll(cx));
             }
-            return std::task::Poll::Ready(this.fail.then(|| Err(std::io::Error::other("upstream died"))));
+            return std::task::Poll::Ready(
+                this.fail
+                    .then(|| Err(std::io::Error::other("upstream died"))),
+            );
         }
         let len = this.left.min(65536);
         this.left -= len;
         this.index += 1;
-        std::task::Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![(this.index % 251) as u8; len])))))
+        std::task::Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![
+            (this.index % 251)
+                as u8;
+            len
+        ])))))
     }
 }
 
@@ -135,13 +144,26 @@ async fn answer(mut req: Request<Incoming>, record: &Mutex<Vec<Seen>>) -> Respon
     }
     if let Some(n) = path.strip_prefix("/bytes/") {
         let total: usize = n.parse().unwrap_or(0);
-        let mut r = Response::new(Chunks { left: total, index: 0, fail: false, pause: None }.boxed());
-        r.headers_mut().insert("content-length", total.to_string().parse().unwrap());
+        let mut r = Response::new(
+            Chunks {
+                left: total,
+                index: 0,
+                fail: false,
+                pause: None,
+            }
+            .boxed(),
+        );
+        r.headers_mut()
+            .insert("content-length", total.to_string().parse().unwrap());
         return r;
     }
     if path == "/echo-body" {
         let (parts, body) = req.into_parts();
-        let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        let bytes = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
         let mut r = Response::new(full(bytes));
         if let Some(ct) = parts.headers.get("content-type") {
             r.headers_mut().insert("content-type", ct.clone());
@@ -150,8 +172,17 @@ async fn answer(mut req: Request<Incoming>, record: &Mutex<Vec<Seen>>) -> Respon
     }
     if path == "/die-mid-body" {
         // Some bytes, then an error: hyper aborts the connection mid-body.
-        let mut r = Response::new(Chunks { left: 1000, index: 0, fail: true, pause: None }.boxed());
-        r.headers_mut().insert("content-length", "1048576".parse().unwrap());
+        let mut r = Response::new(
+            Chunks {
+                left: 1000,
+                index: 0,
+                fail: true,
+                pause: None,
+            }
+            .boxed(),
+        );
+        r.headers_mut()
+            .insert("content-length", "1048576".parse().unwrap());
         return r;
     }
     if path == "/ws" {
@@ -169,15 +200,19 @@ async fn answer(mut req: Request<Incoming>, record: &Mutex<Vec<Seen>>) -> Respon
         });
         let mut r = Response::new(full(""));
         *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        r.headers_mut().insert("connection", "upgrade".parse().unwrap());
-        r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
+        r.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        r.headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
         return r;
     }
     let mut r = Response::new(full("{\"upstream\":true}"));
-    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     r.headers_mut().insert("x-upstream", "yes".parse().unwrap());
-    r.headers_mut().insert("connection", "keep-alive, x-hop".parse().unwrap());
-    r.headers_mut().insert("x-hop", "must be stripped".parse().unwrap());
+    r.headers_mut()
+        .insert("connection", "keep-alive, x-hop".parse().unwrap());
+    r.headers_mut()
+        .insert("x-hop", "must be stripped".parse().unwrap());
     r
 }
-

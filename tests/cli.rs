@@ -1,0 +1,361 @@
+//! The `keygate` command line, run as a real process against temporary folders.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+use support::BIN;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn keygate(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("KEYGATE_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn keys(dir: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["keys", "--store", "keys.toml"];
+    all.extend_from_slice(args);
+    keygate(dir, &all)
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn stderr_line(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "expected one line on stderr, got: {err}"
+    );
+    err
+}
+
+fn create(dir: &Path, name: &str, access: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(keys(
+        dir,
+        &["create", "--name", name, "--access", access, "--json"],
+    )))
+    .unwrap()
+}
+
+#[test]
+fn create_prints_the_secret_once_and_stores_only_its_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = create(dir.path(), "Boutique Café 東京", "read-only");
+    let secret = key["key"].as_str().unwrap();
+    assert!(secret.starts_with("kg_"));
+    assert_eq!(key["access"], "read-only");
+    assert_eq!(key["name"], "Boutique Café 東京");
+    let store = std::fs::read_to_string(dir.path().join("keys.toml")).unwrap();
+    assert!(!store.contains(secret) && !store.contains(&secret[3..]));
+    assert!(store.contains(&blake3::hash(secret.as_bytes()).to_hex().to_string()));
+    let mode = std::fs::metadata(dir.path().join("keys.toml"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let text = ok(keys(
+        dir.path(),
+        &["create", "--name", "ERP", "--access", "full-access"],
+    ));
+    assert!(text.contains("shown only this once"));
+    assert!(text.contains("never in a browser"));
+}
+
+#[test]
+fn list_and_show_never_print_secrets_or_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = create(dir.path(), "shop", "read-only");
+    let id = key["id"].as_str().unwrap();
+    let secret = key["key"].as_str().unwrap();
+    let hash = blake3::hash(secret.as_bytes()).to_hex().to_string();
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(keys(dir.path(), &["list", "--json"]))).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], id);
+    assert!(list[0].get("key").is_none() && list[0].get("hash").is_none());
+    for out in [
+        ok(keys(dir.path(), &["list"])),
+        ok(keys(dir.path(), &["show", id])),
+        ok(keys(dir.path(), &["show", id, "--json"])),
+    ] {
+        assert!(out.contains(id));
+        assert!(!out.contains(secret) && !out.contains(&hash));
+    }
+}
+
+#[test]
+fn update_renames_downgrades_and_refuses_unforced_upgrades() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = create(dir.path(), "erp", "full-access");
+    let id = full["id"].as_str().unwrap();
+    ok(keys(
+        dir.path(),
+        &["update", id, "--name", "ERP prod", "--access", "read-only"],
+    ));
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(keys(dir.path(), &["show", id, "--json"]))).unwrap();
+    assert_eq!(
+        (shown["name"].as_str(), shown["access"].as_str()),
+        (Some("ERP prod"), Some("read-only"))
+    );
+
+    let refused = keys(dir.path(), &["update", id, "--access", "full-access"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr_line(&refused).contains("may already be public"));
+    ok(keys(
+        dir.path(),
+        &["update", id, "--access", "full-access", "--force"],
+    ));
+
+    let nothing = keys(dir.path(), &["update", id]);
+    assert_eq!(nothing.status.code(), Some(2));
+}
+
+#[test]
+fn delete_needs_confirmation_off_a_terminal_and_revokes_the_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = create(dir.path(), "old", "read-only");
+    let id = key["id"].as_str().unwrap();
+    let unconfirmed = keys(dir.path(), &["delete", id]);
+    assert_eq!(unconfirmed.status.code(), Some(1));
+    assert!(stderr_line(&unconfirmed).contains("--yes"));
+    ok(keys(dir.path(), &["delete", id, "--yes"]));
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(keys(dir.path(), &["list", "--json"]))).unwrap();
+    assert!(list.as_array().unwrap().is_empty());
+    let revoked = std::fs::read_to_string(dir.path().join("keys.revoked")).unwrap();
+    let hash = blake3::hash(key["key"].as_str().unwrap().as_bytes())
+        .to_hex()
+        .to_string();
+    assert!(revoked.starts_with(&hash));
+
+    let again = keys(dir.path(), &["delete", id, "--yes"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr_line(&again).contains("no key with id"));
+}
+
+#[test]
+fn snippet_uses_a_placeholder_and_has_a_browser_example_only_for_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let ro = create(dir.path(), "shop", "read-only");
+    let full = create(dir.path(), "erp", "full-access");
+    let text = ok(keys(
+        dir.path(),
+        &[
+            "snippet",
+            ro["id"].as_str().unwrap(),
+            "--gateway-url",
+            "https://api.example.com",
+        ],
+    ));
+    assert!(text.contains("curl -H \"x-api-key: $KEYGATE_API_KEY\" https://api.example.com/"));
+    assert!(text.contains("fetch("));
+    assert!(text.contains("## Browser"));
+    assert!(!text.contains(ro["key"].as_str().unwrap()));
+    let text = ok(keys(dir.path(), &["snippet", full["id"].as_str().unwrap()]));
+    assert!(!text.contains("## Browser"));
+    assert!(!text.contains(full["key"].as_str().unwrap()));
+}
+
+#[test]
+fn import_stores_hashes_and_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("good.tsv"),
+        "legacy-secret-1\tread-only\tShop A\nlegacy-secret-2\tfull-access\tERP\n",
+    )
+    .unwrap();
+    let imported: serde_json::Value =
+        serde_json::from_str(&ok(keys(dir.path(), &["import", "good.tsv", "--json"]))).unwrap();
+    assert_eq!(imported.as_array().unwrap().len(), 2);
+    let store = std::fs::read_to_string(dir.path().join("keys.toml")).unwrap();
+    assert!(!store.contains("legacy-secret-1"));
+    assert!(store.contains(&blake3::hash(b"legacy-secret-1").to_hex().to_string()));
+
+    std::fs::write(
+        dir.path().join("bad.tsv"),
+        "new-secret\tread-only\tOK\nsecret with space\tread-only\tX\nother\tadmin\tY\n",
+    )
+    .unwrap();
+    let bad = keys(dir.path(), &["import", "bad.tsv"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = stderr_line(&bad);
+    assert!(err.contains("line 2") && err.contains("line 3"), "{err}");
+    assert!(!err.contains("secret with space"));
+    let after = std::fs::read_to_string(dir.path().join("keys.toml")).unwrap();
+    assert_eq!(store, after, "a failed import changed the store");
+
+    // Re-importing a stored secret is refused, naming the line.
+    let dup = keys(dir.path(), &["import", "good.tsv"]);
+    assert_eq!(dup.status.code(), Some(1));
+    assert!(stderr_line(&dup).contains("line 1"));
+}
+
+#[test]
+fn import_of_100k_lines_is_one_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: String = (0..100_000)
+        .map(|i| format!("legacy-{i:06}\tread-only\tcustomer {i}\n"))
+        .collect();
+    std::fs::write(dir.path().join("many.tsv"), lines).unwrap();
+    let start = std::time::Instant::now();
+    ok(keys(dir.path(), &["import", "many.tsv"]));
+    eprintln!("imported 100k keys in {:?}", start.elapsed());
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(keys(dir.path(), &["list", "--json"]))).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 100_000);
+}
+
+#[test]
+fn concurrent_creates_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            Command::new(BIN)
+                .args([
+                    "keys",
+                    "--store",
+                    "keys.toml",
+                    "create",
+                    "--name",
+                    &format!("k{i}"),
+                    "--access",
+                    "read-only",
+                    "--json",
+                ])
+                .current_dir(dir.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(keys(dir.path(), &["list", "--json"]))).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 20);
+}
+
+#[test]
+fn check_reports_file_and_line_of_a_broken_store() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("keygate.toml"),
+        "[upstream]\nurl = \"http://127.0.0.1:3000\"\n",
+    )
+    .unwrap();
+    create(dir.path(), "shop", "read-only");
+    let good = keygate(dir.path(), &["check", "--config", "keygate.toml"]);
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(String::from_utf8_lossy(&good.stdout).contains("1 key(s)"));
+
+    let mut store = std::fs::read_to_string(dir.path().join("keys.toml")).unwrap();
+    store = store.replace("access = \"read-only\"", "access = \"admin\"");
+    std::fs::write(dir.path().join("keys.toml"), &store).unwrap();
+    let line = store.lines().position(|l| l.contains("admin")).unwrap() + 1;
+    let bad = keygate(dir.path(), &["check", "--config", "keygate.toml"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = stderr_line(&bad);
+    assert!(err.contains(&format!("keys.toml:{line}: access")), "{err}");
+}
+
+#[test]
+fn check_names_a_misspelt_config_option() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("keygate.toml"),
+        "[upstream]\nurl = \"http://a\"\nconect_timeout = \"1s\"\n",
+    )
+    .unwrap();
+    let out = keygate(dir.path(), &["check", "--config", "keygate.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_line(&out);
+    assert!(
+        err.contains("keygate.toml:3") && err.contains("conect_timeout"),
+        "{err}"
+    );
+}
+
+#[test]
+fn keygate_config_env_is_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("custom.toml"),
+        "[upstream]\nurl = \"http://a\"\n[keys]\nstore = \"k.toml\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["keys", "create", "--name", "x", "--access", "read-only"])
+        .current_dir(dir.path())
+        .env("KEYGATE_CONFIG", dir.path().join("custom.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("k.toml").exists());
+}
+
+#[test]
+fn usage_errors_exit_2_and_user_errors_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        keys(dir.path(), &["create", "--name", "x", "--access", "admin"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(keygate(dir.path(), &["frobnicate"]).status.code(), Some(2));
+    let missing = keys(dir.path(), &["list"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stderr_line(&missing).contains("keys.toml"));
+    let bad_name = keys(
+        dir.path(),
+        &["create", "--name", "", "--access", "read-only"],
+    );
+    assert_eq!(bad_name.status.code(), Some(1));
+    stderr_line(&bad_name);
+    let no_config = keygate(dir.path(), &["check"]);
+    assert_eq!(no_config.status.code(), Some(1));
+    assert!(stderr_line(&no_config).contains("config/keygate.toml"));
+}
+
+#[test]
+fn the_shipped_config_and_store_check_clean() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = keygate(root, &["check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

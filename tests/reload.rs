@@ -1,0 +1,295 @@
+//! Hot reload of the key store while the gateway serves.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+use support::*;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use keygate::keys::Access;
+
+/// Polls until `key` gets `status`, returning how long it took.
+async fn until_status(gw: &TestGateway, key: &str, method: &str, status: u16) -> Duration {
+    let start = Instant::now();
+    loop {
+        let r = send(method, &gw.url("/"), &[("x-api-key", key)], "").await;
+        if r.status == status {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "still {} instead of {status}",
+            r.status
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn cli(gw: &TestGateway, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(["keys", "--store", gw.store_path().to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn cli_create_downgrade_and_delete_take_effect_within_a_second() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(&upstream.url());
+
+    let created: serde_json::Value = serde_json::from_str(&cli(
+        &gw,
+        &[
+            "create",
+            "--name",
+            "new",
+            "--access",
+            "full-access",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    let (id, key) = (
+        created["id"].as_str().unwrap().to_string(),
+        created["key"].as_str().unwrap().to_string(),
+    );
+    let took = until_status(&gw, &key, "POST", 200).await;
+    assert!(took < Duration::from_millis(1500), "create took {took:?}");
+
+    cli(&gw, &["update", &id, "--access", "read-only"]);
+    let took = until_status(&gw, &key, "POST", 403).await;
+    assert!(
+        took < Duration::from_millis(1500),
+        "downgrade took {took:?}"
+    );
+
+    cli(&gw, &["delete", &id, "--yes"]);
+    let took = until_status(&gw, &key, "GET", 401).await;
+    assert!(took < Duration::from_millis(1500), "delete took {took:?}");
+}
+
+#[tokio::test]
+async fn editor_style_replacement_is_applied() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(&upstream.url());
+    let text = std::fs::read_to_string(gw.store_path()).unwrap();
+    // Hand edit: downgrade "full" by rewriting its access line, written as
+    // editors do (new file, then rename over the old one).
+    let edited = text.replacen(
+        "id = \"full\"\nname = \"test key full\"\naccess = \"full-access\"",
+        "id = \"full\"\nname = \"test key full\"\naccess = \"read-only\"",
+        1,
+    );
+    assert_ne!(text, edited);
+    let tmp = gw.dir.path().join(".keys.toml.swp");
+    std::fs::write(&tmp, edited).unwrap();
+    std::fs::rename(&tmp, gw.store_path()).unwrap();
+    until_status(&gw, &gw.keys.full, "POST", 403).await;
+}
+
+#[tokio::test]
+async fn invalid_store_keeps_the_last_good_index_and_reports_it() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(&upstream.url());
+    let good = std::fs::read_to_string(gw.store_path()).unwrap();
+    std::fs::write(
+        gw.store_path(),
+        format!("{good}\n[[keys]]\nid = \"broken\"\naccess = \"admin\"\n"),
+    )
+    .unwrap();
+    let ops = gw.ops;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(ops, "keygate_reloads_total{result=\"failure\"}").await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the failed reload was not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        metric(ops, "keygate_config_last_reload_successful").await,
+        0.0
+    );
+    assert_eq!(
+        get(&gw.url("/"), &[("x-api-key", &gw.keys.read_only)])
+            .await
+            .status,
+        200
+    );
+    gw.wait_for_output("keys.toml:");
+
+    std::fs::write(gw.store_path(), good).unwrap();
+    while metric(ops, "keygate_config_last_reload_successful").await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the fixed store was not reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn deleted_store_file_keeps_the_last_good_index() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(&upstream.url());
+    std::fs::remove_file(gw.store_path()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(gw.ops, "keygate_config_last_reload_successful").await > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the failed reload was not reported"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        get(&gw.url("/"), &[("x-api-key", &gw.keys.read_only)])
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn sighup_forces_a_reload() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(&upstream.url());
+    gw.signal("HUP");
+    gw.wait_for_output("cause=\"sighup\"");
+}
+
+#[tokio::test]
+async fn kubernetes_style_symlink_swap_is_picked_up() {
+    let upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The kubelet's layout: keys.toml -> ..data/keys.toml, ..data -> ..v1.
+    let v1 = dir.path().join("..v1");
+    std::fs::create_dir(&v1).unwrap();
+    let keys = standard_keys(&v1);
+    std::os::unix::fs::symlink("..v1", dir.path().join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/keys.toml", dir.path().join("keys.toml")).unwrap();
+    let config = dir.path().join("keygate.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n[keys]\nstore = \"keys.toml\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n", upstream.url()),
+    )
+    .unwrap();
+    let (mut child, addr, _, _) = spawn_serve(&config);
+
+    // A new version with one more key, swapped in atomically.
+    let v2 = dir.path().join("..v2");
+    std::fs::create_dir(&v2).unwrap();
+    std::fs::copy(v1.join("keys.toml"), v2.join("keys.toml")).unwrap();
+    let added = add_key(
+        &keygate::keys::FileStore::new(v2.join("keys.toml")),
+        "added",
+        Access::ReadOnly,
+        None,
+        &[],
+    );
+    std::os::unix::fs::symlink("..v2", dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+
+    let url = format!("http://{addr}/");
+    let start = Instant::now();
+    while get(&url, &[("x-api-key", &added)]).await.status != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the swapped store was not loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        get(&url, &[("x-api-key", &keys.read_only)]).await.status,
+        200
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn reloads_under_load_never_fail_a_request() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(&upstream.url());
+    let url = gw.url("/");
+    let key = gw.keys.read_only.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let load = tokio::spawn(async move {
+        let (mut ok, mut bad) = (0u32, Vec::new());
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let r = get(&url, &[("x-api-key", &key)]).await;
+            if r.status == 200 {
+                ok += 1
+            } else {
+                bad.push(r.status)
+            }
+        }
+        (ok, bad)
+    });
+    for i in 0..20 {
+        add_key(
+            &gw.store(),
+            &format!("churn_{i}"),
+            Access::ReadOnly,
+            None,
+            &[],
+        );
+        let ops = gw.ops;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while metric(ops, "keygate_reloads_total{result=\"success\"}").await < f64::from(i + 2) {
+            assert!(Instant::now() < deadline, "reload {i} not seen");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, bad) = load.await.unwrap();
+    assert!(ok > 20, "too few requests ran: {ok}");
+    assert!(bad.is_empty(), "unexpected statuses: {bad:?}");
+}
+
+#[tokio::test]
+async fn no_secret_ever_appears_in_output_or_metrics() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(&upstream.url());
+    let k = gw.keys.clone();
+    let secrets = [&k.read_only, &k.full, &k.expired, &k.pinned, &k.revoked];
+    let mut typo = k.read_only.clone().into_bytes();
+    typo[4] = if typo[4] == b'A' { b'B' } else { b'A' };
+    let typo = String::from_utf8(typo).unwrap();
+    for key in secrets.iter().map(|s| s.as_str()).chain([typo.as_str()]) {
+        for (method, extra) in [
+            ("GET", None),
+            ("POST", None),
+            ("GET", Some(("origin", SHOP))),
+            ("GET", Some(("origin", "https://evil.example"))),
+        ] {
+            let mut headers = vec![("x-api-key", key)];
+            headers.extend(extra);
+            send(method, &gw.url("/p"), &headers, "").await;
+            let bearer = format!("Bearer {key}");
+            send(method, &gw.url("/p"), &[("authorization", &bearer)], "").await;
+        }
+    }
+    let metrics =
+        String::from_utf8_lossy(&get(&format!("http://{}/metrics", gw.ops), &[]).await.body)
+            .into_owned();
+    let store = std::fs::read_to_string(gw.store_path()).unwrap();
+    let output = gw.output();
+    assert!(output.contains("request denied"));
+    for s in secrets.iter().map(|s| s.as_str()).chain([typo.as_str()]) {
+        assert!(!output.contains(s), "a secret was logged");
+        assert!(!metrics.contains(s), "a secret is in the metrics");
+        assert!(!store.contains(s), "a secret is in the store");
+        // Nor the part after the prefix, in case something trimmed it.
+        assert!(!output.contains(&s[3..]));
+    }
+}
