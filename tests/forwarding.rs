@@ -323,3 +323,109 @@ async fn an_idle_kept_alive_connection_outlives_the_header_timeout() {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
+
+#[tokio::test]
+async fn https_upstream_trusted_through_upstream_ca() {
+    let (cert, key) = self_signed();
+    let upstream = TestUpstream::start_tls(&cert, &key).await;
+    let certs = tempfile::tempdir().unwrap();
+    std::fs::write(certs.path().join("ca.pem"), &cert).unwrap();
+    let setup = Setup {
+        upstream: format!("ca = \"{}\"", certs.path().join("ca.pem").display()),
+        ..Setup::default()
+    };
+    let gw = TestGateway::start_with(&upstream.https_url(), setup);
+    let r = get(&gw.url("/over-tls"), &[("x-api-key", &gw.keys.read_only)]).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(upstream.last().uri, "/over-tls");
+
+    // Without the CA, the certificate is not trusted: 502.
+    let untrusted = TestGateway::start(&upstream.https_url());
+    let r = get(
+        &untrusted.url("/"),
+        &[("x-api-key", &untrusted.keys.read_only)],
+    )
+    .await;
+    assert_eq!(r.code(), "upstream_unavailable");
+}
+
+#[tokio::test]
+async fn renewed_certificate_is_served_to_new_connections() {
+    let upstream = TestUpstream::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let (setup, first) = tls_setup(certs.path());
+    let gw = TestGateway::start_with(&upstream.url(), setup);
+    let old = tls_connect(gw.addr, &first, &[b"http/1.1"]).await;
+
+    let (second, key) = self_signed();
+    std::fs::write(certs.path().join("key.pem.tmp"), &key).unwrap();
+    std::fs::write(certs.path().join("cert.pem.tmp"), &second).unwrap();
+    std::fs::rename(
+        certs.path().join("key.pem.tmp"),
+        certs.path().join("key.pem"),
+    )
+    .unwrap();
+    std::fs::rename(
+        certs.path().join("cert.pem.tmp"),
+        certs.path().join("cert.pem"),
+    )
+    .unwrap();
+    gw.wait_for_output("TLS certificate reloaded");
+    let fresh = tls_connect(gw.addr, &second, &[b"http/1.1"]).await;
+    let served = fresh.get_ref().1.peer_certificates().unwrap()[0].clone();
+    use rustls_pki_types::pem::PemObject;
+    assert_eq!(
+        served,
+        rustls_pki_types::CertificateDer::from_pem_slice(second.as_bytes()).unwrap()
+    );
+    drop(old);
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_gets_one_framing_and_a_closed_connection() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(&upstream.url());
+    let req = format!(
+        "POST /echo-body HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        gw.keys.full
+    );
+    let out = raw(gw.addr, req.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("hello"), "{out}");
+    assert!(out.to_lowercase().contains("connection: close"), "{out}");
+    let seen = upstream.last().headers;
+    assert!(
+        !(seen.contains_key("content-length") && seen.contains_key("transfer-encoding")),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn connections_past_max_connections_wait_in_the_backlog() {
+    let upstream = TestUpstream::start().await;
+    let setup = Setup {
+        server: "max_connections = 2".into(),
+        ..Setup::default()
+    };
+    let gw = TestGateway::start_with(&upstream.url(), setup);
+    let ops = gw.ops;
+    let a = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let b = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while metric(ops, "keygate_connections_active").await < 2.0 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let url = gw.url("/");
+    let key = gw.keys.read_only.clone();
+    let third = tokio::spawn(async move { get(&url, &[("x-api-key", &key)]).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served past max_connections = 2"
+    );
+    assert_eq!(metric(ops, "keygate_connections_active").await, 2.0);
+    drop(a);
+    assert_eq!(third.await.unwrap().status, 200);
+    drop(b);
+}

@@ -44,3 +44,23 @@ pub fn run(args: &ConfigArg) -> Result<(), CliError> {
     );
     Ok(())
 }
+
+/// `keygate migrate`: only the PostgreSQL store has a schema; a file store
+/// needs nothing, which is said rather than silently ignored.
+pub fn migrate(args: &ConfigArg) -> Result<(), CliError> {
+    let path = config::resolve_path(args.config.as_deref());
+    let config = Config::load(&path)?;
+    match &config.keys.store {
+        StoreLocation::File(p) => {
+            println!(
+                "{}: keys.store is a file ({}): there is no schema to migrate",
+                path.display(),
+                p.display()
+            );
+            Ok(())
+        }
+        StoreLocation::Postgres(_) => Err(CliError::user(
+            "the PostgreSQL store is not supported by this build yet",
+        )),
+    }
+}

@@ -76,6 +76,8 @@ enum Command {
     Serve(ConfigArg),
     /// Validate the config and the key store; exit 1 with clear errors.
     Check(ConfigArg),
+    /// Create or upgrade the schema of a PostgreSQL key store.
+    Migrate(ConfigArg),
     /// Manage API keys.
     Keys(keys::KeysArgs),
     /// Try keygate: the gateway on the shipped config, a built-in echo backend
@@ -89,6 +91,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve(c) => serve::run(&c),
         Command::Demo(c) => demo::run(&c),
         Command::Check(c) => check::run(&c),
+        Command::Migrate(c) => check::migrate(&c),
         Command::Keys(k) => keys::run(k),
     }
 }

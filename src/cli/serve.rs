@@ -112,9 +112,14 @@ async fn run_gateway(
     let ops_addr = ops.local_addr()?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let hangup = signal(SignalKind::hangup())
+        .map_err(
+            |e| tracing::warn!(error = %e, "cannot listen for SIGHUP; file watching still works"),
+        )
+        .ok();
 
     tokio::spawn(serve_ops(ops, metrics.clone(), health.clone()));
-    tokio::spawn(reloader.watch());
+    tokio::spawn(reloader.watch(hangup));
     tracing::info!(client.addr = %client_addr, ops.addr = %ops_addr, tls = config.server.tls.is_some(), upstream = %config.upstream.url, "keygate listening");
     on_ready(client_addr, ops_addr);
 

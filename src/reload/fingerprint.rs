@@ -7,7 +7,7 @@ use std::path::PathBuf;
 /// Device, inode, size, mtime (s, ns), ctime (s, ns) of one file.
 type FileStamp = (u64, u64, u64, i64, i64, i64, i64);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Fingerprint(Vec<Option<FileStamp>>);
 
 impl Fingerprint {

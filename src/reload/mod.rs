@@ -9,7 +9,10 @@
 //! The watcher polls file metadata (following symlinks) every 250 ms. A
 //! `stat` per file is cheap, needs no platform event API, and sees every way a
 //! file can change: in-place writes, editors' rename-over, and Kubernetes'
-//! `..data` symlink swap.
+//! `..data` symlink swap. As a fallback for filesystems with coarse
+//! timestamps (a same-size rewrite within one tick of the clock), the store's
+//! content hash is compared every few seconds while the file is small enough
+//! for that to cost nothing.
 
 mod fingerprint;
 
@@ -17,12 +20,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::Signal;
 use tokio::time::Instant;
 
 use fingerprint::Fingerprint;
 
 use crate::config::TlsFiles;
+use crate::keys::store::read_text;
 use crate::keys::{Access, FileStore, KeyHash, KeyIndex, StoreError, StoreSnapshot};
 use crate::metrics::{Health, Metrics};
 use crate::proxy::SharedIndex;
@@ -30,6 +34,10 @@ use crate::server::tls::CertResolver;
 
 /// How often the watcher looks at the files.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// Every this many polls, the store's content hash is compared too...
+const CONTENT_CHECK_EVERY: u32 = 20;
+/// ...if the store is at most this large (about 80,000 keys).
+const CONTENT_CHECK_MAX_BYTES: u64 = 16 * 1024 * 1024;
 
 /// What a successful reload changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,7 +57,13 @@ pub struct Reloader {
     health: Arc<Health>,
     /// id → (hash, access, expiry, origins) of the last good load, for the diff.
     last: HashMap<String, (KeyHash, Access, Option<SystemTime>, Vec<String>)>,
+    /// Metadata of the store files as of the last load attempt, taken before
+    /// reading them: a change that lands during or after the read is seen.
+    store_seen: Fingerprint,
+    /// BLAKE3 of the store text last loaded.
+    content_seen: Option<blake3::Hash>,
     tls: Option<(TlsFiles, Arc<CertResolver>)>,
+    tls_seen: Fingerprint,
 }
 
 impl Reloader {
@@ -65,13 +79,28 @@ impl Reloader {
             metrics,
             health,
             last: HashMap::new(),
+            store_seen: Fingerprint::default(),
+            content_seen: None,
             tls: None,
+            tls_seen: Fingerprint::default(),
         }
+    }
+
+    fn store_files(&self) -> [std::path::PathBuf; 2] {
+        [self.store.path().to_path_buf(), self.store.revoked_path()]
+    }
+
+    fn tls_files(&self) -> Vec<std::path::PathBuf> {
+        self.tls
+            .iter()
+            .flat_map(|(f, _)| [f.cert.clone(), f.key.clone()])
+            .collect()
     }
 
     /// Also reload this certificate when its files change.
     pub fn with_tls(mut self, files: TlsFiles, resolver: Arc<CertResolver>) -> Self {
         self.tls = Some((files, resolver));
+        self.tls_seen = Fingerprint::of(&self.tls_files());
         self
     }
 
@@ -82,7 +111,12 @@ impl Reloader {
         let unix_now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        match self.store.load() {
+        self.store_seen = Fingerprint::of(&self.store_files());
+        let loaded = read_text(self.store.path()).and_then(|text| {
+            self.content_seen = Some(blake3::hash(text.as_bytes()));
+            self.store.load_from(&text)
+        });
+        match loaded {
             Ok(snapshot) => {
                 let index = KeyIndex::build(&snapshot);
                 let stats = self.diff(&snapshot);
@@ -151,7 +185,18 @@ impl Reloader {
         stats
     }
 
-    fn reload_tls(&self) {
+    /// True when the store's bytes differ from the last load although its
+    /// metadata did not change (checked only for small stores).
+    fn content_changed(&self) -> bool {
+        let small =
+            std::fs::metadata(self.store.path()).is_ok_and(|m| m.len() <= CONTENT_CHECK_MAX_BYTES);
+        small
+            && read_text(self.store.path())
+                .is_ok_and(|text| Some(blake3::hash(text.as_bytes())) != self.content_seen)
+    }
+
+    fn reload_tls(&mut self) {
+        self.tls_seen = Fingerprint::of(&self.tls_files());
         if let Some((files, resolver)) = &self.tls {
             match resolver.reload(files) {
                 Ok(()) => {
@@ -166,38 +211,24 @@ impl Reloader {
 
     /// Watches the files and SIGHUP until the task is dropped. File reads and
     /// index builds run on the blocking pool, never on a request worker.
-    pub async fn watch(mut self) {
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; file watching still works");
-                None
-            }
-        };
-        let store_files = [self.store.path().to_path_buf(), self.store.revoked_path()];
-        let tls_files: Vec<_> = self
-            .tls
-            .iter()
-            .flat_map(|(f, _)| [f.cert.clone(), f.key.clone()])
-            .collect();
-        let mut store_seen = Fingerprint::of(&store_files);
-        let mut tls_seen = Fingerprint::of(&tls_files);
+    /// `hup` is registered by the caller before the gateway reports ready,
+    /// so that an early SIGHUP cannot kill the process.
+    pub async fn watch(mut self, mut hup: Option<Signal>) {
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut polls = 0u32;
         loop {
             let forced = tokio::select! {
                 _ = tick.tick() => false,
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
             };
-            let store_now = Fingerprint::of(&store_files);
-            let tls_now = Fingerprint::of(&tls_files);
-            let store_changed = store_now != store_seen;
-            let tls_changed = tls_now != tls_seen;
+            polls = polls.wrapping_add(1);
+            let store_changed = Fingerprint::of(&self.store_files()) != self.store_seen
+                || (polls.is_multiple_of(CONTENT_CHECK_EVERY) && self.content_changed());
+            let tls_changed = Fingerprint::of(&self.tls_files()) != self.tls_seen;
             if !(forced || store_changed || tls_changed) {
                 continue;
             }
-            store_seen = store_now;
-            tls_seen = tls_now;
             let cause = if forced { "sighup" } else { "file change" };
             let joined = tokio::task::spawn_blocking(move || {
                 if forced || store_changed {
