@@ -195,3 +195,57 @@ async fn connections_gauge_counts_open_client_connections() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn json_logs_and_the_optional_access_log() {
+    let upstream = TestUpstream::start().await;
+    let setup = Setup {
+        log: "format = \"json\"\naccess_log = true".into(),
+        ..Setup::default()
+    };
+    let gw = TestGateway::start_with(&upstream.url(), setup);
+    get(
+        &gw.url("/allowed?q=secret-looking"),
+        &[("x-api-key", &gw.keys.read_only)],
+    )
+    .await;
+    get(
+        &gw.url("/denied"),
+        &[("x-api-key", &gw.keys.full), ("origin", SHOP)],
+    )
+    .await;
+    gw.wait_for_output("request allowed");
+    gw.wait_for_output("request denied");
+    let lines: Vec<serde_json::Value> = gw
+        .output()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let denied = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "request denied")
+        .unwrap();
+    assert_eq!(denied["fields"]["decision"], "browser_full_access");
+    assert_eq!(denied["fields"]["key.id"], "full");
+    assert_eq!(denied["fields"]["path"], "/denied");
+    let allowed = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "request allowed")
+        .unwrap();
+    assert_eq!(allowed["fields"]["key.id"], "ro");
+    assert_eq!(
+        allowed["fields"]["path"], "/allowed",
+        "the query must not be logged"
+    );
+}
+
+#[tokio::test]
+async fn access_log_is_off_by_default() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(&upstream.url());
+    get(&gw.url("/"), &[("x-api-key", &gw.keys.read_only)]).await;
+    get(&gw.url("/"), &[]).await;
+    gw.wait_for_output("request denied");
+    assert!(!gw.output().contains("request allowed"));
+}

@@ -32,6 +32,7 @@ pub struct Setup {
     pub upstream: String,
     pub keys: String,
     pub policy: String,
+    pub log: String,
     /// Whole extra tables, e.g. `[cors]`.
     pub tables: String,
 }
@@ -96,8 +97,8 @@ impl TestGateway {
         let dir = tempfile::tempdir().unwrap();
         let keys = standard_keys(dir.path());
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[upstream]\nurl = \"{upstream_url}\"\n{}\n[keys]\nstore = \"keys.toml\"\n{}\n[policy]\n{}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"info\"\n{}\n",
-            setup.server, setup.upstream, setup.keys, setup.policy, setup.tables
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[upstream]\nurl = \"{upstream_url}\"\n{}\n[keys]\nstore = \"keys.toml\"\n{}\n[policy]\n{}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"info\"\n{}\n{}\n",
+            setup.server, setup.upstream, setup.keys, setup.policy, setup.log, setup.tables
         );
         std::fs::write(dir.path().join("keygate.toml"), config).unwrap();
         let (child, addr, ops, output) = spawn_serve(&dir.path().join("keygate.toml"));
@@ -217,14 +218,14 @@ pub fn spawn_serve(config: &Path) -> (Child, SocketAddr, SocketAddr, Arc<Mutex<V
             );
         }
     };
+    // Text (`client.addr=1.2.3.4:5`) or JSON (`"client.addr":"1.2.3.4:5"`).
     let field = |name: &str| -> SocketAddr {
         let start = line.find(name).unwrap() + name.len();
-        line[start..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+        let rest = line[start..].trim_start_matches(['=', '"', ':']);
+        let end = rest
+            .find(|c: char| !(c.is_ascii_hexdigit() || ".:[]".contains(c)))
+            .unwrap_or(rest.len());
+        rest[..end].parse().unwrap()
     };
-    (child, field("client.addr="), field("ops.addr="), output)
+    (child, field("client.addr"), field("ops.addr"), output)
 }
