@@ -1,0 +1,331 @@
+"""Checks of deploy/ that no off-the-shelf tool makes; run by deploy/check.sh.
+
+    python3 deploy/check.py docker-context | kubernetes | metrics | grafana | docs
+    python3 deploy/check.py extract-config DIR   # the ConfigMap's keygate.toml, for `keygate check`
+
+Needs PyYAML (installed with kubernetes-validate) and Python 3.11+ (tomllib).
+Prints what is wrong and exits 1, or exits 0 silently.
+"""
+
+import json
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+DEPLOY = Path(__file__).resolve().parent
+REPO = DEPLOY.parent
+K8S = DEPLOY / "kubernetes"
+errors: list[str] = []
+
+
+def fail(msg: str) -> None:
+    errors.append(msg)
+
+
+def expect(cond: bool, msg: str) -> None:
+    if not cond:
+        fail(msg)
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+def docker_context() -> None:
+    """Every COPY source exists and passes Dockerfile.dockerignore, and the
+    manifest needs no file outside what is copied."""
+    copied = []
+    for line in (DEPLOY / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(w.startswith("--from") for w in words):
+            copied += [w for w in words[1:-1] if not w.startswith("--")]
+    expect(copied, "Dockerfile: no COPY from the build context")
+    allowed = [
+        l[1:].strip()
+        for l in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+        if l.startswith("!")
+    ]
+    for src in copied:
+        name = src.rstrip("/").removeprefix("./")
+        expect((REPO / name).exists(), f"Dockerfile: COPY {src}: no such file in the repository")
+        expect(name in allowed, f"Dockerfile.dockerignore: {name} is copied but not re-included (!{name})")
+    manifest = tomllib.loads((REPO / "Cargo.toml").read_text())
+    needed = []
+    pkg = manifest.get("package", {})
+    for key in ("build", "readme", "license-file"):
+        if isinstance(pkg.get(key), str):
+            needed.append(pkg[key])
+    for kind in ("lib", "bin", "bench", "test", "example"):
+        targets = manifest.get(kind, [])
+        for t in [targets] if isinstance(targets, dict) else targets:
+            if "path" in t:
+                needed.append(t["path"])
+    copied_names = [c.rstrip("/").removeprefix("./") for c in copied]
+    for path in needed:
+        expect(
+            any(path == c or path.startswith(c + "/") for c in copied_names),
+            f"Cargo.toml needs {path}, which deploy/Dockerfile does not copy",
+        )
+    if (REPO / "build.rs").exists() and "build.rs" not in copied_names:
+        fail("build.rs exists but deploy/Dockerfile does not copy it")
+
+
+# ---------------------------------------------------------------- Kubernetes
+
+def load_docs(*globs: str) -> list[dict]:
+    docs = []
+    for g in globs:
+        for f in sorted(K8S.glob(g)):
+            docs += [d for d in yaml.safe_load_all(f.read_text()) if d]
+    return docs
+
+
+def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    if len(found) != 1:
+        raise SystemExit(f"expected one {kind} {name or ''}, found {len(found)}")
+    return found[0]
+
+
+def duration_seconds(text: str) -> float:
+    m = re.fullmatch(r"(\d+)(ms|s|m)", text)
+    if not m:
+        raise SystemExit(f"cannot read duration {text!r}")
+    return int(m[1]) * {"ms": 0.001, "s": 1, "m": 60}[m[2]]
+
+
+def kubernetes() -> None:
+    """Cross-references between the manifests, and the ServiceMonitor (a CRD,
+    which the schema check skips) checked by structure."""
+    docs = load_docs("*.yaml", "example/*.yaml", "prometheus-operator/*.yaml")
+    dep = one(docs, "Deployment")
+    pod = dep["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    expect(dep["spec"]["selector"]["matchLabels"].items() <= labels.items(), "Deployment selector does not match its pods")
+    spec = pod["spec"]
+    containers = {c["name"]: c for c in spec["containers"]}
+    kg = containers.get("keygate")
+    if kg is None:
+        raise SystemExit("no container named keygate")
+    ports = {p["name"]: p["containerPort"] for p in kg["ports"]}
+    expect(ports == {"http": 8080, "metrics": 9090}, f"keygate ports: {ports}")
+    others = [p for n, c in containers.items() if n != "keygate" for p in c.get("ports", [])]
+    expect(not others, "only keygate may declare ports")
+
+    # Probes on the ops port.
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        get = kg.get(probe, {}).get("httpGet", {})
+        expect(get.get("path") == path and get.get("port") in ("metrics", 9090), f"{probe} must GET {path} on 9090")
+
+    # Hardening.
+    psc, csc = spec.get("securityContext", {}), kg.get("securityContext", {})
+    expect(psc.get("runAsNonRoot") is True, "pod: runAsNonRoot")
+    expect(csc.get("readOnlyRootFilesystem") is True, "keygate: readOnlyRootFilesystem")
+    expect(csc.get("allowPrivilegeEscalation") is False, "keygate: allowPrivilegeEscalation false")
+    expect(csc.get("capabilities", {}).get("drop") == ["ALL"], "keygate: drop ALL capabilities")
+    expect(
+        (csc.get("seccompProfile") or psc.get("seccompProfile", {})).get("type") == "RuntimeDefault",
+        "keygate: seccompProfile RuntimeDefault",
+    )
+    expect("memory" in kg.get("resources", {}).get("limits", {}), "keygate: memory limit")
+
+    # The config, as the pod sees it.
+    cm = one(docs, "ConfigMap", "keygate-config")
+    cfg = tomllib.loads(cm["data"]["keygate.toml"])
+    expect(cfg["upstream"]["url"] == "http://127.0.0.1:3000", "upstream.url must be the pod's loopback backend")
+    expect(cfg["server"]["listen"] == f"0.0.0.0:{ports['http']}", "server.listen must match the http port")
+    expect(cfg["metrics"]["listen"] == f"0.0.0.0:{ports['metrics']}", "metrics.listen must be 0.0.0.0 on the metrics port")
+    drain = duration_seconds(cfg["server"].get("drain_timeout", "30s"))
+    pre_stop = kg.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    grace = spec.get("terminationGracePeriodSeconds", 30)
+    expect(grace > drain + pre_stop, f"terminationGracePeriodSeconds {grace} <= drain_timeout {drain} + preStop {pre_stop}")
+    expect(kg.get("args", ["serve", "--config", "/etc/keygate/keygate.toml"])[-1] == "/etc/keygate/keygate.toml", "keygate --config path")
+
+    # The volume: mounted as a directory, config and store where keygate.toml says.
+    mounts = [m for m in kg["volumeMounts"] if m["mountPath"] == "/etc/keygate"]
+    expect(len(mounts) == 1 and "subPath" not in mounts[0] and "subPathExpr" not in mounts[0],
+           "/etc/keygate must be one directory mount, without subPath (hot reload needs the symlink swap)")
+    vol = next((v for v in spec["volumes"] if mounts and v["name"] == mounts[0]["name"]), None)
+    if vol is None or "projected" not in vol:
+        raise SystemExit("the /etc/keygate volume must be the projected volume")
+    files = {}
+    for src in vol["projected"]["sources"]:
+        (kind, ref), = src.items()
+        for item in ref.get("items", []):
+            files["/etc/keygate/" + item["path"]] = (kind, ref["name"], item["key"], item.get("mode"))
+    expect(files.get("/etc/keygate/keygate.toml", ("",))[:3] == ("configMap", "keygate-config", "keygate.toml"),
+           "/etc/keygate/keygate.toml must come from the ConfigMap")
+    store = cfg["keys"]["store"]
+    revoked = str(Path(store).with_suffix(".revoked"))
+    for path, key in ((store, "keys.toml"), (revoked, "keys.revoked")):
+        got = files.get(path)
+        expect(got is not None and got[:3] == ("secret", "keygate-keys", key), f"{path} must be the Secret's {key}")
+        expect(got is not None and got[3] in (0o400, 0o600), f"{path}: mode must be 0400 or 0600")
+    secret = one(docs, "Secret", "keygate-keys")
+    expect({"keys.toml", "keys.revoked"} <= set(secret.get("stringData", secret.get("data", {}))),
+           "the example Secret must hold keys.toml and keys.revoked")
+
+    # Services, PDB and ServiceMonitor select what they should.
+    services = [d for d in docs if d["kind"] == "Service"]
+    for svc in services:
+        expect(svc["spec"]["selector"].items() <= labels.items(), f"Service {svc['metadata']['name']} selects no pod")
+        for p in svc["spec"]["ports"]:
+            expect(p["targetPort"] in ports, f"Service {svc['metadata']['name']}: unknown targetPort {p['targetPort']}")
+    client = [s for s in services if any(p["targetPort"] == "http" for p in s["spec"]["ports"])]
+    expect(len(client) == 1 and [p["port"] for p in client[0]["spec"]["ports"]] == [80],
+           "one client Service, port 80 -> http, and nothing else")
+    pdb = one(docs, "PodDisruptionBudget")
+    expect(pdb["spec"]["selector"]["matchLabels"].items() <= labels.items(), "PodDisruptionBudget selects no pod")
+    annotations = pod["metadata"].get("annotations", {})
+    expect(annotations.get("prometheus.io/scrape") == "true" and annotations.get("prometheus.io/port") == str(ports["metrics"]),
+           "prometheus.io annotations")
+
+    sm = one(docs, "ServiceMonitor")
+    expect(sm["apiVersion"] == "monitoring.coreos.com/v1", "ServiceMonitor apiVersion")
+    expect(bool(sm["metadata"].get("name")), "ServiceMonitor metadata.name")
+    want = sm["spec"]["selector"]["matchLabels"]
+    targets = [s for s in services if want.items() <= s["metadata"].get("labels", {}).items()]
+    expect(len(targets) == 1, f"ServiceMonitor selects {len(targets)} Services, not 1")
+    if targets:
+        svc = targets[0]
+        names = {p["name"]: p for p in svc["spec"]["ports"]}
+        for ep in sm["spec"]["endpoints"]:
+            expect(ep.get("port") in names and names[ep["port"]]["targetPort"] == "metrics",
+                   f"ServiceMonitor endpoint port {ep.get('port')} is not the metrics port")
+            expect(ep.get("path", "/metrics") == "/metrics", "ServiceMonitor path")
+        job = svc["metadata"]["labels"].get(sm["spec"].get("jobLabel", ""), svc["metadata"]["name"])
+        expect(job == "keygate", f'the scrape job would be "{job}"; KeygateDown expects job="keygate"')
+
+
+def extract_config(out: Path) -> None:
+    """The ConfigMap's keygate.toml and the example Secret's files, in OUT, with
+    the store path moved from /etc/keygate into OUT (the only change)."""
+    docs = load_docs("*.yaml", "example/*.yaml")
+    text = one(docs, "ConfigMap", "keygate-config")["data"]["keygate.toml"]
+    store = tomllib.loads(text)["keys"]["store"]
+    secret = one(docs, "Secret", "keygate-keys")["stringData"]
+    (out / "keys").mkdir(parents=True, exist_ok=True)
+    local = out / Path(store).relative_to("/etc/keygate")
+    (out / "keygate.toml").write_text(text.replace(f'"{store}"', f'"{local}"'))
+    local.write_text(secret["keys.toml"])
+    local.with_suffix(".revoked").write_text(secret["keys.revoked"])
+
+
+# ---------------------------------------------------------------- metric names
+
+def exported() -> tuple[set[str], dict[str, set[str]]]:
+    """Metric names and label values, read from src/metrics/mod.rs."""
+    src = (REPO / "src/metrics/mod.rs").read_text()
+    names = set(re.findall(r'"(keygate_[a-z_]+)"', src))
+    for h in re.findall(r'HistogramOpts::new\(\s*"(keygate_[a-z_]+)"', src):
+        names |= {h + "_bucket", h + "_sum", h + "_count"}
+    values = {
+        "decision": set(re.findall(r'DecisionLabel::\w+ => "([a-z_]+)"', src)),
+        "kind": set(re.findall(r'UpstreamErrorKind::\w+ => "([a-z_]+)"', src)),
+        "access": set(re.findall(r'"(none|read-only|full-access)"', src)),
+        "result": set(re.findall(r'with_label_values\(&\["(success|failure)"\]\)', src)),
+    }
+    if len(names) < 8 or not all(values.values()):
+        raise SystemExit("cannot read the metric names from src/metrics/mod.rs")
+    return names, values
+
+
+KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
+            "group_left", "group_right", "inf", "nan", "le"}
+
+
+def expr_errors(expr: str, where: str, names: set[str], values: dict[str, set[str]]) -> None:
+    for label, op, val in re.findall(r'\b(decision|kind|access|result)\s*(=~|!~|!=|=)\s*"([^"]*)"', expr):
+        for v in val.split("|"):
+            if re.fullmatch(r"[a-z_-]+", v):
+                expect(v in values[label], f"{where}: {label} value {v!r} is never exported")
+    e = re.sub(r'"[^"]*"', '""', expr)
+    e = re.sub(r"\{[^}]*\}", "", e)
+    e = re.sub(r"\[[^\]]*\]", "", e)
+    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", e)
+    e = re.sub(r"\$\w+", "", e)
+    for m in re.finditer(r"(?<![\w.:$])([a-zA-Z_:][\w:]*)(\s*\()?", e):
+        ident, call = m[1], m[2]
+        if call or ident in KEYWORDS or re.fullmatch(r"\d.*", ident):
+            continue
+        expect(ident in names, f"{where}: {ident} is not an exported metric")
+
+
+def metrics() -> None:
+    """Every metric name and label value used by the rules and the dashboard is
+    one keygate exports (or `up`, or a recording rule of keygate.rules.yml)."""
+    names, values = exported()
+    rules = yaml.safe_load((DEPLOY / "prometheus/keygate.rules.yml").read_text())
+    recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+    known = names | recorded | {"up"}
+    count = 0
+    for g in rules["groups"]:
+        for r in g["rules"]:
+            expr_errors(r["expr"], f"keygate.rules.yml {r.get('record') or r.get('alert')}", known, values)
+            count += 1
+    dash = json.loads((DEPLOY / "grafana/keygate.json").read_text())
+    for p in dash["panels"]:
+        for t in p.get("targets", []):
+            expr_errors(t["expr"], f"keygate.json panel {p['title']!r}", names, values)
+            count += 1
+    for v in dash["templating"]["list"]:
+        q = v.get("query")
+        if isinstance(q, dict):
+            m = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", q["query"])
+            expect(m is not None, f"keygate.json variable {v['name']}: unexpected query")
+            if m:
+                expr_errors(m[1], f"keygate.json variable {v['name']}", names, values)
+                count += 1
+    expect(count > 20, f"only {count} expressions found")
+
+
+def grafana() -> None:
+    dash = json.loads((DEPLOY / "grafana/keygate.json").read_text())
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    ds = variables.get("datasource", {})
+    expect(ds.get("type") == "datasource" and ds.get("query") == "prometheus", "a datasource variable for Prometheus")
+    ids = [p["id"] for p in dash["panels"]]
+    expect(len(ids) == len(set(ids)), "panel ids must be unique")
+    for p in dash["panels"]:
+        g = p["gridPos"]
+        expect(0 <= g["x"] and g["x"] + g["w"] <= 24 and g["h"] > 0, f"panel {p['title']!r}: gridPos")
+        expect(p.get("datasource", {}).get("uid") == "${datasource}", f"panel {p['title']!r}: datasource")
+        expect(p.get("targets"), f"panel {p['title']!r}: no query")
+        for t in p.get("targets", []):
+            expect(t.get("datasource", {}).get("uid") == "${datasource}" and t.get("refId") and t.get("expr"),
+                   f"panel {p['title']!r}: target")
+    text = json.dumps(dash)
+    for want in ("keygate_decisions_total", "keygate_request_duration_seconds_bucket", "keygate_upstream_errors_total",
+                 "keygate_config_last_reload_successful", "keygate_keys", "keygate_connections_active", "keygate_reloads_total"):
+        expect(want in text, f"the dashboard does not show {want}")
+
+
+# ---------------------------------------------------------------- docs
+
+def docs() -> None:
+    """Every deploy/ path the READMEs name exists."""
+    for readme in (REPO / "README.md", DEPLOY / "README.md"):
+        text = readme.read_text()
+        for path in set(re.findall(r"\bdeploy/[\w./-]*[\w/]", text)):
+            expect((REPO / path).exists(), f"{readme.relative_to(REPO)} names {path}, which does not exist")
+        for path in set(re.findall(r"`((?:kubernetes|systemd|prometheus|grafana)/[\w./-]*\w)`", text)):
+            expect((DEPLOY / path).exists(), f"{readme.relative_to(REPO)} names {path}, which does not exist")
+    expect("## Deploying" in (REPO / "README.md").read_text(), "README.md has no Deploying section")
+
+
+def main() -> None:
+    cmd = sys.argv[1] if len(sys.argv) > 1 else ""
+    if cmd == "extract-config" and len(sys.argv) == 3:
+        extract_config(Path(sys.argv[2]))
+    elif cmd in ("docker-context", "kubernetes", "metrics", "grafana", "docs"):
+        globals()[cmd.replace("-", "_")]()
+    else:
+        raise SystemExit(__doc__)
+    for e in errors:
+        print(e)
+    sys.exit(1 if errors else 0)
+
+
+if __name__ == "__main__":
+    main()
