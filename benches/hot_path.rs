@@ -1,0 +1,163 @@
+//! Micro benchmarks of the per-request work and of reloads:
+//! - `decide/<n>`: the whole decision path (extract the key from the headers,
+//!   check its checksum, BLAKE3 it, look it up, apply the policy) with n keys;
+//! - `index_build/<n>`: parse + validate a store of n keys and build the index,
+//!   as a reload does;
+//! - `metrics/record_decision`: counting one request.
+//!
+//! Run: `cargo bench --bench hot_path` (add `-- decide` to pick some).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use keygate::config::BrowserFullAccess;
+use keygate::keys::{
+    Access, KeyHash, KeyId, KeyIndex, KeyRecord, KeySet, StoreSnapshot, storefile, token,
+};
+use keygate::metrics::{DecisionLabel, Metrics};
+use keygate::policy::{Decision, PolicySettings, RequestHead, decide};
+
+/// n keys, every 10th full-access; returns the set and one read-only secret.
+fn keyset(n: usize) -> (KeySet, String) {
+    let mut probe = String::new();
+    let records = (0..n)
+        .map(|i| {
+            let secret = token::generate("kg").unwrap();
+            if i == n / 2 {
+                probe = secret.clone();
+            }
+            KeyRecord {
+                id: KeyId::parse(&format!("key_{i}")).unwrap(),
+                name: format!("customer {i}"),
+                access: if i % 10 == 0 && i != n / 2 {
+                    Access::FullAccess
+                } else {
+                    Access::ReadOnly
+                },
+                hash: KeyHash::of(secret.as_bytes()),
+                created: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+                expires: None,
+                origins: vec![],
+            }
+        })
+        .collect();
+    (KeySet::from_records(records).unwrap(), probe)
+}
+
+fn headers(key: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("host", HeaderValue::from_static("api.example.com"));
+    h.insert("user-agent", HeaderValue::from_static("bench/1.0"));
+    h.insert("accept", HeaderValue::from_static("application/json"));
+    h.insert("x-api-key", HeaderValue::from_str(key).unwrap());
+    h
+}
+
+fn bench_decide(c: &mut Criterion) {
+    let header = HeaderName::from_static("x-api-key");
+    let settings = PolicySettings {
+        header: &header,
+        query_param: None,
+        prefix: "kg",
+        browser_full_access: BrowserFullAccess::Deny,
+        cors: None,
+    };
+    let now = SystemTime::now();
+    let mut group = c.benchmark_group("decide");
+    for n in [1_000, 100_000, 1_000_000] {
+        let (keys, probe) = keyset(n);
+        let index = KeyIndex::build(&StoreSnapshot {
+            keys,
+            revoked: Default::default(),
+        });
+        let allowed = headers(&probe);
+        let unknown = headers(&token::generate("kg").unwrap());
+        group.bench_with_input(BenchmarkId::new("allowed", n), &allowed, |b, h| {
+            b.iter(|| {
+                let head = RequestHead {
+                    method: &Method::GET,
+                    headers: h,
+                    query: None,
+                };
+                let d = decide(head, &index, &settings, now);
+                assert!(matches!(d, Decision::Allow { .. }));
+                black_box(d);
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("unknown_key", n), &unknown, |b, h| {
+            b.iter(|| {
+                let head = RequestHead {
+                    method: &Method::GET,
+                    headers: h,
+                    query: None,
+                };
+                black_box(decide(head, &index, &settings, now));
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_index_build(c: &mut Criterion) {
+    let mut group = c.benchmark_group("index_build");
+    group.sample_size(10);
+    for n in [100_000, 1_000_000] {
+        let (keys, _) = keyset(n);
+        let text = storefile::render_store(&keys).unwrap();
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &text, |b, text| {
+            b.iter(|| {
+                let keys = storefile::parse_store(text).unwrap();
+                black_box(KeyIndex::build(&StoreSnapshot {
+                    keys,
+                    revoked: Default::default(),
+                }))
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_metrics(c: &mut Criterion) {
+    let metrics = Metrics::new().unwrap();
+    c.bench_function("metrics/record_decision", |b| {
+        b.iter(|| {
+            metrics.record_decision(
+                black_box(DecisionLabel::Allowed),
+                Some(Access::ReadOnly),
+                black_box(0.000_3),
+            )
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    bench_decide,
+    bench_index_build,
+    bench_metrics,
+    bench_parts
+);
+criterion_main!(benches);
+
+fn bench_parts(c: &mut Criterion) {
+    let t = token::generate("kg").unwrap();
+    c.bench_function("parts/blake3_token", |b| {
+        b.iter(|| KeyHash::of(black_box(t.as_bytes())))
+    });
+    c.bench_function("parts/token_check", |b| {
+        b.iter(|| token::check(black_box(t.as_bytes()), "kg"))
+    });
+    let h = headers(&t);
+    let name = HeaderName::from_static("x-api-key");
+    c.bench_function("parts/extract", |b| {
+        b.iter(|| keygate::policy::credentials::extract(black_box(&h), None, &name, None))
+    });
+    c.bench_function("parts/is_browser", |b| {
+        b.iter(|| keygate::policy::is_browser(black_box(&h)))
+    });
+}
