@@ -5,6 +5,7 @@
 mod check;
 mod demo;
 mod keys;
+mod logging;
 mod serve;
 mod snippet;
 

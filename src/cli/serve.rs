@@ -1,19 +1,15 @@
 //! `keygate serve`: wire config, store, index, metrics, reloader, ops listener
 //! and the client listener together, then run until SIGTERM/SIGINT.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::filter::Targets;
-use tracing_subscriber::prelude::*;
 
-use super::{CliError, ConfigArg};
-use crate::config::{self, Config, LogConfig, LogFormat, StoreLocation};
+use super::{CliError, ConfigArg, logging};
+use crate::config::{self, Config, StoreLocation};
 use crate::keys::{FileStore, KeyIndex};
 use crate::metrics::{Health, Metrics, serve_ops};
 use crate::proxy::Gateway;
@@ -25,44 +21,13 @@ pub fn run(args: &ConfigArg) -> Result<(), CliError> {
     serve(config, |_, _| {})
 }
 
-/// Sets up `tracing`: text or JSON on stderr, level from `RUST_LOG` or the config.
-pub fn init_logging(log: &LogConfig) -> Result<(), CliError> {
-    let spec = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| log.level.clone());
-    let filter =
-        Targets::from_str(&spec).map_err(|e| CliError::user(format!("log.level {spec:?}: {e}")))?;
-    let ansi = std::io::stderr().is_terminal();
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = match log.format {
-        LogFormat::Text => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_ansi(ansi),
-            )
-            .try_init(),
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
-    };
-    // Already initialised (a second serve in one process): keep the first.
-    let _ = result;
-    Ok(())
-}
-
 /// Runs the gateway on `config` until SIGTERM/SIGINT. `on_ready` is called
 /// with the client and ops addresses once both listen and the index is loaded.
 pub fn serve(
     config: Config,
     on_ready: impl FnOnce(SocketAddr, SocketAddr) + Send,
 ) -> Result<(), CliError> {
-    init_logging(&config.log)?;
+    logging::init(&config.log)?;
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = config.server.workers {
         rt.worker_threads(n);
@@ -71,7 +36,9 @@ pub fn serve(
         .enable_all()
         .build()
         .map_err(|e| CliError::user(format!("cannot start the runtime: {e}")))?;
-    rt.block_on(run_gateway(config, on_ready))
+    let result = rt.block_on(run_gateway(config, on_ready));
+    logging::flush();
+    result
 }
 
 async fn run_gateway(

@@ -2,8 +2,6 @@
 //! headers out, forwarding and identity headers in, the key removed.
 //! Pure functions over `http` types.
 
-use std::net::IpAddr;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::keys::Access;
@@ -73,7 +71,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// What the forwarder knows about the caller.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
-    pub peer: IpAddr,
+    /// The client's IP, as a header value.
+    pub peer: &'a HeaderValue,
     pub tls: bool,
     pub key_id: &'a HeaderValue,
     pub access: Access,
@@ -116,7 +115,12 @@ fn remove_keygate_headers(headers: &mut HeaderMap) {
 }
 
 /// Appends the peer to `X-Forwarded-For`, folding several header lines into one.
-fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
+fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
+    if !headers.contains_key(&X_FORWARDED_FOR) {
+        // The common case: no proxy before us, nothing to format.
+        headers.insert(X_FORWARDED_FOR, peer.clone());
+        return;
+    }
     let mut value = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(s) = v.to_str() {
@@ -124,7 +128,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
             value.push_str(", ");
         }
     }
-    value.push_str(&peer.to_string());
+    value.push_str(peer.to_str().unwrap_or_default());
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR, v);
     }
@@ -156,13 +160,15 @@ mod tests {
         m
     }
 
+    static PEER: HeaderValue = HeaderValue::from_static("192.0.2.7");
+
     fn caller<'a>(
         id: &'a HeaderValue,
         key_header: &'a HeaderName,
         source: KeySource,
     ) -> Caller<'a> {
         Caller {
-            peer: "192.0.2.7".parse().unwrap_or_else(|e| panic!("{e}")),
+            peer: &PEER,
             tls: false,
             key_id: id,
             access: Access::ReadOnly,

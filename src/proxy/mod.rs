@@ -34,10 +34,21 @@ use crate::policy::{self, Decision, KeySource, PolicySettings, Preflight, Reques
 pub type SharedIndex = Arc<ArcSwap<KeyIndex>>;
 
 /// What the pipeline needs about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The peer's IP as a header value, formatted once per connection.
+    pub peer_ip: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        // An IP address always formats to a valid header value.
+        let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnInfo { peer, tls, peer_ip }
+    }
 }
 
 /// The gateway: policy settings, the index, the upstream and the metrics.
@@ -83,7 +94,7 @@ impl Gateway {
     }
 
     /// Handles one request, start to response head.
-    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         // One snapshot for the request's whole life, whatever reloads meanwhile.
         let index = self.index.load();
@@ -187,7 +198,7 @@ impl Gateway {
     async fn forward(
         &self,
         mut req: Request<Incoming>,
-        conn: ConnInfo,
+        conn: &ConnInfo,
         identity: Option<Identity>,
     ) -> Response<ProxyBody> {
         let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
@@ -215,7 +226,7 @@ impl Gateway {
         };
         let none = HeaderValue::from_static("");
         let caller = Caller {
-            peer: conn.peer.ip(),
+            peer: &conn.peer_ip,
             tls: conn.tls,
             key_id: identity.as_ref().map_or(&none, |i| &i.id),
             access: identity.as_ref().map_or(Access::ReadOnly, |i| i.access),

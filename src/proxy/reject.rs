@@ -45,9 +45,20 @@ impl ProxyError {
     }
 }
 
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
 /// A JSON error response.
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    // Serialising two strings into a Vec cannot fail.
+    let body = serde_json::to_vec(&ErrorBody {
+        error: code,
+        message,
+    })
+    .unwrap_or_default();
     let mut r = Response::new(ProxyBody::full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(

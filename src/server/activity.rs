@@ -8,12 +8,15 @@
 //!
 //! hyper's own header timer starts as soon as it waits for a head, which would
 //! cut every idle kept-alive connection at `header_read_timeout`; hence this.
+//!
+//! Nothing here wakes the supervisor: it polls at its deadlines (see
+//! `Deadline::check_at`), so the request path pays a few relaxed atomic
+//! operations and no task wake-up.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Shared state of one client connection.
@@ -28,7 +31,6 @@ pub struct Activity {
     /// it became idle; 0 when none.
     first_read_ms: AtomicU64,
     h2: AtomicBool,
-    changed: Notify,
 }
 
 /// Which limit applies next, and when it runs out.
@@ -40,6 +42,27 @@ pub enum Deadline {
     Idle(Instant),
 }
 
+impl Deadline {
+    /// True when the limit has run out at `now`.
+    pub fn expired(self, now: Instant) -> bool {
+        match self {
+            Deadline::None => false,
+            Deadline::HeaderRead(t) | Deadline::Idle(t) => t <= now,
+        }
+    }
+
+    /// When the supervisor should look again. Busy: after `idle` (a request
+    /// ending does not wake it). Idle: at the idle deadline, or sooner, every
+    /// half `header_read`, to notice a request head that started and stalled.
+    pub fn check_at(self, now: Instant, header_read: Duration, idle: Duration) -> Instant {
+        match self {
+            Deadline::None => now + idle,
+            Deadline::HeaderRead(t) => t,
+            Deadline::Idle(t) => t.min(now + header_read / 2),
+        }
+    }
+}
+
 impl Activity {
     pub fn new() -> Arc<Self> {
         Arc::new(Activity {
@@ -49,7 +72,6 @@ impl Activity {
             idle_since_ms: AtomicU64::new(0),
             first_read_ms: AtomicU64::new(0),
             h2: AtomicBool::new(false),
-            changed: Notify::new(),
         })
     }
 
@@ -59,13 +81,9 @@ impl Activity {
 
     /// Called by the I/O wrapper after every successful read.
     pub fn on_read(&self) {
-        if self.first_read_ms.load(Ordering::Relaxed) == 0
-            && self
-                .first_read_ms
-                .compare_exchange(0, self.now_ms() + 1, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.changed.notify_one();
+        if self.first_read_ms.load(Ordering::Relaxed) == 0 {
+            self.first_read_ms
+                .store(self.now_ms() + 1, Ordering::Relaxed);
         }
     }
 
@@ -77,13 +95,7 @@ impl Activity {
         }
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_one();
         InFlight(self.clone())
-    }
-
-    /// Wakes when a request starts or ends, or a new request's first byte arrives.
-    pub async fn changed(&self) {
-        self.changed.notified().await;
     }
 
     /// The limit in force now.
@@ -117,7 +129,6 @@ impl Drop for InFlight {
         if a.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             a.idle_since_ms.store(a.now_ms(), Ordering::Relaxed);
             a.first_read_ms.store(0, Ordering::Relaxed);
-            a.changed.notify_one();
         }
     }
 }
@@ -168,5 +179,15 @@ mod tests {
         drop(a.begin(true));
         a.on_read();
         assert_eq!(a.deadline(H, I), Deadline::Idle(a.accepted + I));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_checked_often_enough_to_catch_a_stalled_head() {
+        let now = Instant::now();
+        let idle = Deadline::Idle(now + I);
+        assert_eq!(idle.check_at(now, H, I), now + H / 2);
+        assert_eq!(Deadline::None.check_at(now, H, I), now + I);
+        assert!(Deadline::HeaderRead(now).expired(now));
+        assert!(!Deadline::None.expired(now + I));
     }
 }

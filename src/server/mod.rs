@@ -23,7 +23,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_rustls::TlsAcceptor;
 
-use activity::{Activity, Deadline};
+use activity::Activity;
 use io::{ClientIo, Stream, sniff_h2};
 
 use crate::config::ServerConfig;
@@ -141,9 +141,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     fn call(&self, req: Request<Incoming>) -> ResponseFuture {
         let gateway = self.gateway.clone();
         let busy = self.activity.begin(req.version() == Version::HTTP_2);
-        let info = self.info;
+        let info = self.info.clone();
         Box::pin(async move {
-            let response = gateway.handle(req, info).await;
+            let response = gateway.handle(req, &info).await;
             Ok(response.map(|b| b.with_busy(busy)))
         })
     }
@@ -213,7 +213,7 @@ async fn serve_connection(
     let service = ConnService {
         gateway: shared.gateway.clone(),
         activity: activity.clone(),
-        info: ConnInfo { peer, tls: is_tls },
+        info: ConnInfo::new(peer, is_tls),
     };
     let mut conn = if h2 {
         Served::H2(Box::pin(shared.h2.serve_connection(io, service)))
@@ -223,13 +223,15 @@ async fn serve_connection(
         ))
     };
 
+    let (header_read, idle) = (shared.header_read_timeout, shared.idle_timeout);
     let mut draining = false;
     loop {
-        let deadline = activity.deadline(shared.header_read_timeout, shared.idle_timeout);
-        let wake_at = match deadline {
-            Deadline::None => Instant::now() + Duration::from_secs(86_400),
-            Deadline::HeaderRead(t) | Deadline::Idle(t) => t,
-        };
+        let now = Instant::now();
+        let deadline = activity.deadline(header_read, idle);
+        if deadline.expired(now) {
+            tracing::debug!(client.addr = %peer, ?deadline, "connection closed: timed out");
+            break;
+        }
         tokio::select! {
             result = &mut conn => {
                 if let Err(e) = result {
@@ -241,20 +243,7 @@ async fn serve_connection(
                 draining = true;
                 conn.graceful_shutdown();
             }
-            () = activity.changed() => {}
-            () = sleep_until(wake_at) => {
-                match activity.deadline(shared.header_read_timeout, shared.idle_timeout) {
-                    Deadline::HeaderRead(t) if t <= Instant::now() => {
-                        tracing::debug!(client.addr = %peer, "connection closed: request head not complete in time");
-                        break;
-                    }
-                    Deadline::Idle(t) if t <= Instant::now() => {
-                        tracing::debug!(client.addr = %peer, "connection closed: idle");
-                        break;
-                    }
-                    _ => {}
-                }
-            }
+            () = sleep_until(deadline.check_at(now, header_read, idle)) => {}
         }
     }
 }

@@ -37,8 +37,19 @@ pub struct Setup {
     pub tables: String,
 }
 
+/// A child process killed (and reaped) when dropped, so that a failing test
+/// never leaves a gateway running.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub struct TestGateway {
-    child: Child,
+    child: Process,
     pub addr: SocketAddr,
     pub ops: SocketAddr,
     pub dir: tempfile::TempDir,
@@ -148,7 +159,7 @@ impl TestGateway {
 
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .args([&format!("-{sig}"), &self.child.0.id().to_string()])
             .status()
             .unwrap();
         assert!(ok.success());
@@ -158,7 +169,7 @@ impl TestGateway {
     pub fn wait_exit(&mut self) -> ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
                 return status;
             }
             assert!(
@@ -171,19 +182,12 @@ impl TestGateway {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for TestGateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.0.id()
     }
 }
 
 /// Starts `keygate serve --config <path>` and waits for its "listening" line.
-pub fn spawn_serve(config: &Path) -> (Child, SocketAddr, SocketAddr, Arc<Mutex<Vec<String>>>) {
+pub fn spawn_serve(config: &Path) -> (Process, SocketAddr, SocketAddr, Arc<Mutex<Vec<String>>>) {
     let mut child = Command::new(BIN)
         .args(["serve", "--config", config.to_str().unwrap()])
         .env_remove("RUST_LOG")
@@ -219,13 +223,18 @@ pub fn spawn_serve(config: &Path) -> (Child, SocketAddr, SocketAddr, Arc<Mutex<V
         }
     };
     // Text (`client.addr=1.2.3.4:5`) or JSON (`"client.addr":"1.2.3.4:5"`).
-    let field = |name: &str| -> SocketAddr {
-        let start = line.find(name).unwrap() + name.len();
+    let field = |name: &str| -> Option<SocketAddr> {
+        let start = line.find(name)? + name.len();
         let rest = line[start..].trim_start_matches(['=', '"', ':']);
         let end = rest
             .find(|c: char| !(c.is_ascii_hexdigit() || ".:[]".contains(c)))
             .unwrap_or(rest.len());
-        rest[..end].parse().unwrap()
+        rest[..end].parse().ok()
     };
-    (child, field("client.addr"), field("ops.addr"), output)
+    let child = Process(child);
+    match (field("client.addr"), field("ops.addr")) {
+        (Some(client), Some(ops)) => (child, client, ops, output),
+        // `child` is killed on the way out.
+        _ => panic!("cannot read the addresses from {line:?}"),
+    }
 }

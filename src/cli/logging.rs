@@ -1,0 +1,132 @@
+//! Log output: `tracing` lines, text or JSON, written to stderr by a
+//! background thread. The request path formats a line and hands it over a
+//! bounded channel; the writer thread batches whatever has queued into one
+//! write. Under a flood of denials that is one syscall per batch instead of
+//! one per line. The channel is bounded and sending blocks when it is full,
+//! so no line is ever dropped; `flush` drains it before the process exits.
+
+use std::io::{IsTerminal, Write};
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::prelude::*;
+
+use super::CliError;
+use crate::config::{LogConfig, LogFormat};
+
+/// Lines queued at most before a logging thread waits for the writer.
+const QUEUE: usize = 16 * 1024;
+
+enum Message {
+    Line(Vec<u8>),
+    Flush(SyncSender<()>),
+}
+
+static SINK: OnceLock<SyncSender<Message>> = OnceLock::new();
+
+/// Sets up `tracing`: level from `RUST_LOG` or the config; a second call in
+/// one process keeps the first setup.
+pub fn init(log: &LogConfig) -> Result<(), CliError> {
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| log.level.clone());
+    let filter =
+        Targets::from_str(&spec).map_err(|e| CliError::user(format!("log.level {spec:?}: {e}")))?;
+    if SINK.get().is_some() {
+        return Ok(());
+    }
+    let (tx, rx) = sync_channel(QUEUE);
+    std::thread::Builder::new()
+        .name("keygate-log".into())
+        .spawn(move || write_lines(rx))
+        .map_err(|e| CliError::user(format!("cannot start the log writer: {e}")))?;
+    let _ = SINK.set(tx.clone());
+    let make = Sink(tx);
+    let ansi = std::io::stderr().is_terminal();
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match log.format {
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(make)
+                    .with_ansi(ansi),
+            )
+            .try_init(),
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().with_writer(make))
+            .try_init(),
+    };
+    Ok(())
+}
+
+/// Waits until every line logged so far is written.
+pub fn flush() {
+    if let Some(tx) = SINK.get() {
+        let (done_tx, done_rx) = sync_channel(1);
+        if tx.send(Message::Flush(done_tx)).is_ok() {
+            let _ = done_rx.recv();
+        }
+    }
+}
+
+fn write_lines(rx: Receiver<Message>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr().lock());
+    let handle = |m: Message, out: &mut std::io::BufWriter<_>| match m {
+        Message::Line(line) => {
+            let _ = out.write_all(&line);
+        }
+        Message::Flush(done) => {
+            let _ = out.flush();
+            let _ = done.send(());
+        }
+    };
+    while let Ok(first) = rx.recv() {
+        handle(first, &mut out);
+        while let Ok(next) = rx.try_recv() {
+            handle(next, &mut out);
+        }
+        let _ = out.flush();
+    }
+}
+
+#[derive(Clone)]
+struct Sink(SyncSender<Message>);
+
+/// One log line being formatted; sent whole when dropped.
+struct Line {
+    buf: Vec<u8>,
+    tx: SyncSender<Message>,
+}
+
+impl Write for Line {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            let _ = self.tx.send(Message::Line(std::mem::take(&mut self.buf)));
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for Sink {
+    type Writer = Line;
+    fn make_writer(&'a self) -> Line {
+        Line {
+            buf: Vec::with_capacity(256),
+            tx: self.0.clone(),
+        }
+    }
+}
