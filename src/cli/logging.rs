@@ -1,8 +1,8 @@
 //! Log output: `tracing` lines, text or JSON, written to stderr by a
 //! background thread. The request path formats a line and hands it over a
-//! bounded channel; the writer thread batches whatever has queued into one
-//! write. Under a flood of denials that is one syscall per batch instead of
-//! one per line. The channel is bounded and sending blocks when it is full,
+//! bounded channel; the writer thread wakes on the first line, lets a burst
+//! gather for 2 ms, and writes it all at once. Under a flood of denials that
+//! is one wake-up and one syscall per batch instead of one per line. The channel is bounded and sending blocks when it is full,
 //! so no line is ever dropped; `flush` drains it before the process exits.
 
 use std::io::{IsTerminal, Write};
@@ -19,6 +19,8 @@ use crate::config::{LogConfig, LogFormat};
 
 /// Lines queued at most before a logging thread waits for the writer.
 const QUEUE: usize = 16 * 1024;
+/// How long the writer lets lines accumulate after the first of a batch.
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
 
 enum Message {
     Line(Vec<u8>),
@@ -86,6 +88,9 @@ fn write_lines(rx: Receiver<Message>) {
     };
     while let Ok(first) = rx.recv() {
         handle(first, &mut out);
+        // Let a burst accumulate: the senders enqueue without waking this
+        // thread while it sleeps, so a flood costs one wake-up per batch.
+        std::thread::sleep(BATCH_WINDOW);
         while let Ok(next) = rx.try_recv() {
             handle(next, &mut out);
         }
