@@ -181,6 +181,7 @@ async fn serve_connection(
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
+    tracing::debug!(client.addr = %peer, "connection accepted");
     shared.metrics.connection_opened();
     let _open = OpenConnection(&shared.metrics);
     let activity = Activity::new();
@@ -241,6 +242,7 @@ async fn serve_connection(
             }
             _ = stop.changed(), if !draining => {
                 draining = true;
+                tracing::debug!(client.addr = %peer, "draining connection");
                 conn.graceful_shutdown();
             }
             () = sleep_until(deadline.check_at(now, header_read, idle)) => {}

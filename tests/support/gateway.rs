@@ -107,9 +107,14 @@ impl TestGateway {
     pub fn start_with(upstream_url: &str, setup: Setup) -> TestGateway {
         let dir = tempfile::tempdir().unwrap();
         let keys = standard_keys(dir.path());
+        let log = if setup.log.contains("level") {
+            setup.log.clone()
+        } else {
+            format!("level = \"info\"\n{}", setup.log)
+        };
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[upstream]\nurl = \"{upstream_url}\"\n{}\n[keys]\nstore = \"keys.toml\"\n{}\n[policy]\n{}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"info\"\n{}\n{}\n",
-            setup.server, setup.upstream, setup.keys, setup.policy, setup.log, setup.tables
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[upstream]\nurl = \"{upstream_url}\"\n{}\n[keys]\nstore = \"keys.toml\"\n{}\n[policy]\n{}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\n{}\n{}\n",
+            setup.server, setup.upstream, setup.keys, setup.policy, log, setup.tables
         );
         std::fs::write(dir.path().join("keygate.toml"), config).unwrap();
         let (child, addr, ops, output) = spawn_serve(&dir.path().join("keygate.toml"));

@@ -34,6 +34,8 @@ pub struct TestUpstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
+    /// Connection tasks, so that `stop` really takes the server down.
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -105,15 +107,26 @@ impl TestUpstream {
     }
 
     async fn start_inner(tls: Option<tokio_rustls::TlsAcceptor>) -> TestUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at("127.0.0.1:0".parse().unwrap(), tls).await
+    }
+
+    /// A plain upstream on a given address (to restart one where it was).
+    pub async fn start_on(addr: SocketAddr) -> TestUpstream {
+        Self::start_at(addr, None).await
+    }
+
+    async fn start_at(addr: SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) -> TestUpstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let handles = conns.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let record = record.clone();
                 let tls = tls.clone();
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let record = record.clone();
                         async move { Ok::<_, Infallible>(answer(req, &record).await) }
@@ -137,9 +150,15 @@ impl TestUpstream {
                         },
                     };
                 });
+                handles.lock().unwrap().push(conn.abort_handle());
             }
         });
-        TestUpstream { addr, seen, task }
+        TestUpstream {
+            addr,
+            seen,
+            task,
+            conns,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -161,14 +180,18 @@ impl TestUpstream {
         self.seen().pop().expect("the upstream saw no request")
     }
 
+    /// Stops accepting and closes every open connection.
     pub fn stop(&self) {
         self.task.abort();
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
     }
 }
 
 impl Drop for TestUpstream {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop();
     }
 }
 
