@@ -7,14 +7,14 @@ use std::time::SystemTime;
 use http::HeaderValue;
 
 use super::hash::DigestState;
-use super::{Access, KeyHash, KeyId, StoreSnapshot};
+use super::{Access, KeyHash, StoreSnapshot};
 
 /// What the request path needs to know about a key; built once per reload so
 /// that a request allocates nothing to name its key to the backend.
 #[derive(Debug, Clone)]
 pub struct KeyEntry {
-    pub id: KeyId,
-    /// `id` as a ready header value for `x-keygate-key-id`.
+    /// The key id, kept only as the ready `x-keygate-key-id` header value
+    /// (ids are `[a-z0-9_]`, so it is also valid text): one copy per key.
     pub id_header: HeaderValue,
     pub access: Access,
     pub expires: Option<SystemTime>,
@@ -46,6 +46,13 @@ pub struct KeyIndex {
     revoked_in_store: usize,
 }
 
+impl KeyEntry {
+    /// The key's public id.
+    pub fn id(&self) -> &str {
+        self.id_header.to_str().unwrap_or_default()
+    }
+}
+
 impl KeyIndex {
     /// Builds the index. Revoked hashes win over store entries.
     pub fn build(snapshot: &StoreSnapshot) -> Self {
@@ -70,7 +77,6 @@ impl KeyIndex {
             map.insert(
                 r.hash,
                 Slot::Active(KeyEntry {
-                    id: r.id.clone(),
                     id_header,
                     access: r.access,
                     expires: r.expires,
@@ -114,7 +120,7 @@ impl KeyIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{KeyRecord, KeySet};
+    use crate::keys::{KeyId, KeyRecord, KeySet};
     use std::time::UNIX_EPOCH;
 
     fn snapshot(revoke: &[&str]) -> StoreSnapshot {
@@ -142,7 +148,7 @@ mod tests {
     fn finds_keys_by_digest() {
         let idx = KeyIndex::build(&snapshot(&[]));
         assert!(
-            matches!(idx.lookup(&KeyHash::of(b"sa")), Lookup::Found(e) if e.id.as_str() == "a")
+            matches!(idx.lookup(&KeyHash::of(b"sa")), Lookup::Found(e) if e.id() == "a")
         );
         assert!(matches!(idx.lookup(&KeyHash::of(b"nope")), Lookup::Unknown));
         assert_eq!(

@@ -107,19 +107,19 @@ fn run(case: &Case, idx: &KeyIndex) -> String {
         Decision::Preflight(Preflight::Answer) => "preflight_answer".into(),
         Decision::Preflight(Preflight::Deny(r)) => format!("preflight_{}", r.code()),
         Decision::Deny { rejection, key } => match key {
-            Some(k) => format!("{}:{}", rejection.code(), k.id),
+            Some(k) => format!("{}:{}", rejection.code(), k.id()),
             None => rejection.code().to_string(),
         },
         Decision::Allow {
             key,
             reported: false,
             ..
-        } => format!("allowed:{}", key.id),
+        } => format!("allowed:{}", key.id()),
         Decision::Allow {
             key,
             reported: true,
             ..
-        } => format!("reported:{}", key.id),
+        } => format!("reported:{}", key.id()),
     }
 }
 

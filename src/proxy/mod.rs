@@ -125,9 +125,9 @@ impl Gateway {
                     DecisionLabel::Allowed
                 };
                 if reported {
-                    tracing::warn!(decision = label.as_str(), key.id = %key.id, method = %req.method(), path = req.uri().path(), client.addr = %conn.peer, "full-access key used from a browser (report-only mode: forwarded)");
+                    tracing::warn!(decision = label.as_str(), key.id = key.id(), method = %req.method(), path = req.uri().path(), client.addr = %conn.peer, "full-access key used from a browser (report-only mode: forwarded)");
                 } else if self.access_log {
-                    tracing::info!(decision = label.as_str(), key.id = %key.id, method = %req.method(), path = req.uri().path(), client.addr = %conn.peer, "request allowed");
+                    tracing::info!(decision = label.as_str(), key.id = key.id(), method = %req.method(), path = req.uri().path(), client.addr = %conn.peer, "request allowed");
                 }
                 let identity = Identity {
                     id: key.id_header.clone(),
@@ -146,7 +146,7 @@ impl Gateway {
                 tracing::info!(
                     decision = rejection.code(),
                     reason = rejection.detail(),
-                    key.id = key.map(|k| k.id.as_str()),
+                    key.id = key.map(|k| k.id()),
                     method = %req.method(),
                     path = req.uri().path(),
                     client.addr = %conn.peer,

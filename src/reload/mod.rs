@@ -17,6 +17,7 @@
 mod fingerprint;
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,7 +28,7 @@ use fingerprint::Fingerprint;
 
 use crate::config::TlsFiles;
 use crate::keys::store::read_text;
-use crate::keys::{Access, FileStore, KeyHash, KeyIndex, StoreError, StoreSnapshot};
+use crate::keys::{Access, FileStore, KeyIndex, StoreError, StoreSnapshot};
 use crate::metrics::{Health, Metrics};
 use crate::proxy::SharedIndex;
 use crate::server::tls::CertResolver;
@@ -55,8 +56,9 @@ pub struct Reloader {
     index: SharedIndex,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    /// id → (hash, access, expiry, origins) of the last good load, for the diff.
-    last: HashMap<String, (KeyHash, Access, Option<SystemTime>, Vec<String>)>,
+    /// hash(id) → hash(record) of the last good load, for the diff: 16 bytes
+    /// a key instead of a second copy of the store.
+    last: HashMap<u64, u64>,
     /// Metadata of the store files as of the last load attempt, taken before
     /// reading them: a change that lands during or after the read is seen.
     store_seen: Fingerprint,
@@ -150,26 +152,23 @@ impl Reloader {
     }
 
     fn diff(&mut self, snapshot: &StoreSnapshot) -> ReloadStats {
-        let next: HashMap<_, _> = snapshot
+        let digest = |v: &dyn Fn(&mut DefaultHasher)| {
+            let mut h = DefaultHasher::new();
+            v(&mut h);
+            h.finish()
+        };
+        let next: HashMap<u64, u64> = snapshot
             .keys
             .records()
             .iter()
             .map(|r| {
-                (
-                    r.id.to_string(),
-                    (r.hash, r.access, r.expires, r.origins.clone()),
-                )
+                let id = digest(&|h| r.id.hash(h));
+                let content = digest(&|h| (r.hash, r.access, r.expires, &r.origins).hash(h));
+                (id, content)
             })
             .collect();
-        let added = next
-            .keys()
-            .filter(|id| !self.last.contains_key(*id))
-            .count();
-        let removed = self
-            .last
-            .keys()
-            .filter(|id| !next.contains_key(*id))
-            .count();
+        let added = next.keys().filter(|id| !self.last.contains_key(*id)).count();
+        let removed = self.last.keys().filter(|id| !next.contains_key(*id)).count();
         let changed = next
             .iter()
             .filter(|(id, v)| self.last.get(*id).is_some_and(|old| old != *v))
