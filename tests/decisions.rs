@@ -258,4 +258,7 @@ async fn without_cors_preflights_go_to_the_backend_unchanged() {
     assert_eq!(seen.method, "OPTIONS");
     assert_eq!(seen.headers["access-control-request-method"], "POST");
     assert!(seen.headers.get("x-keygate-key-id").is_none());
+    // Preflights are not checked, so no key rides along to the backend.
+    assert!(seen.headers.get("x-api-key").is_none());
+    assert!(seen.headers.get("authorization").is_none());
 }

@@ -429,3 +429,35 @@ async fn connections_past_max_connections_wait_in_the_backlog() {
     assert_eq!(third.await.unwrap().status, 200);
     drop(b);
 }
+
+#[tokio::test]
+async fn a_stalled_second_request_head_is_closed_too() {
+    let upstream = TestUpstream::start().await;
+    let setup = Setup {
+        server: "header_read_timeout = \"300ms\"".into(),
+        ..Setup::default()
+    };
+    let gw = TestGateway::start_with(&upstream.url(), setup);
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let req = format!(
+        "GET / HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
+        gw.keys.read_only
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // The next head starts, then stalls: cut within 1.5 × the timeout, not the idle timeout.
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tcp.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(closed.is_ok(), "the stalled connection was not closed");
+    eprintln!("stalled second head closed after {:?}", start.elapsed());
+}

@@ -291,3 +291,36 @@ async fn no_secret_ever_appears_in_output_or_metrics() {
         assert!(!output.contains(&s[3..]));
     }
 }
+
+#[tokio::test]
+async fn a_lost_revocation_list_does_not_bring_deleted_keys_back() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(&upstream.url());
+    assert_eq!(
+        get(&gw.url("/"), &[("x-api-key", &gw.keys.revoked)])
+            .await
+            .code(),
+        "invalid_key"
+    );
+    // An old copy of the store that still lists the deleted key, and no revocation list.
+    let store = std::fs::read_to_string(gw.store_path()).unwrap();
+    let old = format!(
+        "{store}\n[[keys]]\nid = \"gone\"\nname = \"restored\"\naccess = \"full-access\"\nhash = \"{}\"\ncreated = \"2026-01-01\"\n",
+        blake3::hash(gw.keys.revoked.as_bytes()).to_hex()
+    );
+    std::fs::remove_file(gw.dir.path().join("keys.revoked")).unwrap();
+    std::fs::write(gw.store_path(), old).unwrap();
+    gw.wait_for_output("the revocation list lost entries");
+    assert_eq!(
+        get(&gw.url("/"), &[("x-api-key", &gw.keys.revoked)])
+            .await
+            .code(),
+        "invalid_key"
+    );
+    assert_eq!(
+        get(&gw.url("/"), &[("x-api-key", &gw.keys.read_only)])
+            .await
+            .status,
+        200
+    );
+}

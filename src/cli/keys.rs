@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::{CliError, snippet};
 use crate::config::{self, Config, StoreLocation, parse_duration};
-use crate::keys::record::{format_time, normalize_origin, parse_time, validate_name};
+use crate::keys::record::{format_time, latest_time, normalize_origin, parse_time, validate_name};
 use crate::keys::{
     Access, FileStore, KeyHash, KeyId, KeyRecord, KeySetError, KeyUpdate, StoreError, import, token,
 };
@@ -204,13 +204,17 @@ fn create(
         (Some(date), _) => {
             Some(parse_time(&date).map_err(|e| CliError::user(format!("--expires: {e}")))?)
         }
-        (None, Some(d)) => Some(
-            now + parse_duration(&d).map_err(|e| CliError::user(format!("--expires-in: {e}")))?,
-        ),
+        (None, Some(d)) => {
+            let d = parse_duration(&d).map_err(|e| CliError::user(format!("--expires-in: {e}")))?;
+            Some(now.checked_add(d).unwrap_or_else(latest_time))
+        }
         (None, None) => None,
     };
     if expires.is_some_and(|e| e <= now) {
         return Err(CliError::user("--expires is in the past"));
+    }
+    if expires.is_some_and(|e| e > latest_time()) {
+        return Err(CliError::user("the expiry must be before the year 10000"));
     }
     let origins = origins
         .iter()

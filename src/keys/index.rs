@@ -147,9 +147,7 @@ mod tests {
     #[test]
     fn finds_keys_by_digest() {
         let idx = KeyIndex::build(&snapshot(&[]));
-        assert!(
-            matches!(idx.lookup(&KeyHash::of(b"sa")), Lookup::Found(e) if e.id() == "a")
-        );
+        assert!(matches!(idx.lookup(&KeyHash::of(b"sa")), Lookup::Found(e) if e.id() == "a"));
         assert!(matches!(idx.lookup(&KeyHash::of(b"nope")), Lookup::Unknown));
         assert_eq!(
             (idx.count(Access::ReadOnly), idx.count(Access::FullAccess)),

@@ -90,6 +90,15 @@ pub fn normalize_origin(origin: &str) -> Result<String, String> {
     Ok(lower)
 }
 
+/// Seconds from the epoch to 9999-12-31T23:59:59Z, the latest time RFC 3339
+/// (and so the store) can write.
+const LATEST_SECS: u64 = 253_402_300_799;
+
+/// The latest time the store can hold; later expiries are refused.
+pub fn latest_time() -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(LATEST_SECS)
+}
+
 /// Formats a time the way the store and the CLI write it.
 pub fn format_time(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()

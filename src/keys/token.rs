@@ -108,20 +108,28 @@ fn decode_checksum(s: &[u8]) -> Option<u64> {
 /// A token with `<prefix>_` must have exactly our format and checksum; any
 /// other visible-ASCII token is accepted as opaque (an imported key).
 pub fn check(token: &[u8], prefix: &str) -> Result<(), TokenError> {
-    if token.is_empty()
-        || token.len() > MAX_TOKEN_LEN
-        || !token.iter().all(|b| b.is_ascii_graphic())
-    {
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::Malformed);
     }
-    let Some(rest) = token
+    let graphic = |t: &[u8]| t.iter().all(u8::is_ascii_graphic);
+    let rest = token
         .strip_prefix(prefix.as_bytes())
-        .and_then(|r| r.strip_prefix(b"_"))
-    else {
-        return Ok(());
+        .and_then(|r| r.strip_prefix(b"_"));
+    let Some(rest) = rest else {
+        return if graphic(token) {
+            Ok(())
+        } else {
+            Err(TokenError::Malformed)
+        };
     };
-    if rest.len() != RANDOM_LEN + CHECKSUM_LEN || !rest.iter().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(TokenError::BadFormat);
+    // Fast path, one pass: the right length and all alphanumeric (which the
+    // prefix is too, by `validate_prefix`) means visible ASCII as well.
+    if rest.len() != RANDOM_LEN + CHECKSUM_LEN || !rest.iter().all(u8::is_ascii_alphanumeric) {
+        return Err(if graphic(rest) {
+            TokenError::BadFormat
+        } else {
+            TokenError::Malformed
+        });
     }
     let body_len = token.len() - CHECKSUM_LEN;
     let expected = u64::from(crc32fast::hash(&token[..body_len]));

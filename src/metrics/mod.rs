@@ -27,10 +27,16 @@ pub enum DecisionLabel {
     Allowed,
     BrowserFullAccessReported,
     Preflight,
+    /// Allowed (or a forwarded preflight), then the upstream failed: 502.
+    UpstreamUnavailable,
+    /// Allowed (or a forwarded preflight), then the upstream was too slow: 504.
+    UpstreamTimeout,
+    /// The request target could not be forwarded: 400.
+    BadRequest,
 }
 
 impl DecisionLabel {
-    pub const ALL: [DecisionLabel; 9] = [
+    pub const ALL: [DecisionLabel; 12] = [
         DecisionLabel::MissingKey,
         DecisionLabel::InvalidKey,
         DecisionLabel::ExpiredKey,
@@ -40,6 +46,9 @@ impl DecisionLabel {
         DecisionLabel::Allowed,
         DecisionLabel::BrowserFullAccessReported,
         DecisionLabel::Preflight,
+        DecisionLabel::UpstreamUnavailable,
+        DecisionLabel::UpstreamTimeout,
+        DecisionLabel::BadRequest,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -53,6 +62,9 @@ impl DecisionLabel {
             DecisionLabel::Allowed => "allowed",
             DecisionLabel::BrowserFullAccessReported => "browser_full_access_reported",
             DecisionLabel::Preflight => "preflight",
+            DecisionLabel::UpstreamUnavailable => "upstream_unavailable",
+            DecisionLabel::UpstreamTimeout => "upstream_timeout",
+            DecisionLabel::BadRequest => "bad_request",
         }
     }
 
@@ -71,6 +83,17 @@ impl From<crate::policy::Rejection> for DecisionLabel {
             Rejection::BrowserFullAccess => DecisionLabel::BrowserFullAccess,
             Rejection::OriginNotAllowed => DecisionLabel::OriginNotAllowed,
             Rejection::ReadOnlyMethod => DecisionLabel::ReadOnlyMethod,
+        }
+    }
+}
+
+impl From<crate::proxy::reject::ProxyError> for DecisionLabel {
+    fn from(e: crate::proxy::reject::ProxyError) -> Self {
+        use crate::proxy::reject::ProxyError;
+        match e {
+            ProxyError::Unavailable => DecisionLabel::UpstreamUnavailable,
+            ProxyError::Timeout => DecisionLabel::UpstreamTimeout,
+            ProxyError::BadTarget => DecisionLabel::BadRequest,
         }
     }
 }

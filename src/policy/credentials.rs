@@ -6,8 +6,8 @@
 
 use std::borrow::Cow;
 
-use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderName};
+use http::header::{ACCESS_CONTROL_REQUEST_METHOD, AUTHORIZATION, ORIGIN};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Where a key was found; the forwarder removes it from there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,13 +29,26 @@ pub enum Credential<'a> {
     },
 }
 
-/// Extracts the credential. `query_param` is `None` when query keys are off.
-pub fn extract<'a>(
+/// Everything the decision needs from the headers, found in one pass over
+/// them (a few comparisons per header instead of a hashed lookup per name).
+#[derive(Debug, Clone)]
+pub struct HeadScan<'a> {
+    pub credential: Credential<'a>,
+    /// The first `Origin` value, if any.
+    pub origin: Option<&'a HeaderValue>,
+    /// Any `Sec-Fetch-Site` header.
+    pub fetch_site: bool,
+    /// The first `Access-Control-Request-Method` value, if any.
+    pub request_method: Option<&'a HeaderValue>,
+}
+
+/// Scans the request head once. `query_param` is `None` when query keys are off.
+pub fn scan<'a>(
     headers: &'a HeaderMap,
     query: Option<&'a str>,
     header: &HeaderName,
     query_param: Option<&str>,
-) -> Credential<'a> {
+) -> HeadScan<'a> {
     let mut found: Option<(Cow<'a, [u8]>, KeySource)> = None;
     let mut count = 0usize;
     let mut take = |token: Cow<'a, [u8]>, source| {
@@ -44,12 +57,20 @@ pub fn extract<'a>(
             found = Some((token, source));
         }
     };
-    for v in headers.get_all(header) {
-        take(Cow::Borrowed(v.as_bytes()), KeySource::Header);
-    }
-    for v in headers.get_all(AUTHORIZATION) {
-        if let Some(token) = bearer_token(v.as_bytes()) {
-            take(Cow::Borrowed(token), KeySource::Bearer);
+    let (mut origin, mut fetch_site, mut request_method) = (None, false, None);
+    for (name, value) in headers {
+        if name == header {
+            take(Cow::Borrowed(value.as_bytes()), KeySource::Header);
+        } else if name == AUTHORIZATION {
+            if let Some(token) = bearer_token(value.as_bytes()) {
+                take(Cow::Borrowed(token), KeySource::Bearer);
+            }
+        } else if name == ORIGIN {
+            origin = origin.or(Some(value));
+        } else if name == super::SEC_FETCH_SITE {
+            fetch_site = true;
+        } else if name == ACCESS_CONTROL_REQUEST_METHOD {
+            request_method = request_method.or(Some(value));
         }
     }
     if let (Some(param), Some(query)) = (query_param, query) {
@@ -60,11 +81,27 @@ pub fn extract<'a>(
             }
         }
     }
-    match (count, found) {
+    let credential = match (count, found) {
         (0, _) | (_, None) => Credential::Missing,
         (1, Some((token, source))) => Credential::One { token, source },
         _ => Credential::Multiple,
+    };
+    HeadScan {
+        credential,
+        origin,
+        fetch_site,
+        request_method,
     }
+}
+
+/// Extracts the credential alone.
+pub fn extract<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+    header: &HeaderName,
+    query_param: Option<&str>,
+) -> Credential<'a> {
+    scan(headers, query, header, query_param).credential
 }
 
 /// The token of an `Authorization: Bearer <token>` value (scheme

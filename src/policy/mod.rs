@@ -9,8 +9,8 @@ mod rejection;
 
 use std::time::SystemTime;
 
-use http::header::{ACCESS_CONTROL_REQUEST_METHOD, ORIGIN};
-use http::{HeaderMap, HeaderName, Method};
+use http::header::ORIGIN;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 pub use credentials::{Credential, KeySource};
 pub use rejection::{InvalidReason, Rejection};
@@ -95,23 +95,26 @@ pub fn decide<'k>(
     settings: &PolicySettings<'_>,
     now: SystemTime,
 ) -> Decision<'k> {
-    let headers = head.headers;
+    let scan = credentials::scan(
+        head.headers,
+        head.query,
+        settings.header,
+        settings.query_param,
+    );
     if *head.method == Method::OPTIONS
-        && headers.contains_key(ORIGIN)
-        && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
+        && let (Some(origin), Some(method)) = (scan.origin, scan.request_method)
     {
-        return Decision::Preflight(preflight(headers, settings.cors));
+        return Decision::Preflight(preflight(origin, method, settings.cors));
     }
     let deny = |rejection| Decision::Deny {
         rejection,
         key: None,
     };
-    let (token, source) =
-        match credentials::extract(headers, head.query, settings.header, settings.query_param) {
-            Credential::Missing => return deny(Rejection::MissingKey),
-            Credential::Multiple => return deny(Rejection::InvalidKey(InvalidReason::Multiple)),
-            Credential::One { token, source } => (token, source),
-        };
+    let (token, source) = match scan.credential {
+        Credential::Missing => return deny(Rejection::MissingKey),
+        Credential::Multiple => return deny(Rejection::InvalidKey(InvalidReason::Multiple)),
+        Credential::One { token, source } => (token, source),
+    };
     if let Err(e) = token::check(&token, settings.prefix) {
         return deny(Rejection::InvalidKey(InvalidReason::Token(e)));
     }
@@ -127,7 +130,8 @@ pub fn decide<'k>(
     if key.expires.is_some_and(|t| t <= now) {
         return deny_key(Rejection::ExpiredKey);
     }
-    let browser = is_browser(headers);
+    // Same rule as `is_browser`, from the scan.
+    let browser = scan.origin.is_some() || scan.fetch_site;
     let mut reported = false;
     if browser && key.access == Access::FullAccess {
         match settings.browser_full_access {
@@ -136,8 +140,8 @@ pub fn decide<'k>(
         }
     }
     if browser && !key.origins.is_empty() {
-        let listed = headers
-            .get(ORIGIN)
+        let listed = scan
+            .origin
             .is_some_and(|o| origin_listed(o.as_bytes(), &key.origins));
         if !listed {
             return deny_key(Rejection::OriginNotAllowed);
@@ -153,20 +157,14 @@ pub fn decide<'k>(
     }
 }
 
-fn preflight(headers: &HeaderMap, cors: Option<&CorsConfig>) -> Preflight {
+fn preflight(origin: &HeaderValue, method: &HeaderValue, cors: Option<&CorsConfig>) -> Preflight {
     let Some(cors) = cors else {
         return Preflight::Forward;
     };
-    let origin_ok = headers
-        .get(ORIGIN)
-        .is_some_and(|o| origin_listed(o.as_bytes(), &cors.allowed_origins));
-    if !origin_ok {
+    if !origin_listed(origin.as_bytes(), &cors.allowed_origins) {
         return Preflight::Deny(Rejection::OriginNotAllowed);
     }
-    let method_ok = headers
-        .get(ACCESS_CONTROL_REQUEST_METHOD)
-        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
-        .is_some_and(|m| is_safe_method(&m));
+    let method_ok = Method::from_bytes(method.as_bytes()).is_ok_and(|m| is_safe_method(&m));
     if method_ok {
         Preflight::Answer
     } else {

@@ -93,6 +93,7 @@ pub fn rewrite_request(headers: &mut HeaderMap, caller: &Caller<'_>, upgrade: bo
         Some((KeySource::Query, _)) | None => {}
     }
     remove_keygate_headers(headers);
+    fold_cookies(headers);
     append_forwarded_for(headers, caller.peer);
     headers.insert(
         X_FORWARDED_PROTO,
@@ -100,6 +101,36 @@ pub fn rewrite_request(headers: &mut HeaderMap, caller: &Caller<'_>, upgrade: bo
     );
     headers.insert(KEY_ID, caller.key_id.clone());
     headers.insert(KEY_ACCESS, HeaderValue::from_static(caller.access.as_str()));
+}
+
+/// Removes anything that could carry a key (the key header, a Bearer
+/// `Authorization`) from a request forwarded without a checked key.
+pub fn remove_unchecked_keys(headers: &mut HeaderMap, key_header: &HeaderName) {
+    headers.remove(key_header);
+    let bearer = headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .any(|v| crate::policy::credentials::bearer_token(v.as_bytes()).is_some());
+    if bearer {
+        headers.remove(header::AUTHORIZATION);
+    }
+}
+
+/// HTTP/2 clients may split `Cookie` into several fields (RFC 9113
+/// §8.2.3); an HTTP/1.1 upstream must get them as one, joined by "; ".
+fn fold_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, v);
+    }
 }
 
 /// Removes every client-sent `x-keygate-*` header: only the gateway speaks for
@@ -280,6 +311,30 @@ mod tests {
             h.get("x-forwarded-for").map(|v| v.as_bytes()),
             Some(&b"10.0.0.1, 10.0.0.2, 192.0.2.7"[..])
         );
+    }
+
+    #[test]
+    fn split_cookies_are_folded_into_one_line() {
+        let id = HeaderValue::from_static("key_a");
+        let name = HeaderName::from_static("x-api-key");
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
+        rewrite_request(&mut h, &caller(&id, &name, KeySource::Header), false);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(
+            h.get("cookie").map(|v| v.as_bytes()),
+            Some(&b"a=1; b=2"[..])
+        );
+    }
+
+    #[test]
+    fn unchecked_keys_are_removed_but_other_authorization_stays() {
+        let name = HeaderName::from_static("x-api-key");
+        let mut h = map(&[("x-api-key", "k"), ("authorization", "Bearer k")]);
+        remove_unchecked_keys(&mut h, &name);
+        assert!(h.is_empty());
+        let mut h = map(&[("authorization", "Basic dXNlcg==")]);
+        remove_unchecked_keys(&mut h, &name);
+        assert!(h.contains_key("authorization"));
     }
 
     #[test]

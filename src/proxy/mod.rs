@@ -136,11 +136,14 @@ impl Gateway {
                 };
                 let access = key.access;
                 drop(index);
-                (
-                    self.forward(req, conn, Some(identity)).await,
-                    label,
-                    Some(access),
-                )
+                match self.forward(req, conn, Some(identity)).await {
+                    Ok(response) => (response, label, Some(access)),
+                    Err(e) => (
+                        reject::error_response(e),
+                        DecisionLabel::from(e),
+                        Some(access),
+                    ),
+                }
             }
             Decision::Deny { rejection, key } => {
                 tracing::info!(
@@ -160,11 +163,10 @@ impl Gateway {
             }
             Decision::Preflight(Preflight::Forward) => {
                 drop(index);
-                (
-                    self.forward(req, conn, None).await,
-                    DecisionLabel::Preflight,
-                    None,
-                )
+                match self.forward(req, conn, None).await {
+                    Ok(response) => (response, DecisionLabel::Preflight, None),
+                    Err(e) => (reject::error_response(e), DecisionLabel::from(e), None),
+                }
             }
             Decision::Preflight(Preflight::Answer) => match &self.cors {
                 Some(cors) => (
@@ -200,7 +202,7 @@ impl Gateway {
         mut req: Request<Incoming>,
         conn: &ConnInfo,
         identity: Option<Identity>,
-    ) -> Response<ProxyBody> {
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -220,10 +222,7 @@ impl Gateway {
         {
             parts.headers.insert(HOST, v);
         }
-        parts.uri = match self.upstream.target(path_and_query) {
-            Ok(uri) => uri,
-            Err(e) => return reject::error_response(e),
-        };
+        parts.uri = self.upstream.target(path_and_query)?;
         let none = HeaderValue::from_static("");
         let caller = Caller {
             peer: &conn.peer_ip,
@@ -237,9 +236,13 @@ impl Gateway {
         };
         headers::rewrite_request(&mut parts.headers, &caller, upgrade);
         if identity.is_none() {
-            // Preflights carry no key: no identity to vouch for.
+            // A forwarded preflight: no identity to vouch for, and no key
+            // (unchecked, since preflights need none) goes to the backend.
             parts.headers.remove(headers::KEY_ID);
             parts.headers.remove(headers::KEY_ACCESS);
+            if !self.forward_key {
+                headers::remove_unchecked_keys(&mut parts.headers, &self.header);
+            }
         }
         parts.version = Version::HTTP_11;
 
@@ -248,7 +251,7 @@ impl Gateway {
             Err((error, kind)) => {
                 self.metrics.upstream_error(kind);
                 tracing::warn!(kind = kind.as_str(), client.addr = %conn.peer, "upstream request failed");
-                return reject::error_response(error);
+                return Err(error);
             }
         };
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -266,7 +269,10 @@ impl Gateway {
         }
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, switching);
-        Response::from_parts(parts, ProxyBody::upstream(body, self.metrics.clone()))
+        Ok(Response::from_parts(
+            parts,
+            ProxyBody::upstream(body, self.metrics.clone()),
+        ))
     }
 }
 

@@ -16,7 +16,7 @@
 
 mod fingerprint;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,7 +28,7 @@ use fingerprint::Fingerprint;
 
 use crate::config::TlsFiles;
 use crate::keys::store::read_text;
-use crate::keys::{Access, FileStore, KeyIndex, StoreError, StoreSnapshot};
+use crate::keys::{Access, FileStore, KeyHash, KeyIndex, StoreError, StoreSnapshot};
 use crate::metrics::{Health, Metrics};
 use crate::proxy::SharedIndex;
 use crate::server::tls::CertResolver;
@@ -64,6 +64,10 @@ pub struct Reloader {
     store_seen: Fingerprint,
     /// BLAKE3 of the store text last loaded.
     content_seen: Option<blake3::Hash>,
+    /// Every revoked hash seen since start. The list is append-only: a hash
+    /// once revoked stays refused even if the file is later lost or restored
+    /// from an older copy.
+    revoked_seen: HashSet<KeyHash>,
     tls: Option<(TlsFiles, Arc<CertResolver>)>,
     tls_seen: Fingerprint,
 }
@@ -83,6 +87,7 @@ impl Reloader {
             last: HashMap::new(),
             store_seen: Fingerprint::default(),
             content_seen: None,
+            revoked_seen: HashSet::new(),
             tls: None,
             tls_seen: Fingerprint::default(),
         }
@@ -119,7 +124,17 @@ impl Reloader {
             self.store.load_from(&text)
         });
         match loaded {
-            Ok(snapshot) => {
+            Ok(mut snapshot) => {
+                let forgotten = self.revoked_seen.difference(&snapshot.revoked).count();
+                if forgotten > 0 {
+                    tracing::warn!(
+                        forgotten,
+                        file = %self.store.revoked_path().display(),
+                        "the revocation list lost entries (deleted or restored from an older copy); those keys stay revoked"
+                    );
+                }
+                self.revoked_seen.extend(snapshot.revoked.iter().copied());
+                snapshot.revoked.clone_from(&self.revoked_seen);
                 let index = KeyIndex::build(&snapshot);
                 let stats = self.diff(&snapshot);
                 let counts = (
@@ -167,8 +182,15 @@ impl Reloader {
                 (id, content)
             })
             .collect();
-        let added = next.keys().filter(|id| !self.last.contains_key(*id)).count();
-        let removed = self.last.keys().filter(|id| !next.contains_key(*id)).count();
+        let added = next
+            .keys()
+            .filter(|id| !self.last.contains_key(*id))
+            .count();
+        let removed = self
+            .last
+            .keys()
+            .filter(|id| !next.contains_key(*id))
+            .count();
         let changed = next
             .iter()
             .filter(|(id, v)| self.last.get(*id).is_some_and(|old| old != *v))
@@ -222,15 +244,18 @@ impl Reloader {
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
             };
             polls = polls.wrapping_add(1);
-            let store_changed = Fingerprint::of(&self.store_files()) != self.store_seen
-                || (polls.is_multiple_of(CONTENT_CHECK_EVERY) && self.content_changed());
+            let stat_changed = Fingerprint::of(&self.store_files()) != self.store_seen;
+            let content_due = polls.is_multiple_of(CONTENT_CHECK_EVERY);
             let tls_changed = Fingerprint::of(&self.tls_files()) != self.tls_seen;
-            if !(forced || store_changed || tls_changed) {
+            if !(forced || stat_changed || tls_changed || content_due) {
                 continue;
             }
             let cause = if forced { "sighup" } else { "file change" };
             let joined = tokio::task::spawn_blocking(move || {
-                if forced || store_changed {
+                // Reading and hashing the store happens here, off the request workers.
+                let store_changed =
+                    forced || stat_changed || (content_due && self.content_changed());
+                if store_changed {
                     let _ = self.reload(cause);
                 }
                 if forced || tls_changed {

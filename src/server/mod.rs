@@ -245,7 +245,7 @@ async fn serve_connection(
                 tracing::debug!(client.addr = %peer, "draining connection");
                 conn.graceful_shutdown();
             }
-            () = sleep_until(deadline.check_at(now, header_read, idle)) => {}
+            () = sleep_until(deadline.check_at(now, header_read)) => {}
         }
     }
 }
