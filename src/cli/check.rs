@@ -8,17 +8,14 @@ use crate::keys::{Access, FileStore, KeyIndex};
 pub fn run(args: &ConfigArg) -> Result<(), CliError> {
     let path = config::resolve_path(args.config.as_deref());
     let config = Config::load(&path)?;
+    // The same loading `serve` does: PEM files parsed, key matched to the
+    // certificate, upstream CA read.
     if let Some(tls) = &config.server.tls {
-        for p in [&tls.cert, &tls.key] {
-            std::fs::metadata(p).map_err(|e| {
-                CliError::user(format!(
-                    "{}: server.tls: cannot read {}: {e}",
-                    path.display(),
-                    p.display()
-                ))
-            })?;
-        }
+        crate::server::tls::CertResolver::load(tls)
+            .map_err(|e| CliError::user(format!("{}: {e}", path.display())))?;
     }
+    crate::proxy::upstream::Upstream::new(&config.upstream)
+        .map_err(|e| CliError::user(format!("{}: {e}", path.display())))?;
     let store = match &config.keys.store {
         StoreLocation::File(p) => FileStore::new(p.clone()),
         StoreLocation::Postgres(_) => {

@@ -157,9 +157,10 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start));
+            // Only the option's name: its value may be a secret (a database URL).
             let src_line = line
                 .and_then(|l| text.lines().nth(l - 1))
-                .map(str::trim)
+                .map(|l| l.split('=').next().unwrap_or_default().trim())
                 .unwrap_or_default();
             let msg = e.message().trim();
             match line {

@@ -64,6 +64,7 @@ fn misspelt_option_is_named_with_its_line() {
         "[server]\nlisten = \"127.0.0.1:1\"\nidle_timeuot = \"5s\"\n[upstream]\nurl = \"http://a\"\n",
     );
     assert!(e.starts_with("3: unknown field `idle_timeuot`"), "{e}");
+    assert!(e.ends_with("(in `idle_timeuot`)"), "{e}");
 }
 
 #[test]
@@ -120,4 +121,12 @@ fn bad_values_are_refused_with_the_field_name() {
     );
     assert!(err(&format!("[server]\nworkers = 0\n{MINIMAL}")).contains("server.workers"));
     assert!(err(&format!("[server]\nlisten = \"nowhere\"\n{MINIMAL}")).starts_with("2:"));
+}
+
+#[test]
+fn errors_never_echo_a_value_that_may_be_secret() {
+    let e = err(
+        "[upstream]\nurl = \"http://a\"\n[keys]\nstore = \"postgres://u:hunter2@db/k\"\nstore_env = 3\n",
+    );
+    assert!(!e.contains("hunter2"), "{e}");
 }

@@ -87,7 +87,10 @@ pub async fn serve_ops(listener: TcpListener, metrics: Arc<Metrics>, health: Arc
                 let r = respond(&req, &metrics, &health);
                 async move { Ok::<_, Infallible>(r) }
             });
+            // A scraper that stalls must not hold the connection forever.
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
