@@ -461,3 +461,31 @@ async fn a_stalled_second_request_head_is_closed_too() {
     assert!(closed.is_ok(), "the stalled connection was not closed");
     eprintln!("stalled second head closed after {:?}", start.elapsed());
 }
+
+#[tokio::test]
+async fn a_slow_upload_is_not_cut_by_the_response_timeout() {
+    let upstream = TestUpstream::start().await;
+    let setup = Setup {
+        upstream: "response_timeout = \"300ms\"".into(),
+        ..Setup::default()
+    };
+    let gw = TestGateway::start_with(&upstream.url(), setup);
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /echo-body HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: 8\r\nconnection: close\r\n\r\n",
+        gw.keys.full
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // 8 bytes over ~800 ms: the upload outlasts response_timeout, the
+    // upstream (which answers after the whole body) does not.
+    for b in b"uploaded" {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tcp.write_all(&[*b]).await.unwrap();
+    }
+    let mut out = Vec::new();
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("uploaded"), "{out}");
+}

@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -15,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use tokio::sync::oneshot;
 
 use super::reject::ProxyError;
 use crate::config::UpstreamConfig;
@@ -22,7 +28,7 @@ use crate::metrics::UpstreamErrorKind;
 
 /// The backend every allowed request goes to.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, SentBody>,
     scheme: Scheme,
     authority: Authority,
     response_timeout: Duration,
@@ -73,19 +79,76 @@ impl Upstream {
             .map_err(|_| ProxyError::BadTarget)
     }
 
-    /// Sends a request and waits for the response head.
+    /// Sends a request and waits for the response head. `response_timeout`
+    /// starts once the request body has been sent (at once for a request
+    /// without a body), so that a long upload is not cut as a slow upstream.
     pub async fn send(
         &self,
         req: Request<Incoming>,
     ) -> Result<Response<Incoming>, (ProxyError, UpstreamErrorKind)> {
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => {
-                Err((ProxyError::Unavailable, UpstreamErrorKind::Connect))
-            }
-            Ok(Err(_)) => Err((ProxyError::Unavailable, UpstreamErrorKind::Protocol)),
-            Err(_) => Err((ProxyError::Timeout, UpstreamErrorKind::Timeout)),
+        let (sent_tx, sent_rx) = oneshot::channel();
+        let req = req.map(|inner| SentBody {
+            inner,
+            sent: Some(sent_tx),
+        });
+        let timeout = async {
+            let _ = sent_rx.await;
+            tokio::time::sleep(self.response_timeout).await;
+        };
+        tokio::select! {
+            result = self.client.request(req) => match result {
+                Ok(resp) => Ok(resp),
+                Err(e) if e.is_connect() => Err((ProxyError::Unavailable, UpstreamErrorKind::Connect)),
+                Err(_) => Err((ProxyError::Unavailable, UpstreamErrorKind::Protocol)),
+            },
+            () = timeout => Err((ProxyError::Timeout, UpstreamErrorKind::Timeout)),
         }
+    }
+}
+
+/// The client's request body on its way upstream; says when it is done
+/// (fully sent, failed, or dropped by the client connection).
+pub struct SentBody {
+    inner: Incoming,
+    sent: Option<oneshot::Sender<()>>,
+}
+
+impl SentBody {
+    fn mark_sent(&mut self) {
+        if let Some(tx) = self.sent.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Body for SentBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            this.mark_sent();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for SentBody {
+    fn drop(&mut self) {
+        self.mark_sent();
     }
 }
 
