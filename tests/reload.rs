@@ -107,34 +107,19 @@ async fn invalid_store_keeps_the_last_good_index_and_reports_it() {
     )
     .unwrap();
     let ops = gw.ops;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(ops, "keygate_reloads_total{result=\"failure\"}").await < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the failed reload was not counted"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_metric(ops, "keygate_reloads_total{result=\"failure\"}", |v| {
+        v >= 1.0
+    })
+    .await;
     assert_eq!(
         metric(ops, "keygate_config_last_reload_successful").await,
         0.0
     );
-    assert_eq!(
-        get(&gw.url("/"), &[("x-api-key", &gw.keys.read_only)])
-            .await
-            .status,
-        200
-    );
+    assert_serving(&gw).await;
     gw.wait_for_output("keys.toml:");
 
     std::fs::write(gw.store_path(), good).unwrap();
-    while metric(ops, "keygate_config_last_reload_successful").await < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the fixed store was not reloaded"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_metric(ops, "keygate_config_last_reload_successful", |v| v == 1.0).await;
 }
 
 #[tokio::test]
@@ -142,20 +127,11 @@ async fn deleted_store_file_keeps_the_last_good_index() {
     let upstream = TestUpstream::start().await;
     let gw = TestGateway::start(&upstream.url());
     std::fs::remove_file(gw.store_path()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(gw.ops, "keygate_config_last_reload_successful").await > 0.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the failed reload was not reported"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        get(&gw.url("/"), &[("x-api-key", &gw.keys.read_only)])
-            .await
-            .status,
-        200
-    );
+    wait_for_metric(gw.ops, "keygate_config_last_reload_successful", |v| {
+        v == 0.0
+    })
+    .await;
+    assert_serving(&gw).await;
 }
 
 #[tokio::test]
@@ -242,11 +218,11 @@ async fn reloads_under_load_never_fail_a_request() {
             &[],
         );
         let ops = gw.ops;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while metric(ops, "keygate_reloads_total{result=\"success\"}").await < f64::from(i + 2) {
-            assert!(Instant::now() < deadline, "reload {i} not seen");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let want = f64::from(i + 2);
+        wait_for_metric(ops, "keygate_reloads_total{result=\"success\"}", |v| {
+            v >= want
+        })
+        .await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, bad) = load.await.unwrap();
@@ -317,10 +293,5 @@ async fn a_lost_revocation_list_does_not_bring_deleted_keys_back() {
             .code(),
         "invalid_key"
     );
-    assert_eq!(
-        get(&gw.url("/"), &[("x-api-key", &gw.keys.read_only)])
-            .await
-            .status,
-        200
-    );
+    assert_serving(&gw).await;
 }

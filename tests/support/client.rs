@@ -161,3 +161,19 @@ pub async fn metric(ops: SocketAddr, series: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// Polls `/metrics` until `series` satisfies `wanted`; panics after 5 s.
+pub async fn wait_for_metric(ops: SocketAddr, series: &str, wanted: impl Fn(f64) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let value = metric(ops, series).await;
+        if wanted(value) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} stayed at {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -243,3 +243,9 @@ pub fn spawn_serve(config: &Path) -> (Process, SocketAddr, SocketAddr, Arc<Mutex
         _ => panic!("cannot read the addresses from {line:?}"),
     }
 }
+
+/// Asserts the gateway still serves: the standard read-only key gets 200.
+pub async fn assert_serving(gw: &TestGateway) {
+    let r = super::client::get(&gw.url("/"), &[("x-api-key", &gw.keys.read_only)]).await;
+    assert_eq!(r.status, 200, "the gateway stopped serving: {:?}", r.body);
+}
