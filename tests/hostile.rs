@@ -238,3 +238,37 @@ async fn a_client_that_stops_reading_does_not_grow_memory() {
     );
     drop(s);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_after_the_idle_timeout() {
+    let upstream = TestUpstream::start().await;
+    let setup = Setup {
+        server: "idle_timeout = \"500ms\"".into(),
+        ..Setup::default()
+    };
+    let gw = TestGateway::start_with(&upstream.url(), setup);
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let req = format!(
+        "GET /bytes/209715200 HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
+        gw.keys.read_only
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    // Read nothing while the gateway's writes block, well past the timeout.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let read_all = async {
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            received += n;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), read_all).await;
+    assert!(
+        received < 209_715_200,
+        "the stalled response was kept open and completed"
+    );
+    assert_serving(&gw).await;
+}

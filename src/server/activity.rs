@@ -4,7 +4,8 @@
 //! - `header_read_timeout`: from accept, or from the first byte of a new
 //!   request on a kept-alive connection, until the request head is complete;
 //! - `idle_timeout`: a kept-alive connection with no request in progress and
-//!   no byte of a new one.
+//!   no byte of a new one; and, while a response is being sent, a client
+//!   that accepts no byte of it for that long (it stopped reading).
 //!
 //! hyper's own header timer starts as soon as it waits for a head, which would
 //! cut every idle kept-alive connection at `header_read_timeout`; hence this.
@@ -31,6 +32,9 @@ pub struct Activity {
     /// it became idle; 0 when none.
     first_read_ms: AtomicU64,
     h2: AtomicBool,
+    /// Milliseconds since `accepted`, plus one, since when writes to the
+    /// client have been blocked (its receive window full); 0 when not.
+    write_blocked_ms: AtomicU64,
 }
 
 /// Which limit applies next, and when it runs out.
@@ -40,6 +44,8 @@ pub enum Deadline {
     None,
     HeaderRead(Instant),
     Idle(Instant),
+    /// A response is waiting for a client that reads nothing.
+    SendStalled(Instant),
 }
 
 impl Deadline {
@@ -47,18 +53,21 @@ impl Deadline {
     pub fn expired(self, now: Instant) -> bool {
         match self {
             Deadline::None => false,
-            Deadline::HeaderRead(t) | Deadline::Idle(t) => t <= now,
+            Deadline::HeaderRead(t) | Deadline::Idle(t) | Deadline::SendStalled(t) => t <= now,
         }
     }
 
     /// When the supervisor should look again. Nothing wakes it when a
     /// request ends or a new head starts, so while busy or idle it looks every
     /// half `header_read`: a stalled head is cut within 1.5 × the timeout.
-    pub fn check_at(self, now: Instant, header_read: Duration) -> Instant {
+    pub fn check_at(self, now: Instant, header_read: Duration, idle: Duration) -> Instant {
         match self {
-            Deadline::None => now + header_read / 2,
-            Deadline::HeaderRead(t) => t,
-            Deadline::Idle(t) => t.min(now + header_read / 2),
+            // Busy: a stalled send may start at any moment.
+            Deadline::None => now + header_read.min(idle) / 2,
+            // Also for the first head: once it arrives, the request may stall
+            // its send, and nothing wakes the supervisor then.
+            Deadline::HeaderRead(t) => t.min(now + header_read.min(idle) / 2),
+            Deadline::Idle(t) | Deadline::SendStalled(t) => t.min(now + header_read / 2),
         }
     }
 }
@@ -72,6 +81,7 @@ impl Activity {
             idle_since_ms: AtomicU64::new(0),
             first_read_ms: AtomicU64::new(0),
             h2: AtomicBool::new(false),
+            write_blocked_ms: AtomicU64::new(0),
         })
     }
 
@@ -84,6 +94,21 @@ impl Activity {
         if self.first_read_ms.load(Ordering::Relaxed) == 0 {
             self.first_read_ms
                 .store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Called by the I/O wrapper when a write to the client would block.
+    pub fn on_write_blocked(&self) {
+        if self.write_blocked_ms.load(Ordering::Relaxed) == 0 {
+            self.write_blocked_ms
+                .store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Called by the I/O wrapper when a write to the client made progress.
+    pub fn on_write_progress(&self) {
+        if self.write_blocked_ms.load(Ordering::Relaxed) != 0 {
+            self.write_blocked_ms.store(0, Ordering::Relaxed);
         }
     }
 
@@ -101,7 +126,10 @@ impl Activity {
     /// The limit in force now.
     pub fn deadline(&self, header_read: Duration, idle: Duration) -> Deadline {
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return Deadline::None;
+            return match self.write_blocked_ms.load(Ordering::Relaxed) {
+                0 => Deadline::None,
+                ms => Deadline::SendStalled(self.accepted + Duration::from_millis(ms - 1) + idle),
+            };
         }
         if self.requests.load(Ordering::Relaxed) == 0 {
             return Deadline::HeaderRead(self.accepted + header_read);
@@ -174,6 +202,20 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_client_that_reads_nothing_gets_the_idle_timeout() {
+        let a = Activity::new();
+        let _busy = a.begin(false);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        a.on_write_blocked();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        a.on_write_blocked();
+        let stalled = Deadline::SendStalled(a.accepted + Duration::from_secs(5) + I);
+        assert_eq!(a.deadline(H, I), stalled);
+        a.on_write_progress();
+        assert_eq!(a.deadline(H, I), Deadline::None);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn http2_reads_do_not_start_a_header_timeout() {
         let a = Activity::new();
         drop(a.begin(true));
@@ -185,8 +227,8 @@ mod tests {
     async fn an_idle_connection_is_checked_often_enough_to_catch_a_stalled_head() {
         let now = Instant::now();
         let idle = Deadline::Idle(now + I);
-        assert_eq!(idle.check_at(now, H), now + H / 2);
-        assert_eq!(Deadline::None.check_at(now, H), now + H / 2);
+        assert_eq!(idle.check_at(now, H, I), now + H / 2);
+        assert_eq!(Deadline::None.check_at(now, H, I), now + H / 2);
         assert!(Deadline::HeaderRead(now).expired(now));
         assert!(!Deadline::None.expired(now + I));
     }

@@ -58,6 +58,17 @@ pub async fn sniff_h2(stream: &mut TcpStream) -> io::Result<(bool, Bytes)> {
     }
 }
 
+impl ClientIo {
+    /// Tells the activity whether the client is taking our bytes.
+    fn track_write(&self, polled: &Poll<io::Result<usize>>) {
+        match polled {
+            Poll::Pending => self.activity.on_write_blocked(),
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.on_write_progress(),
+            Poll::Ready(_) => {}
+        }
+    }
+}
+
 impl AsyncRead for ClientIo {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -90,10 +101,13 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        let polled = match &mut this.stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, data),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
-        }
+        };
+        this.track_write(&polled);
+        polled
     }
 
     fn poll_write_vectored(
@@ -101,10 +115,13 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        let polled = match &mut this.stream {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
+        };
+        this.track_write(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

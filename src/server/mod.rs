@@ -229,6 +229,7 @@ async fn serve_connection(
     loop {
         let now = Instant::now();
         let deadline = activity.deadline(header_read, idle);
+        tracing::trace!(client.addr = %peer, ?deadline, "connection check");
         if deadline.expired(now) {
             tracing::debug!(client.addr = %peer, ?deadline, "connection closed: timed out");
             break;
@@ -245,7 +246,7 @@ async fn serve_connection(
                 tracing::debug!(client.addr = %peer, "draining connection");
                 conn.graceful_shutdown();
             }
-            () = sleep_until(deadline.check_at(now, header_read)) => {}
+            () = sleep_until(deadline.check_at(now, header_read, idle)) => {}
         }
     }
 }
