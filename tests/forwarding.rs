@@ -175,6 +175,10 @@ async fn websocket_upgrade_passes_through_both_ways() {
     let mut echoed = [0u8; 23];
     tcp.read_exact(&mut echoed).await.unwrap();
     assert_eq!(&echoed, b"ping through the tunnel");
+    // The tunnel is still a client connection.
+    wait_for_metric(gw.ops, "keygate_connections_active", |v| v == 1.0).await;
+    drop(tcp);
+    wait_for_metric(gw.ops, "keygate_connections_active", |v| v == 0.0).await;
     assert_eq!(
         upstream.last().headers["sec-websocket-key"],
         "dGhlIHNhbXBsZSBub25jZQ=="

@@ -257,13 +257,18 @@ impl Gateway {
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(client_side)) = (switching, client_upgrade) {
             let upstream_side = hyper::upgrade::on(&mut response);
+            let metrics = self.metrics.clone();
             tokio::spawn(async move {
                 if let (Ok(client), Ok(upstream)) = (client_side.await, upstream_side.await) {
+                    // The client connection lives on as a tunnel once hyper
+                    // has handed it over: it still counts as open.
+                    metrics.connection_opened();
                     let _ = tokio::io::copy_bidirectional(
                         &mut TokioIo::new(client),
                         &mut TokioIo::new(upstream),
                     )
                     .await;
+                    metrics.connection_closed();
                 }
             });
         }
