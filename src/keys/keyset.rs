@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use super::{Access, KeyHash, KeyId, KeyRecord};
+use super::{Access, KeyId, KeyRecord};
 
 /// Why a change to the key set was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,16 +161,12 @@ impl KeySet {
             .ok_or_else(|| KeySetError::NotFound(id.to_string()))?;
         Ok(self.records.remove(pos))
     }
-
-    /// True when a hash is already in use.
-    pub fn has_hash(&self, hash: &KeyHash) -> bool {
-        self.records.iter().any(|r| &r.hash == hash)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::KeyHash;
     use std::time::UNIX_EPOCH;
 
     fn rec(id: &str, secret: &str, access: Access) -> KeyRecord {

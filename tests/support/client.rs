@@ -21,6 +21,17 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Collects a whole response.
+    pub async fn read(resp: http::Response<hyper::body::Incoming>) -> Reply {
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
@@ -61,13 +72,7 @@ pub async fn send(
         .request(build(method, url, headers, body.into()))
         .await
         .unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Reply::read(resp).await
 }
 
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
@@ -88,13 +93,7 @@ where
         .send_request(build(method, url, headers, Bytes::new()))
         .await
         .unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Reply::read(resp).await
 }
 
 /// HTTP/2 with prior knowledge over plain TCP (h2c).
