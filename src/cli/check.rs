@@ -3,7 +3,8 @@
 
 use super::{CliError, ConfigArg};
 use crate::config::{self, Config, StoreLocation};
-use crate::keys::{Access, FileStore, KeyIndex};
+use crate::keys::postgres::schema;
+use crate::keys::{Access, KeyIndex, Store};
 
 pub fn run(args: &ConfigArg) -> Result<(), CliError> {
     let path = config::resolve_path(args.config.as_deref());
@@ -16,20 +17,23 @@ pub fn run(args: &ConfigArg) -> Result<(), CliError> {
     }
     crate::proxy::upstream::Upstream::new(&config.upstream)
         .map_err(|e| CliError::user(format!("{}: {e}", path.display())))?;
-    let store = match &config.keys.store {
-        StoreLocation::File(p) => FileStore::new(p.clone()),
-        StoreLocation::Postgres(_) => {
-            return Err(CliError::user(
-                "the PostgreSQL store is not supported by this build yet",
-            ));
+    let store = Store::open(&config.keys.store)
+        .map_err(|e| CliError::user(format!("{}: {e}", path.display())))?;
+    // A missing or older schema is reported as such (load() checks it too,
+    // but says only what to do, not that the database itself is reachable).
+    let schema_note = match &store {
+        Store::File(_) => String::new(),
+        Store::Postgres(pg) => {
+            let v = pg.schema_version()?;
+            format!("schema version {v} (current); ")
         }
     };
     let snapshot = store.load()?;
     let index = KeyIndex::build(&snapshot);
     println!("{}: ok", path.display());
     println!(
-        "{}: ok, {} key(s): {} read-only, {} full-access; {} revoked hash(es){}",
-        store.path().display(),
+        "{}: ok, {schema_note}{} key(s): {} read-only, {} full-access; {} revoked hash(es){}",
+        store.label(),
         snapshot.keys.len(),
         index.count(Access::ReadOnly),
         index.count(Access::FullAccess),
@@ -56,8 +60,26 @@ pub fn migrate(args: &ConfigArg) -> Result<(), CliError> {
             );
             Ok(())
         }
-        StoreLocation::Postgres(_) => Err(CliError::user(
-            "the PostgreSQL store is not supported by this build yet",
-        )),
+        StoreLocation::Postgres(_) => {
+            let Store::Postgres(pg) = Store::open(&config.keys.store)
+                .map_err(|e| CliError::user(format!("{}: {e}", path.display())))?
+            else {
+                return Err(CliError::user("keys.store is not a PostgreSQL URL"));
+            };
+            let (before, after) = pg.migrate()?;
+            if before == after {
+                println!(
+                    "{}: schema already at version {after} (current): nothing to do",
+                    pg.label()
+                );
+            } else {
+                println!(
+                    "{}: schema migrated from version {before} to {after}",
+                    pg.label()
+                );
+            }
+            debug_assert_eq!(after, schema::CURRENT);
+            Ok(())
+        }
     }
 }

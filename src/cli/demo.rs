@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use super::keys::create_key;
 use super::{CliError, ConfigArg, serve};
 use crate::config::{self, Config, StoreLocation};
-use crate::keys::{Access, FileStore};
+use crate::keys::{Access, FileStore, Store};
 
 pub fn run(args: &ConfigArg) -> Result<(), CliError> {
     let path = config::resolve_path(args.config.as_deref());
@@ -32,7 +32,7 @@ pub fn run(args: &ConfigArg) -> Result<(), CliError> {
     if shipped.exists() {
         std::fs::copy(shipped, &store_path)?;
     }
-    let store = FileStore::new(store_path.clone());
+    let store = Store::File(FileStore::new(store_path.clone()));
     let now = SystemTime::now();
     let prefix = config.keys.prefix.clone();
     let (_, read_only) = create_key(

@@ -11,7 +11,7 @@ use super::{CliError, snippet};
 use crate::config::{self, Config, StoreLocation, parse_duration};
 use crate::keys::record::{format_time, latest_time, normalize_origin, parse_time, validate_name};
 use crate::keys::{
-    Access, FileStore, KeyHash, KeyId, KeyRecord, KeySetError, KeyUpdate, StoreError, import, token,
+    Access, KeyHash, KeyId, KeyRecord, KeySetError, KeyUpdate, Store, StoreError, import, token,
 };
 
 #[derive(Debug, Args)]
@@ -19,8 +19,8 @@ pub struct KeysArgs {
     /// Config file [default: $KEYGATE_CONFIG, else config/keygate.toml]
     #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
-    /// Key store file to use instead of the config's
-    #[arg(long, value_name = "FILE", global = true)]
+    /// Key store to use instead of the config's: a file, or a postgres:// URL
+    #[arg(long, value_name = "FILE|URL", global = true)]
     store: Option<PathBuf>,
     #[command(subcommand)]
     command: KeysCommand,
@@ -97,7 +97,7 @@ fn parse_access(s: &str) -> Result<Access, String> {
 
 /// What a keys command works on.
 struct Target {
-    store: FileStore,
+    store: Store,
     config: Option<Config>,
 }
 
@@ -119,22 +119,24 @@ fn target(args: &KeysArgs) -> Result<Target, CliError> {
             .transpose()?,
         _ => Some(Config::load(&config_path)?),
     };
-    let store = match (&args.store, &config) {
-        (Some(path), _) => FileStore::new(path.clone()),
-        (None, Some(c)) => match &c.keys.store {
-            StoreLocation::File(path) => FileStore::new(path.clone()),
-            StoreLocation::Postgres(_) => {
-                return Err(CliError::user(
-                    "the PostgreSQL store is not supported by this build yet",
-                ));
+    let location = match (&args.store, &config) {
+        (Some(path), _) => match path.to_str() {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                StoreLocation::Postgres(url.to_string())
             }
+            _ => StoreLocation::File(path.clone()),
         },
+        (None, Some(c)) => c.keys.store.clone(),
         (None, None) => {
             return Err(CliError::user(
                 "no key store: pass --store FILE or --config FILE",
             ));
         }
     };
+    let store = Store::open(&location).map_err(|e| match args.store {
+        Some(_) => CliError::user(e.replace("keys.store", "--store")),
+        None => CliError::user(e),
+    })?;
     Ok(Target { store, config })
 }
 
@@ -252,7 +254,7 @@ fn create(
 /// Generates a secret and stores a new key under a fresh id; returns the
 /// record and the secret (which exists nowhere else from here on).
 pub(super) fn create_key(
-    store: &FileStore,
+    store: &Store,
     prefix: &str,
     name: String,
     access: Access,
@@ -297,12 +299,10 @@ fn load(t: &Target) -> Result<crate::keys::KeySet, CliError> {
 }
 
 fn find(t: &Target, id: &str) -> Result<KeyRecord, CliError> {
-    load(t)?.get(id).cloned().ok_or_else(|| {
-        CliError::user(format!(
-            "no key with id {id:?} in {}",
-            t.store.path().display()
-        ))
-    })
+    load(t)?
+        .get(id)
+        .cloned()
+        .ok_or_else(|| CliError::user(format!("no key with id {id:?} in {}", t.store.label())))
 }
 
 fn list(t: &Target, out: &mut impl Write, json: bool) -> Result<(), CliError> {
@@ -316,7 +316,7 @@ fn list(t: &Target, out: &mut impl Write, json: bool) -> Result<(), CliError> {
         writeln!(
             out,
             "No keys in {}. Create one: keygate keys create --name NAME --access read-only",
-            t.store.path().display()
+            t.store.label()
         )?;
         return Ok(());
     }
@@ -484,11 +484,7 @@ fn import(
     if json {
         writeln!(out, "{}", serde_json::Value::Array(summary))?;
     } else {
-        writeln!(
-            out,
-            "Imported {count} key(s) into {}.",
-            t.store.path().display()
-        )?;
+        writeln!(out, "Imported {count} key(s) into {}.", t.store.label())?;
     }
     Ok(())
 }

@@ -9,11 +9,12 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{CliError, ConfigArg, logging};
-use crate::config::{self, Config, StoreLocation};
-use crate::keys::{FileStore, KeyIndex};
+use crate::config::{self, Config};
+use crate::keys::{KeyIndex, Store};
 use crate::metrics::{Health, Metrics, serve_ops};
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
+use crate::reload::postgres::PgSync;
 use crate::server::{self, Drain, tls};
 
 pub fn run(args: &ConfigArg) -> Result<(), CliError> {
@@ -48,17 +49,29 @@ async fn run_gateway(
     let metrics = Arc::new(Metrics::new().map_err(|e| CliError::user(format!("metrics: {e}")))?);
     let health = Arc::new(Health::default());
     let index = Arc::new(ArcSwap::from_pointee(KeyIndex::default()));
-    let store = match &config.keys.store {
-        StoreLocation::File(p) => FileStore::new(p.clone()),
-        StoreLocation::Postgres(_) => {
-            return Err(CliError::user(
-                "the PostgreSQL store is not supported by this build yet",
+    // A file store is loaded before anything listens (a bad file is a start
+    // error). A database store is loaded by its sync task: until it is,
+    // /readyz says 503 and requests get 503 not_ready, and the gateway keeps
+    // trying, since the database may simply come up after it.
+    let mut pg_sync = None;
+    let mut reloader = match Store::open(&config.keys.store).map_err(CliError::user)? {
+        Store::File(store) => {
+            metrics.store_connected(true);
+            let mut reloader = Reloader::new(store, index.clone(), metrics.clone(), health.clone());
+            reloader.reload("start")?;
+            reloader
+        }
+        Store::Postgres(store) => {
+            pg_sync = Some(PgSync::new(
+                *store,
+                index.clone(),
+                metrics.clone(),
+                health.clone(),
+                config.keys.resync_interval,
             ));
+            Reloader::without_store(index.clone(), metrics.clone(), health.clone())
         }
     };
-    let mut reloader = Reloader::new(store, index.clone(), metrics.clone(), health.clone());
-    // The first load must succeed: a gateway with no keys would refuse everything.
-    reloader.reload("start")?;
 
     let tls = match &config.server.tls {
         None => None,
@@ -87,6 +100,9 @@ async fn run_gateway(
 
     tokio::spawn(serve_ops(ops, metrics.clone(), health.clone()));
     tokio::spawn(reloader.watch(hangup));
+    if let Some(sync) = pg_sync {
+        tokio::spawn(sync.run());
+    }
     tracing::info!(client.addr = %client_addr, ops.addr = %ops_addr, tls = config.server.tls.is_some(), upstream = %config.upstream.url, "keygate listening");
     on_ready(client_addr, ops_addr);
 

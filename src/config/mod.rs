@@ -98,6 +98,9 @@ pub enum StoreLocation {
 #[derive(Debug, Clone)]
 pub struct KeysConfig {
     pub store: StoreLocation,
+    /// PostgreSQL store: how often the change counter is compared, as a
+    /// safety net for notifications lost on the way.
+    pub resync_interval: Duration,
     pub header: HeaderName,
     pub prefix: String,
     /// Query parameter that may carry the key; `None` (the default) ignores the query.
@@ -276,6 +279,11 @@ fn validate(
     };
 
     let k = raw.keys;
+    let store_key = if k.store_env.is_some() {
+        "keys.store_env"
+    } else {
+        "keys.store"
+    };
     let store_text = match (k.store, k.store_env) {
         (Some(_), Some(_)) => {
             return Err("keys.store and keys.store_env are both set: keep one".into());
@@ -288,6 +296,9 @@ fn validate(
     };
     let store = if store_text.starts_with("postgres://") || store_text.starts_with("postgresql://")
     {
+        // Checked here so that a typo fails `keygate check`, not the first
+        // connection; the message never repeats the URL (it may hold a password).
+        crate::keys::PgStore::from_url(&store_text).map_err(|e| format!("{store_key}: {e}"))?;
         StoreLocation::Postgres(store_text)
     } else {
         StoreLocation::File(resolve(base, &store_text))
@@ -311,8 +322,13 @@ fn validate(
             "keys.query_param {q:?} must be letters, digits, _ or -"
         ));
     }
+    let resync_interval = k.resync_interval.map_or(Duration::from_secs(5), |d| d.0);
+    if resync_interval < Duration::from_millis(100) {
+        return Err("keys.resync_interval must be at least 100ms".into());
+    }
     let keys = KeysConfig {
         store,
+        resync_interval,
         header,
         prefix,
         query_param: k.query_param,

@@ -92,6 +92,7 @@ pub struct RawUpstream {
 pub struct RawKeys {
     pub store: Option<String>,
     pub store_env: Option<String>,
+    pub resync_interval: Option<DurationStr>,
     pub header: Option<String>,
     pub prefix: Option<String>,
     pub query_param: Option<String>,

@@ -35,6 +35,18 @@ impl KeyHash {
         Ok(KeyHash(out))
     }
 
+    /// The raw digest, for the database store's `bytea` columns.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A digest read back from the database store.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, String> {
+        <[u8; 32]>::try_from(bytes)
+            .map(KeyHash)
+            .map_err(|_| format!("must be 32 bytes (a BLAKE3 digest), found {}", bytes.len()))
+    }
+
     /// The full 64-character hex form, for the store files only.
     pub fn to_hex(&self) -> String {
         const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -7,6 +7,7 @@ mod id;
 pub mod import;
 mod index;
 mod keyset;
+pub mod postgres;
 pub mod record;
 pub mod store;
 pub mod storefile;
@@ -14,7 +15,8 @@ pub mod token;
 
 pub use hash::KeyHash;
 pub use id::KeyId;
-pub use index::{KeyEntry, KeyIndex, Lookup};
+pub use index::{IndexDelta, KeyEntry, KeyIndex, Lookup};
 pub use keyset::{KeySet, KeySetError, KeyUpdate};
+pub use postgres::PgStore;
 pub use record::{Access, KeyRecord};
-pub use store::{FileStore, StoreError, StoreSnapshot};
+pub use store::{FileStore, Store, StoreError, StoreSnapshot};

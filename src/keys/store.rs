@@ -34,6 +34,8 @@ pub enum StoreError {
         error: FileError,
     },
     Key(KeySetError),
+    /// The PostgreSQL store: message already names the store and the action.
+    Database(String),
     /// A batch (import) refused at the item from this input line.
     Batch {
         line: usize,
@@ -51,6 +53,7 @@ impl std::fmt::Display for StoreError {
             } => write!(f, "cannot {action} {}: {source}", path.display()),
             StoreError::Invalid { path, error } => write!(f, "{}:{error}", path.display()),
             StoreError::Key(e) => write!(f, "{e}"),
+            StoreError::Database(msg) => f.write_str(msg),
             StoreError::Batch { line, error } => write!(f, "line {line}: {error}"),
         }
     }
@@ -61,6 +64,60 @@ impl std::error::Error for StoreError {}
 impl From<KeySetError> for StoreError {
     fn from(e: KeySetError) -> Self {
         StoreError::Key(e)
+    }
+}
+
+/// The store seam: the CLI, `check` and `serve` take either store through it.
+#[derive(Debug, Clone)]
+pub enum Store {
+    File(FileStore),
+    Postgres(Box<super::PgStore>),
+}
+
+impl Store {
+    /// The store named by the config (or `--store`).
+    pub fn open(location: &crate::config::StoreLocation) -> Result<Store, String> {
+        use crate::config::StoreLocation;
+        Ok(match location {
+            StoreLocation::File(p) => Store::File(FileStore::new(p.clone())),
+            StoreLocation::Postgres(url) => Store::Postgres(Box::new(
+                super::PgStore::from_url(url).map_err(|e| format!("keys.store: {e}"))?,
+            )),
+        })
+    }
+
+    /// The file's path or `postgres://user@host:port/db`, for messages.
+    pub fn label(&self) -> String {
+        match self {
+            Store::File(f) => f.path().display().to_string(),
+            Store::Postgres(p) => p.label().to_string(),
+        }
+    }
+
+    pub fn load(&self) -> Result<StoreSnapshot, StoreError> {
+        match self {
+            Store::File(f) => f.load(),
+            Store::Postgres(p) => p.load(),
+        }
+    }
+
+    /// Applies a pure change to the keys atomically; see each store's `modify`.
+    pub fn modify<T>(
+        &self,
+        change: impl FnOnce(&mut KeySet, &HashSet<KeyHash>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match self {
+            Store::File(f) => f.modify(change),
+            Store::Postgres(p) => p.modify(change),
+        }
+    }
+
+    /// Deletes a key and revokes its hash, irreversibly.
+    pub fn delete(&self, id: &str) -> Result<KeyRecord, StoreError> {
+        match self {
+            Store::File(f) => f.delete(id),
+            Store::Postgres(p) => p.delete(id),
+        }
     }
 }
 

@@ -13,6 +13,14 @@ use prometheus::{
 
 pub use ops::{Health, serve_ops};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Milliseconds since the Unix epoch (0 for a clock before it).
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 use crate::keys::Access;
 
 /// The `decision` label: SPEC's codes, plus report-only and preflight outcomes.
@@ -33,10 +41,12 @@ pub enum DecisionLabel {
     UpstreamTimeout,
     /// The request target could not be forwarded: 400.
     BadRequest,
+    /// No key index loaded yet (a database store not reached since start): 503.
+    NotReady,
 }
 
 impl DecisionLabel {
-    pub const ALL: [DecisionLabel; 12] = [
+    pub const ALL: [DecisionLabel; 13] = [
         DecisionLabel::MissingKey,
         DecisionLabel::InvalidKey,
         DecisionLabel::ExpiredKey,
@@ -49,6 +59,7 @@ impl DecisionLabel {
         DecisionLabel::UpstreamUnavailable,
         DecisionLabel::UpstreamTimeout,
         DecisionLabel::BadRequest,
+        DecisionLabel::NotReady,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -65,6 +76,7 @@ impl DecisionLabel {
             DecisionLabel::UpstreamUnavailable => "upstream_unavailable",
             DecisionLabel::UpstreamTimeout => "upstream_timeout",
             DecisionLabel::BadRequest => "bad_request",
+            DecisionLabel::NotReady => "not_ready",
         }
     }
 
@@ -139,6 +151,13 @@ pub struct Metrics {
     last_reload_ok: IntGauge,
     last_reload_success_ts: Gauge,
     connections_active: IntGauge,
+    store_connected: IntGauge,
+    store_changes_applied: IntCounter,
+    store_sync_lag: Gauge,
+    /// Unix milliseconds of the last confirmed sync with the store; the lag
+    /// gauge is computed from it at scrape time, so it keeps growing while
+    /// the database is away.
+    store_last_sync_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -230,6 +249,22 @@ impl Metrics {
             IntGauge::new("keygate_connections_active", "Open client connections.")?;
         reg(Box::new(connections_active.clone()))?;
 
+        let store_connected = IntGauge::new(
+            "keygate_store_connected",
+            "1 while the key store is reachable (always 1 for a file store).",
+        )?;
+        reg(Box::new(store_connected.clone()))?;
+        let store_changes_applied = IntCounter::new(
+            "keygate_store_changes_applied_total",
+            "Key changes applied to the index from the store (added, changed or revoked keys).",
+        )?;
+        reg(Box::new(store_changes_applied.clone()))?;
+        let store_sync_lag = Gauge::new(
+            "keygate_store_sync_lag_seconds",
+            "Seconds since the index was last confirmed current with the database store (0 for a file store).",
+        )?;
+        reg(Box::new(store_sync_lag.clone()))?;
+
         #[cfg(target_os = "linux")]
         reg(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -246,6 +281,10 @@ impl Metrics {
             last_reload_ok,
             last_reload_success_ts,
             connections_active,
+            store_connected,
+            store_changes_applied,
+            store_sync_lag,
+            store_last_sync_ms: AtomicU64::new(0),
         })
     }
 
@@ -277,6 +316,26 @@ impl Metrics {
         }
     }
 
+    /// Key counts after an incremental change (not counted as a reload).
+    pub fn set_keys(&self, (read_only, full_access): (usize, usize)) {
+        self.keys[0].set(i64::try_from(read_only).unwrap_or(i64::MAX));
+        self.keys[1].set(i64::try_from(full_access).unwrap_or(i64::MAX));
+    }
+
+    pub fn store_connected(&self, connected: bool) {
+        self.store_connected.set(i64::from(connected));
+    }
+
+    pub fn store_changes_applied(&self, n: usize) {
+        self.store_changes_applied
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
+    /// The index was confirmed current with the database store at this time.
+    pub fn store_synced(&self, unix_ms: u64) {
+        self.store_last_sync_ms.store(unix_ms, Ordering::Relaxed);
+    }
+
     pub fn connection_opened(&self) {
         self.connections_active.inc();
     }
@@ -287,6 +346,12 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let last = self.store_last_sync_ms.load(Ordering::Relaxed);
+        if last > 0 {
+            let now = unix_ms(std::time::SystemTime::now());
+            self.store_sync_lag
+                .set(now.saturating_sub(last) as f64 / 1000.0);
+        }
         let mut buf = Vec::new();
         // Encoding into a Vec only fails on invalid metric data, which the
         // constructors above rule out.
@@ -315,6 +380,9 @@ mod tests {
             "keygate_config_last_reload_successful 0",
             "keygate_config_last_reload_success_timestamp_seconds 0",
             "keygate_connections_active 0",
+            "keygate_store_connected 0",
+            "keygate_store_changes_applied_total 0",
+            "keygate_store_sync_lag_seconds 0",
         ] {
             assert!(text.contains(name), "missing {name}");
         }

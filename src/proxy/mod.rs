@@ -98,6 +98,16 @@ impl Gateway {
         let started = Instant::now();
         // One snapshot for the request's whole life, whatever reloads meanwhile.
         let index = self.index.load();
+        if !index.is_loaded() {
+            // A database store not reached since start: refusing every key
+            // as unknown would be wrong, so say "not yet" (like /readyz).
+            self.metrics.record_decision(
+                DecisionLabel::NotReady,
+                None,
+                started.elapsed().as_secs_f64(),
+            );
+            return reject::not_ready();
+        }
         let settings = PolicySettings {
             header: &self.header,
             query_param: self.query_param.as_deref(),

@@ -70,6 +70,18 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Pro
     r
 }
 
+/// 503 before the first key index is loaded.
+pub fn not_ready() -> Response<ProxyBody> {
+    let mut r = json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+        "the gateway has not loaded its keys yet; retry shortly",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
 pub fn rejection_response(r: Rejection) -> Response<ProxyBody> {
     let mut resp = json_error(r.status(), r.code(), r.message());
     if r.status() == StatusCode::UNAUTHORIZED {

@@ -15,6 +15,7 @@
 //! for that to cost nothing.
 
 mod fingerprint;
+pub mod postgres;
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -52,7 +53,9 @@ pub struct ReloadStats {
 
 /// Owns the store, the last loaded snapshot and the shared index.
 pub struct Reloader {
-    store: FileStore,
+    /// `None` when keys come from a database store (`postgres::PgSync`):
+    /// then only the TLS certificate is watched here.
+    store: Option<FileStore>,
     index: SharedIndex,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -80,7 +83,7 @@ impl Reloader {
         health: Arc<Health>,
     ) -> Self {
         Reloader {
-            store,
+            store: Some(store),
             index,
             metrics,
             health,
@@ -93,8 +96,18 @@ impl Reloader {
         }
     }
 
-    fn store_files(&self) -> [std::path::PathBuf; 2] {
-        [self.store.path().to_path_buf(), self.store.revoked_path()]
+    /// A reloader that watches only the TLS certificate.
+    pub fn without_store(index: SharedIndex, metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
+        let mut r = Reloader::new(FileStore::new(""), index, metrics, health);
+        r.store = None;
+        r
+    }
+
+    fn store_files(&self) -> Vec<std::path::PathBuf> {
+        self.store
+            .iter()
+            .flat_map(|s| [s.path().to_path_buf(), s.revoked_path()])
+            .collect()
     }
 
     fn tls_files(&self) -> Vec<std::path::PathBuf> {
@@ -114,14 +127,17 @@ impl Reloader {
     /// Loads the store and swaps in a new index; on error the old one stays.
     /// Logs the outcome and records it in the metrics either way.
     pub fn reload(&mut self, cause: &str) -> Result<ReloadStats, StoreError> {
+        let Some(store) = self.store.clone() else {
+            return Ok(ReloadStats::default());
+        };
         let started = Instant::now();
         let unix_now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         self.store_seen = Fingerprint::of(&self.store_files());
-        let loaded = read_text(self.store.path()).and_then(|text| {
+        let loaded = read_text(store.path()).and_then(|text| {
             self.content_seen = Some(blake3::hash(text.as_bytes()));
-            self.store.load_from(&text)
+            store.load_from(&text)
         });
         match loaded {
             Ok(mut snapshot) => {
@@ -129,7 +145,7 @@ impl Reloader {
                 if forgotten > 0 {
                     tracing::warn!(
                         forgotten,
-                        file = %self.store.revoked_path().display(),
+                        file = %store.revoked_path().display(),
                         "the revocation list lost entries (deleted or restored from an older copy); those keys stay revoked"
                     );
                 }
@@ -143,11 +159,15 @@ impl Reloader {
                 );
                 self.index.store(Arc::new(index));
                 self.metrics.reload(Ok(counts), unix_now);
+                if cause != "start" {
+                    self.metrics
+                        .store_changes_applied(stats.added + stats.removed + stats.changed);
+                }
                 self.health.set_loaded();
                 tracing::info!(
                     result = "success",
                     cause,
-                    store = %self.store.path().display(),
+                    store = %store.path().display(),
                     keys = stats.keys,
                     added = stats.added,
                     removed = stats.removed,
@@ -209,10 +229,13 @@ impl Reloader {
     /// True when the store's bytes differ from the last load although its
     /// metadata did not change (checked only for small stores).
     fn content_changed(&self) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
         let small =
-            std::fs::metadata(self.store.path()).is_ok_and(|m| m.len() <= CONTENT_CHECK_MAX_BYTES);
+            std::fs::metadata(store.path()).is_ok_and(|m| m.len() <= CONTENT_CHECK_MAX_BYTES);
         small
-            && read_text(self.store.path())
+            && read_text(store.path())
                 .is_ok_and(|text| Some(blake3::hash(text.as_bytes())) != self.content_seen)
     }
 

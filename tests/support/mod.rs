@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod gateway;
+pub mod pg;
 pub mod upstream;
 
 pub use client::*;

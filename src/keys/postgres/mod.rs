@@ -1,0 +1,231 @@
+//! `PgStore`: the shared key store for fleets, on PostgreSQL (tokio-postgres).
+//!
+//! The CLI uses it through the same `Store` seam as the file store: load the
+//! keys, apply a pure change to a `KeySet`, write back only the difference, all
+//! in one transaction that holds a table lock writers share with no one, so
+//! concurrent operators lose nothing. Gateways use the async queries at the
+//! bottom: a full load at start and deltas by change counter afterwards
+//! (see `reload::postgres`).
+//!
+//! TLS: `sslmode=disable` connects in plain text; otherwise (libpq's default
+//! `prefer`, or `require`) keygate insists on TLS verified against the
+//! system's roots, so a password never crosses the network in the clear.
+
+mod rows;
+pub mod schema;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+pub use rows::{Changes, load_changes, load_snapshot, state_version};
+
+use super::{KeyHash, KeyRecord, KeySet, StoreError, StoreSnapshot};
+
+/// A PostgreSQL key store: connection settings, never an open connection.
+#[derive(Clone)]
+pub struct PgStore {
+    config: tokio_postgres::Config,
+    tls: Option<MakeRustlsConnect>,
+    label: String,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The config holds the password: show only the label.
+        write!(f, "PgStore({})", self.label)
+    }
+}
+
+/// A database error with what keygate was doing, and the store's label
+/// (which never contains the password).
+pub(crate) fn db_err(store: &PgStore, action: &str, e: &tokio_postgres::Error) -> StoreError {
+    let mut msg = match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
+    };
+    let mut source = std::error::Error::source(e);
+    if e.as_db_error().is_none() {
+        while let Some(s) = source {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            source = s.source();
+        }
+    }
+    StoreError::Database(format!("{}: cannot {action}: {msg}", store.label))
+}
+
+impl PgStore {
+    /// Parses a `postgres://` URL (or a libpq key=value string). The error
+    /// never repeats the URL, which may hold a password.
+    pub fn from_url(url: &str) -> Result<PgStore, String> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
+        if config.get_hosts().is_empty() {
+            return Err("the PostgreSQL URL names no host".into());
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        // A database that vanishes without a FIN (a dead host, a partition)
+        // is noticed by TCP keepalives instead of hanging a session forever.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(20));
+        let tls = match config.get_ssl_mode() {
+            SslMode::Disable => None,
+            _ => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+                let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("TLS setup: {e}"))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+                Some(MakeRustlsConnect::new(tls))
+            }
+        };
+        let host = match config.get_hosts().first() {
+            Some(Host::Tcp(h)) => h.clone(),
+            Some(Host::Unix(p)) => p.display().to_string(),
+            None => String::new(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let label = format!(
+            "postgres://{}@{host}:{port}/{}",
+            config.get_user().unwrap_or(""),
+            config.get_dbname().unwrap_or("")
+        );
+        Ok(PgStore { config, tls, label })
+    }
+
+    /// `postgres://user@host:port/db`, for messages.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Connects, and drives the connection on a task of the current runtime.
+    /// Notifications, if asked for, arrive on `notify` (capacity 1: several
+    /// changes between two syncs fold into one wake-up). The task ends, and
+    /// drops `notify`, when the connection does.
+    pub async fn connect(
+        &self,
+        application: &str,
+        notify: Option<mpsc::Sender<()>>,
+    ) -> Result<Client, StoreError> {
+        let mut config = self.config.clone();
+        config.application_name(application);
+        let err = |e| db_err(self, "connect", &e);
+        match &self.tls {
+            None => {
+                let (client, conn) = config.connect(NoTls).await.map_err(err)?;
+                tokio::spawn(drive(conn, notify));
+                Ok(client)
+            }
+            Some(tls) => {
+                let (client, conn) = config.connect(tls.clone()).await.map_err(err)?;
+                tokio::spawn(drive(conn, notify));
+                Ok(client)
+            }
+        }
+    }
+
+    /// Runs `f` to completion on a runtime of its own: the CLI is synchronous.
+    fn block_on<T>(&self, f: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Database(format!("cannot start a runtime: {e}")))?;
+        rt.block_on(f)
+    }
+
+    /// Every key and revoked hash (checks the schema version first).
+    pub fn load(&self) -> Result<StoreSnapshot, StoreError> {
+        self.block_on(async {
+            let client = self.connect("keygate-cli", None).await?;
+            schema::require_current(&client, self).await?;
+            let (snapshot, _) = load_snapshot(&client, self).await?;
+            Ok(snapshot)
+        })
+    }
+
+    /// The schema version, for `keygate check`.
+    pub fn schema_version(&self) -> Result<i32, StoreError> {
+        self.block_on(async {
+            let client = self.connect("keygate-cli", None).await?;
+            schema::version(&client, self).await
+        })
+    }
+
+    /// `keygate migrate`: returns the schema versions before and after.
+    pub fn migrate(&self) -> Result<(i32, i32), StoreError> {
+        self.block_on(async {
+            let mut client = self.connect("keygate-cli", None).await?;
+            schema::migrate(&mut client, self).await
+        })
+    }
+
+    /// Applies `change` to the current keys in one transaction and writes
+    /// what changed. Writers take `SHARE ROW EXCLUSIVE` on the keys table,
+    /// which conflicts with itself but not with the gateways' reads: two
+    /// operators run one after the other, each on the other's result.
+    pub fn modify<T>(
+        &self,
+        change: impl FnOnce(&mut KeySet, &HashSet<KeyHash>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.block_on(async {
+            let mut client = self.connect("keygate-cli", None).await?;
+            schema::require_current(&client, self).await?;
+            let err = |e| db_err(self, "write the keys", &e);
+            let tx = client.transaction().await.map_err(err)?;
+            tx.batch_execute("LOCK TABLE keygate_keys IN SHARE ROW EXCLUSIVE MODE")
+                .await
+                .map_err(err)?;
+            let (before, _) = load_snapshot(&tx, self).await?;
+            let mut after = before.keys.clone();
+            let out = change(&mut after, &before.revoked)?;
+            rows::write_difference(&tx, self, &before.keys, &after).await?;
+            tx.commit().await.map_err(err)?;
+            Ok(out)
+        })
+    }
+
+    /// Deletes a key; the database's trigger puts its hash on the revocation
+    /// list in the same transaction.
+    pub fn delete(&self, id: &str) -> Result<KeyRecord, StoreError> {
+        self.modify(|keys, _| Ok(keys.remove(id)?))
+    }
+}
+
+/// Polls a connection, forwarding notifications, until it closes.
+async fn drive<T>(mut conn: Connection<Socket, T>, notify: Option<mpsc::Sender<()>>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(_))) => {
+                if let Some(tx) = &notify {
+                    let _ = tx.try_send(());
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "database connection closed");
+                return;
+            }
+            None => return,
+        }
+    }
+}

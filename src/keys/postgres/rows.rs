@@ -1,0 +1,310 @@
+//! Reading and writing key rows. Rows are validated as strictly as the file
+//! store's lines: a hand-edited row that the CLI would never write is an
+//! error naming the key and the column, not a silently odd key.
+
+use std::collections::{HashMap, HashSet};
+use std::time::SystemTime;
+
+use futures_util::TryStreamExt;
+use tokio_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
+
+use super::{PgStore, db_err};
+use crate::keys::record::{normalize_origin, validate_name};
+use crate::keys::{IndexDelta, KeyHash, KeyId, KeyRecord, KeySet, StoreError, StoreSnapshot};
+
+const KEY_COLUMNS: &str = "id, name, access, hash, created, expires, origins";
+/// Rows per bulk insert statement (an import of 100k keys is 20 statements).
+const INSERT_CHUNK: usize = 5000;
+
+/// Changes since a version, and the version they bring the reader to.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub delta: IndexDelta,
+    pub version: i64,
+}
+
+/// Builds a record from one row's columns, checking each.
+pub(crate) fn record(
+    id: &str,
+    name: String,
+    access: &str,
+    hash: &[u8],
+    created: SystemTime,
+    expires: Option<SystemTime>,
+    origins: Vec<String>,
+) -> Result<KeyRecord, String> {
+    let at = |field: &str, e: String| format!("keygate_keys row id={id:?}: {field}: {e}");
+    let key_id = KeyId::parse(id).map_err(|e| at("id", e))?;
+    validate_name(&name).map_err(|e| at("name", e))?;
+    let access = access.parse().map_err(|e| at("access", e))?;
+    let hash = KeyHash::from_slice(hash).map_err(|e| at("hash", e))?;
+    let origins = origins
+        .iter()
+        .map(|o| normalize_origin(o))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| at("origins", e))?;
+    Ok(KeyRecord {
+        id: key_id,
+        name,
+        access,
+        hash,
+        created,
+        expires,
+        origins,
+    })
+}
+
+async fn key_rows(
+    client: &impl GenericClient,
+    store: &PgStore,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<KeyRecord>, StoreError> {
+    let err = |e| db_err(store, "read the keys", &e);
+    let stream = client
+        .query_raw(sql, params.iter().copied())
+        .await
+        .map_err(err)?;
+    let mut stream = std::pin::pin!(stream);
+    let mut out = Vec::new();
+    while let Some(row) = stream.try_next().await.map_err(err)? {
+        let id: &str = row.try_get(0).map_err(err)?;
+        let r = record(
+            id,
+            row.try_get(1).map_err(err)?,
+            row.try_get(2).map_err(err)?,
+            row.try_get(3).map_err(err)?,
+            row.try_get(4).map_err(err)?,
+            row.try_get(5).map_err(err)?,
+            row.try_get(6).map_err(err)?,
+        )
+        .map_err(|e| StoreError::Database(format!("{}: {e}", store.label())))?;
+        out.push(r);
+    }
+    Ok(out)
+}
+
+async fn revoked_rows(
+    client: &impl GenericClient,
+    store: &PgStore,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<KeyHash>, StoreError> {
+    let err = |e| db_err(store, "read the revocation list", &e);
+    let rows = client.query(sql, params).await.map_err(err)?;
+    rows.iter()
+        .map(|row| {
+            let bytes: &[u8] = row.try_get(0).map_err(err)?;
+            KeyHash::from_slice(bytes).map_err(|e| {
+                StoreError::Database(format!("{}: keygate_revoked: hash: {e}", store.label()))
+            })
+        })
+        .collect()
+}
+
+/// The change counter.
+pub async fn state_version(
+    client: &impl GenericClient,
+    store: &PgStore,
+) -> Result<i64, StoreError> {
+    let row = client
+        .query_one("SELECT version FROM keygate_state", &[])
+        .await
+        .map_err(|e| db_err(store, "read the change counter", &e))?;
+    Ok(row.get(0))
+}
+
+/// Every key and revoked hash, and the change counter they correspond to.
+/// Consistent only inside a transaction that sees one snapshot (the gateway
+/// uses REPEATABLE READ; the CLI holds the writers' lock).
+pub async fn load_snapshot(
+    client: &impl GenericClient,
+    store: &PgStore,
+) -> Result<(StoreSnapshot, i64), StoreError> {
+    let version = state_version(client, store).await?;
+    let records = key_rows(
+        client,
+        store,
+        &format!("SELECT {KEY_COLUMNS} FROM keygate_keys ORDER BY created, id"),
+        &[],
+    )
+    .await?;
+    let keys = KeySet::from_records(records)
+        .map_err(|(_, e)| StoreError::Database(format!("{}: keygate_keys: {e}", store.label())))?;
+    let revoked: HashSet<KeyHash> =
+        revoked_rows(client, store, "SELECT hash FROM keygate_revoked", &[])
+            .await?
+            .into_iter()
+            .collect();
+    Ok((StoreSnapshot { keys, revoked }, version))
+}
+
+/// What changed after version `since`: keys inserted or updated (whole rows)
+/// and hashes revoked. Same consistency rule as `load_snapshot`.
+pub async fn load_changes(
+    client: &impl GenericClient,
+    store: &PgStore,
+    since: i64,
+) -> Result<Changes, StoreError> {
+    let version = state_version(client, store).await?;
+    if version <= since {
+        return Ok(Changes {
+            delta: IndexDelta::default(),
+            version,
+        });
+    }
+    let upserts = key_rows(
+        client,
+        store,
+        &format!("SELECT {KEY_COLUMNS} FROM keygate_keys WHERE version > $1"),
+        &[&since],
+    )
+    .await?;
+    let revoked = revoked_rows(
+        client,
+        store,
+        "SELECT hash FROM keygate_revoked WHERE version > $1",
+        &[&since],
+    )
+    .await?;
+    Ok(Changes {
+        delta: IndexDelta { upserts, revoked },
+        version,
+    })
+}
+
+/// Writes the difference between two key sets: bulk inserts, one update per
+/// changed key, one delete for all removed keys (revoked by the trigger).
+pub(super) async fn write_difference(
+    client: &impl GenericClient,
+    store: &PgStore,
+    before: &KeySet,
+    after: &KeySet,
+) -> Result<(), StoreError> {
+    let err = |e| db_err(store, "write the keys", &e);
+    let old: HashMap<&str, &KeyRecord> = before
+        .records()
+        .iter()
+        .map(|r| (r.id.as_str(), r))
+        .collect();
+    let kept: HashSet<&str> = after.records().iter().map(|r| r.id.as_str()).collect();
+    let removed: Vec<&str> = old
+        .keys()
+        .copied()
+        .filter(|id| !kept.contains(id))
+        .collect();
+    if !removed.is_empty() {
+        client
+            .execute("DELETE FROM keygate_keys WHERE id = ANY($1)", &[&removed])
+            .await
+            .map_err(err)?;
+    }
+    let mut added = Vec::new();
+    for r in after.records() {
+        match old.get(r.id.as_str()) {
+            None => added.push(r),
+            Some(o) if *o != r => {
+                let origins: Vec<&str> = r.origins.iter().map(String::as_str).collect();
+                client
+                    .execute(
+                        "UPDATE keygate_keys SET name = $2, access = $3, expires = $4, origins = $5 WHERE id = $1",
+                        &[&r.id.as_str(), &r.name, &r.access.as_str(), &r.expires, &origins],
+                    )
+                    .await
+                    .map_err(err)?;
+            }
+            Some(_) => {}
+        }
+    }
+    for chunk in added.chunks(INSERT_CHUNK) {
+        let ids: Vec<&str> = chunk.iter().map(|r| r.id.as_str()).collect();
+        let names: Vec<&str> = chunk.iter().map(|r| r.name.as_str()).collect();
+        let access: Vec<&str> = chunk.iter().map(|r| r.access.as_str()).collect();
+        let hashes: Vec<&[u8]> = chunk.iter().map(|r| &r.hash.as_bytes()[..]).collect();
+        let created: Vec<SystemTime> = chunk.iter().map(|r| r.created).collect();
+        let expires: Vec<Option<SystemTime>> = chunk.iter().map(|r| r.expires).collect();
+        // Origins never contain spaces (normalised scheme://host:port), so one
+        // space-joined string per row carries the ragged array through unnest.
+        let origins: Vec<String> = chunk.iter().map(|r| r.origins.join(" ")).collect();
+        client
+            .execute(
+                "INSERT INTO keygate_keys (id, name, access, hash, created, expires, origins)
+                 SELECT id, name, access, hash, created, expires,
+                        CASE WHEN origins = '' THEN '{}'::text[] ELSE string_to_array(origins, ' ') END
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[],
+                             $5::timestamptz[], $6::timestamptz[], $7::text[])
+                      AS t(id, name, access, hash, created, expires, origins)",
+                &[&ids, &names, &access, &hashes, &created, &expires, &origins],
+            )
+            .await
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn row(id: &str, access: &str, hash: &[u8], origins: &[&str]) -> Result<KeyRecord, String> {
+        record(
+            id,
+            "shop".into(),
+            access,
+            hash,
+            UNIX_EPOCH,
+            None,
+            origins.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    #[test]
+    fn a_good_row_becomes_a_record() {
+        let h = KeyHash::of(b"s");
+        let r = row(
+            "key_abc",
+            "read-only",
+            h.as_bytes(),
+            &["HTTPS://Shop.example"],
+        );
+        let r = r.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.hash, h);
+        assert_eq!(r.origins, vec!["https://shop.example".to_string()]);
+    }
+
+    #[test]
+    fn bad_rows_name_the_key_and_the_column() {
+        let h = KeyHash::of(b"s");
+        for (id, access, hash, origins, column) in [
+            ("KEY!", "read-only", &h.as_bytes()[..], &[][..], "id"),
+            ("key_a", "admin", &h.as_bytes()[..], &[][..], "access"),
+            ("key_a", "read-only", &[1u8, 2][..], &[][..], "hash"),
+            (
+                "key_a",
+                "read-only",
+                &h.as_bytes()[..],
+                &["ftp://x"][..],
+                "origins",
+            ),
+        ] {
+            let e = row(id, access, hash, origins).err().unwrap_or_default();
+            assert!(
+                e.starts_with(&format!("keygate_keys row id={id:?}: {column}:")),
+                "{e}"
+            );
+        }
+        let long = "x".repeat(201);
+        let e = record(
+            "key_a",
+            long,
+            "read-only",
+            h.as_bytes(),
+            UNIX_EPOCH,
+            None,
+            vec![],
+        );
+        assert!(e.is_err_and(|e| e.contains(": name:")));
+    }
+}

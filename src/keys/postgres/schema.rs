@@ -1,0 +1,188 @@
+//! The PostgreSQL store's schema, as numbered migrations, and the version check.
+//!
+//! The database itself keeps the change counter honest, whoever writes:
+//! - every insert or update of a key or a revocation is stamped by a trigger
+//!   with its transaction's version, taken once per transaction from the
+//!   one-row `keygate_state` (whose row lock orders writers, so versions
+//!   become visible in order: a gateway that has seen version N has seen
+//!   everything below it);
+//! - the same function sends `NOTIFY keygate_changes, '<version>'`, delivered
+//!   at commit (PostgreSQL folds repeats within a transaction into one);
+//! - deleting a key, by `keygate keys delete` or by hand in SQL, revokes its
+//!   hash; a hash never changes; revocations are never deleted; TRUNCATE is
+//!   refused. Incremental sync relies on these rules, so they live in the
+//!   database rather than only in the CLI.
+
+use tokio_postgres::GenericClient;
+
+use super::{PgStore, db_err};
+use crate::keys::StoreError;
+
+/// The channel gateways LISTEN on.
+pub const CHANNEL: &str = "keygate_changes";
+
+/// Migrations in order; `MIGRATIONS[i]` brings the schema to version `i + 1`.
+pub const MIGRATIONS: &[(&str, &str)] = &[("keys, revocations and the change counter", V1)];
+
+/// The schema version this build reads and writes.
+pub const CURRENT: i32 = MIGRATIONS.len() as i32;
+
+const V1: &str = r#"
+CREATE TABLE keygate_state (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    version bigint NOT NULL
+);
+INSERT INTO keygate_state (version) VALUES (0);
+
+CREATE TABLE keygate_keys (
+    id text PRIMARY KEY,
+    name text NOT NULL,
+    access text NOT NULL CHECK (access IN ('read-only', 'full-access')),
+    hash bytea NOT NULL UNIQUE CHECK (octet_length(hash) = 32),
+    created timestamptz NOT NULL,
+    expires timestamptz,
+    origins text[] NOT NULL DEFAULT '{}',
+    version bigint NOT NULL DEFAULT 0
+);
+CREATE INDEX keygate_keys_version ON keygate_keys (version);
+
+CREATE TABLE keygate_revoked (
+    hash bytea PRIMARY KEY CHECK (octet_length(hash) = 32),
+    id text NOT NULL,
+    revoked_at timestamptz NOT NULL DEFAULT now(),
+    version bigint NOT NULL DEFAULT 0
+);
+CREATE INDEX keygate_revoked_version ON keygate_revoked (version);
+
+CREATE FUNCTION keygate_tx_version() RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    seen text := current_setting('keygate.tx_version', true);
+    stamped bigint;
+BEGIN
+    IF seen IS NOT NULL AND seen <> '' THEN
+        RETURN seen::bigint;
+    END IF;
+    UPDATE keygate_state SET version = version + 1 RETURNING version INTO stamped;
+    PERFORM set_config('keygate.tx_version', stamped::text, true);
+    PERFORM pg_notify('keygate_changes', stamped::text);
+    RETURN stamped;
+END $$;
+
+CREATE FUNCTION keygate_keys_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO keygate_revoked (hash, id) VALUES (OLD.hash, OLD.id)
+            ON CONFLICT (hash) DO NOTHING;
+        RETURN OLD;
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.hash <> OLD.hash THEN
+        RAISE EXCEPTION 'keygate: the hash of key % cannot change', OLD.id;
+    END IF;
+    IF TG_OP = 'INSERT' AND EXISTS (SELECT 1 FROM keygate_revoked WHERE hash = NEW.hash) THEN
+        RAISE EXCEPTION 'keygate: key % has the hash of a deleted (revoked) key', NEW.id;
+    END IF;
+    NEW.version := keygate_tx_version();
+    RETURN NEW;
+END $$;
+CREATE TRIGGER keygate_keys_stamp BEFORE INSERT OR UPDATE OR DELETE ON keygate_keys
+    FOR EACH ROW EXECUTE FUNCTION keygate_keys_stamp();
+
+CREATE FUNCTION keygate_revoked_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        RAISE EXCEPTION 'keygate: revocations are permanent';
+    END IF;
+    NEW.version := keygate_tx_version();
+    RETURN NEW;
+END $$;
+CREATE TRIGGER keygate_revoked_stamp BEFORE INSERT OR UPDATE OR DELETE ON keygate_revoked
+    FOR EACH ROW EXECUTE FUNCTION keygate_revoked_stamp();
+
+CREATE FUNCTION keygate_refuse_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'keygate: % cannot be truncated (delete keys to revoke them)', TG_TABLE_NAME;
+END $$;
+CREATE TRIGGER keygate_keys_no_truncate BEFORE TRUNCATE ON keygate_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION keygate_refuse_truncate();
+CREATE TRIGGER keygate_revoked_no_truncate BEFORE TRUNCATE ON keygate_revoked
+    FOR EACH STATEMENT EXECUTE FUNCTION keygate_refuse_truncate();
+"#;
+
+/// The schema version a database is at: 0 when keygate was never migrated there.
+pub async fn version(client: &impl GenericClient, store: &PgStore) -> Result<i32, StoreError> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('keygate_schema') IS NOT NULL", &[])
+        .await
+        .map_err(|e| db_err(store, "read the schema version", &e))?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    let row = client
+        .query_one("SELECT coalesce(max(version), 0) FROM keygate_schema", &[])
+        .await
+        .map_err(|e| db_err(store, "read the schema version", &e))?;
+    Ok(row.get(0))
+}
+
+/// Refuses a database whose schema is not the one this build knows.
+pub async fn require_current(
+    client: &impl GenericClient,
+    store: &PgStore,
+) -> Result<(), StoreError> {
+    match version(client, store).await? {
+        CURRENT => Ok(()),
+        0 => Err(StoreError::Database(format!(
+            "{}: no keygate schema in this database: run `keygate migrate`",
+            store.label()
+        ))),
+        v if v < CURRENT => Err(StoreError::Database(format!(
+            "{}: the schema is at version {v}, this keygate needs {CURRENT}: run `keygate migrate`",
+            store.label()
+        ))),
+        v => Err(StoreError::Database(format!(
+            "{}: the schema is at version {v}, newer than this keygate knows ({CURRENT}): upgrade keygate",
+            store.label()
+        ))),
+    }
+}
+
+/// Brings the schema to `CURRENT` in one transaction under an advisory lock,
+/// so two `migrate` runs at once apply each step once. Returns the versions
+/// before and after.
+pub async fn migrate(
+    client: &mut tokio_postgres::Client,
+    store: &PgStore,
+) -> Result<(i32, i32), StoreError> {
+    let err = |e: tokio_postgres::Error| db_err(store, "migrate", &e);
+    let tx = client.transaction().await.map_err(err)?;
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(hashtext('keygate migrate'));
+         CREATE TABLE IF NOT EXISTS keygate_schema (
+             version integer PRIMARY KEY,
+             description text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );",
+    )
+    .await
+    .map_err(err)?;
+    let before = version(&tx, store).await?;
+    if before > CURRENT {
+        return Err(StoreError::Database(format!(
+            "{}: the schema is at version {before}, newer than this keygate knows ({CURRENT}): upgrade keygate",
+            store.label()
+        )));
+    }
+    for (i, (description, sql)) in MIGRATIONS.iter().enumerate().skip(before as usize) {
+        let v = i as i32 + 1;
+        tx.batch_execute(sql).await.map_err(err)?;
+        tx.execute(
+            "INSERT INTO keygate_schema (version, description) VALUES ($1, $2)",
+            &[&v, description],
+        )
+        .await
+        .map_err(err)?;
+    }
+    tx.commit().await.map_err(err)?;
+    Ok((before, CURRENT))
+}

@@ -1,0 +1,279 @@
+//! Keeping the index current from a PostgreSQL store.
+//!
+//! One task per gateway, one connection: LISTEN first, then read the change
+//! counter, so no change can slip between the two. A notification, or the
+//! resync timer (the safety net for notifications lost with a connection),
+//! triggers a sync: in one REPEATABLE READ snapshot, read the counter and the
+//! rows stamped after the last version applied, then apply them as a delta
+//! (`KeyIndex::apply`, no rebuild). A counter that went backwards (database
+//! restored or recreated) triggers a full load.
+//!
+//! Faults: a failed connect, query or sync drops the session; the index
+//! stays as it is, `keygate_store_connected` turns 0, and the task reconnects
+//! with jittered exponential backoff (250 ms up to 10 s), then resyncs from
+//! its last version. Requests never wait on any of this: they read the index
+//! through one atomic pointer load.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+use tokio_postgres::{Client, IsolationLevel};
+
+use crate::keys::postgres::{self, PgStore, schema};
+use crate::keys::{Access, KeyHash, KeyIndex, StoreError};
+use crate::metrics::{Health, Metrics, unix_ms};
+use crate::proxy::SharedIndex;
+
+/// Longest wait for a connection (on top of the URL's connect_timeout).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a sync may take; a full load of a million keys takes a few
+/// seconds, a hung database must not stall the task for ever.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Application name on the gateways' connections (visible in pg_stat_activity).
+pub const APPLICATION_NAME: &str = "keygate";
+
+pub struct PgSync {
+    store: PgStore,
+    index: SharedIndex,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    resync: Duration,
+    /// The change counter the index reflects; `None` before the first load.
+    version: Option<i64>,
+    /// Every revoked hash seen since start: a restored older database
+    /// cannot bring a deleted key back on this gateway.
+    revoked_seen: HashSet<KeyHash>,
+}
+
+impl PgSync {
+    pub fn new(
+        store: PgStore,
+        index: SharedIndex,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        resync: Duration,
+    ) -> Self {
+        PgSync {
+            store,
+            index,
+            metrics,
+            health,
+            resync,
+            version: None,
+            revoked_seen: HashSet::new(),
+        }
+    }
+
+    /// Runs until the task is dropped.
+    pub async fn run(mut self) {
+        let mut backoff = BACKOFF_MIN;
+        let mut failures = 0u64;
+        loop {
+            let started = Instant::now();
+            let Err(e) = self.session().await;
+            self.metrics.store_connected(false);
+            // A session that lasted a while was a real connection: start the
+            // backoff over, and say that it was lost.
+            if started.elapsed() > BACKOFF_MAX {
+                backoff = BACKOFF_MIN;
+                failures = 0;
+            }
+            failures += 1;
+            // Log the first failures, then every 10th: a long outage must not
+            // flood the log.
+            if failures <= 3 || failures.is_multiple_of(10) {
+                tracing::warn!(
+                    store = self.store.label(),
+                    error = %e,
+                    attempt = failures,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    loaded = self.version.is_some(),
+                    "key store unreachable; serving the last good index and retrying"
+                );
+            }
+            tokio::time::sleep(jitter(backoff)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One connection's life: returns only with the error that ended it.
+    async fn session(&mut self) -> Result<Infallible, StoreError> {
+        let (tx, mut changed) = mpsc::channel(1);
+        let mut client = timeout(
+            CONNECT_TIMEOUT,
+            self.store.connect(APPLICATION_NAME, Some(tx)),
+        )
+        .await
+        .map_err(|_| self.timed_out("connect"))??;
+        schema::require_current(&client, &self.store).await?;
+        client
+            .batch_execute(&format!("LISTEN {}", schema::CHANNEL))
+            .await
+            .map_err(|e| postgres_err(&self.store, "listen", &e))?;
+        self.metrics.store_connected(true);
+        tracing::info!(
+            store = self.store.label(),
+            "connected to the key store; listening for changes"
+        );
+        self.sync(&mut client).await?;
+        let mut tick = tokio::time::interval_at(Instant::now() + self.resync, self.resync);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                n = changed.recv() => if n.is_none() {
+                    return Err(StoreError::Database(format!("{}: the connection closed", self.store.label())));
+                },
+                _ = tick.tick() => {}
+            }
+            self.sync(&mut client).await?;
+        }
+    }
+
+    fn timed_out(&self, action: &str) -> StoreError {
+        StoreError::Database(format!("{}: {action} timed out", self.store.label()))
+    }
+
+    /// Brings the index up to the database's change counter.
+    async fn sync(&mut self, client: &mut Client) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        let since = self.version;
+        let work = async {
+            let err = |e| postgres_err(&store, "sync", &e);
+            let tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(err)?;
+            let loaded = match since {
+                Some(v) => {
+                    let changes = postgres::load_changes(&tx, &store, v).await?;
+                    if changes.version < v {
+                        tracing::warn!(
+                            store = store.label(),
+                            was = v,
+                            now = changes.version,
+                            "the store's change counter went backwards (database restored?); loading it whole"
+                        );
+                        Loaded::Full(postgres::load_snapshot(&tx, &store).await?)
+                    } else {
+                        Loaded::Delta(changes)
+                    }
+                }
+                None => Loaded::Full(postgres::load_snapshot(&tx, &store).await?),
+            };
+            tx.commit().await.map_err(err)?;
+            Ok::<_, StoreError>(loaded)
+        };
+        let loaded = timeout(SYNC_TIMEOUT, work)
+            .await
+            .map_err(|_| self.timed_out("sync"))??;
+        let started = Instant::now();
+        match loaded {
+            Loaded::Full((mut snapshot, version)) => {
+                self.revoked_seen.extend(snapshot.revoked.iter().copied());
+                snapshot.revoked.clone_from(&self.revoked_seen);
+                let keys = snapshot.keys.len();
+                let index = build_off_thread(move || KeyIndex::build(&snapshot)).await?;
+                let counts = counts(&index);
+                self.index.store(Arc::new(index));
+                self.metrics.reload(Ok(counts), unix_secs());
+                self.health.set_loaded();
+                tracing::info!(
+                    result = "success",
+                    cause = if since.is_none() { "start" } else { "resync" },
+                    store = self.store.label(),
+                    version,
+                    keys,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    "key store loaded"
+                );
+                self.version = Some(version);
+            }
+            Loaded::Delta(changes) => {
+                if !changes.delta.is_empty() {
+                    let n = changes.delta.len();
+                    self.revoked_seen
+                        .extend(changes.delta.revoked.iter().copied());
+                    let current = self.index.load_full();
+                    let delta = changes.delta;
+                    let index = build_off_thread(move || current.apply(&delta)).await?;
+                    self.metrics.set_keys(counts(&index));
+                    self.index.store(Arc::new(index));
+                    self.metrics.store_changes_applied(n);
+                    tracing::info!(
+                        store = self.store.label(),
+                        version = changes.version,
+                        changes = n,
+                        duration_us = started.elapsed().as_micros() as u64,
+                        "key store changes applied"
+                    );
+                }
+                self.version = Some(changes.version);
+            }
+        }
+        self.metrics.store_synced(unix_ms(SystemTime::now()));
+        Ok(())
+    }
+}
+
+enum Loaded {
+    Full((crate::keys::StoreSnapshot, i64)),
+    Delta(postgres::Changes),
+}
+
+fn postgres_err(store: &PgStore, action: &str, e: &tokio_postgres::Error) -> StoreError {
+    crate::keys::postgres::db_err(store, action, e)
+}
+
+/// Index work runs on the blocking pool, never on a request worker.
+async fn build_off_thread(
+    f: impl FnOnce() -> KeyIndex + Send + 'static,
+) -> Result<KeyIndex, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Database(format!("index build failed: {e}")))
+}
+
+fn counts(index: &KeyIndex) -> (usize, usize) {
+    (
+        index.count(Access::ReadOnly),
+        index.count(Access::FullAccess),
+    )
+}
+
+fn unix_secs() -> f64 {
+    unix_ms(SystemTime::now()) as f64 / 1000.0
+}
+
+/// 50% to 100% of `d`, so a fleet that lost its database together does not
+/// reconnect in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let r = getrandom::fill(&mut b).map_or(0, |()| u16::from_le_bytes(b));
+    d / 2 + d.mul_f64(f64::from(r) / f64::from(u16::MAX) / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_between_half_and_all_of_the_delay() {
+        for _ in 0..200 {
+            let j = jitter(Duration::from_secs(2));
+            assert!(
+                j >= Duration::from_secs(1) && j <= Duration::from_secs(2),
+                "{j:?}"
+            );
+        }
+    }
+}
