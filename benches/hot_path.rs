@@ -3,6 +3,9 @@
 //!   check its checksum, BLAKE3 it, look it up, apply the policy) with n keys;
 //! - `index_build/<n>`: parse + validate a store of n keys and build the index,
 //!   as a reload does;
+//! - `index_apply/<case>`: one pushed change (PostgreSQL store) applied to a
+//!   1M-key index, with an empty overlay and with one about to be folded;
+//!   `decide/allowed_overlay/1000000`: a lookup that misses a full overlay;
 //! - `metrics/record_decision`: counting one request.
 //!
 //! Run: `cargo bench --bench hot_path` (add `-- decide` to pick some).
@@ -16,7 +19,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use keygate::config::BrowserFullAccess;
 use keygate::keys::{
-    Access, KeyHash, KeyId, KeyIndex, KeyRecord, KeySet, StoreSnapshot, storefile, token,
+    Access, IndexDelta, KeyHash, KeyId, KeyIndex, KeyRecord, KeySet, StoreSnapshot, storefile,
+    token,
 };
 use keygate::metrics::{DecisionLabel, Metrics};
 use keygate::policy::{Decision, PolicySettings, RequestHead, decide};
@@ -122,6 +126,79 @@ fn bench_index_build(c: &mut Criterion) {
     group.finish();
 }
 
+fn one_key(i: usize) -> KeyRecord {
+    KeyRecord {
+        id: KeyId::parse(&format!("key_new_{i}")).unwrap(),
+        name: "pushed".into(),
+        access: Access::ReadOnly,
+        hash: KeyHash::of(format!("pushed secret {i}").as_bytes()),
+        created: UNIX_EPOCH,
+        expires: None,
+        origins: vec![],
+    }
+}
+
+fn bench_index_apply(c: &mut Criterion) {
+    let n = 1_000_000;
+    let (keys, probe) = keyset(n);
+    let base = KeyIndex::build(&StoreSnapshot {
+        keys,
+        revoked: Default::default(),
+    });
+    // 4000 earlier changes: the overlay is near its fold threshold (4096).
+    let mut full = base.apply(&IndexDelta::default());
+    for i in 0..4000 {
+        full = full.apply(&IndexDelta {
+            upserts: vec![one_key(i)],
+            revoked: vec![],
+        });
+    }
+    let change = IndexDelta {
+        upserts: vec![one_key(n)],
+        revoked: vec![],
+    };
+    let mut group = c.benchmark_group("index_apply");
+    group.sample_size(20);
+    group.bench_function("1000000/empty_overlay", |b| {
+        b.iter(|| black_box(base.apply(&change)))
+    });
+    group.bench_function("1000000/overlay_4000", |b| {
+        b.iter(|| black_box(full.apply(&change)))
+    });
+    // 97 more changes in one delta: the overlay passes 4096 and is folded
+    // into a new base, the cost paid once every ~4096 changes.
+    let fold = IndexDelta {
+        upserts: (0..97).map(|i| one_key(n + 1 + i)).collect(),
+        revoked: vec![],
+    };
+    group.sample_size(10);
+    group.bench_function("1000000/fold", |b| b.iter(|| black_box(full.apply(&fold))));
+    group.finish();
+
+    let header = HeaderName::from_static("x-api-key");
+    let settings = PolicySettings {
+        header: &header,
+        query_param: None,
+        prefix: "kg",
+        browser_full_access: BrowserFullAccess::Deny,
+        cors: None,
+    };
+    let now = SystemTime::now();
+    let allowed = headers(&probe);
+    c.bench_function("decide/allowed_overlay/1000000", |b| {
+        b.iter(|| {
+            let head = RequestHead {
+                method: &Method::GET,
+                headers: &allowed,
+                query: None,
+            };
+            let d = decide(head, &full, &settings, now);
+            assert!(matches!(d, Decision::Allow { .. }));
+            black_box(d);
+        })
+    });
+}
+
 fn bench_metrics(c: &mut Criterion) {
     let metrics = Metrics::new().unwrap();
     c.bench_function("metrics/record_decision", |b| {
@@ -139,6 +216,7 @@ criterion_group!(
     benches,
     bench_decide,
     bench_index_build,
+    bench_index_apply,
     bench_metrics,
     bench_parts
 );

@@ -133,8 +133,14 @@ for v in $kubernetes_versions; do
     check "kubernetes: kubernetes-validate --strict, Kubernetes $v (ServiceMonitor skipped: CRD)" \
         "$venv/bin/kubernetes-validate" --strict --quiet -k "$v" \
         "$deploy"/kubernetes/*.yaml "$deploy"/kubernetes/example/*.yaml
+    check "kubernetes: kubernetes-validate --strict, Kubernetes $v, fleet/" \
+        "$venv/bin/kubernetes-validate" --strict --quiet -k "$v" \
+        "$deploy"/kubernetes/fleet/*.yaml "$deploy"/kubernetes/fleet/example/*.yaml \
+        "$deploy"/kubernetes/fleet/migrate/*.yaml
 done
 check "kubernetes: ServiceMonitor structure, cross-references, config vs pod spec" "$python" "$deploy/check.py" kubernetes
+check "kubernetes: fleet/ cross-references (Secret, migration Job, config vs pod spec)" \
+    "$python" "$deploy/check.py" kubernetes-fleet
 
 # The ConfigMap's keygate.toml against keygate's own parser, when a binary is
 # at hand (KEYGATE_BIN, else the newest of target/{release,debug}/keygate).
@@ -151,8 +157,37 @@ if [ -n "$bin" ] && [ -x "$bin" ]; then
         "$python" "$deploy/check.py" extract-config "$work/cm" && "$bin" check --config "$work/cm/keygate.toml"
     }
     check "kubernetes: keygate check on the ConfigMap's keygate.toml (${bin#"$repo"/})" check_configmap
+
+    # The fleet's config needs a database for a full `keygate check`. With
+    # KEYGATE_STORE_URL set to the example Secret's URL moved to 127.0.0.1
+    # port 1 (nothing listens there), check parses the whole config and the
+    # URL, then fails at connecting: that failure, and no error naming the
+    # config file, is the pass. The password must not be echoed either.
+    check_fleet_configmap() {
+        local dir=$work/fleet rc=0 pw
+        "$python" "$deploy/check.py" extract-config-fleet "$dir" || return 1
+        KEYGATE_STORE_URL=$(cat "$dir/store-url") timeout 60 \
+            "$bin" check --config "$dir/keygate.toml" >"$dir/out" 2>&1 || rc=$?
+        cat "$dir/out"
+        if [ "$rc" -eq 0 ]; then
+            echo "keygate check passed without a database?"
+            return 1
+        fi
+        if grep -qF "$dir/keygate.toml:" "$dir/out" || ! grep -q 'cannot connect' "$dir/out"; then
+            echo "expected only a connection error (exit $rc)"
+            return 1
+        fi
+        pw=$(cat "$dir/password")
+        if [ -n "$pw" ] && grep -qF -- "$pw" "$dir/out"; then
+            echo "the password appears in keygate's output"
+            return 1
+        fi
+    }
+    check "kubernetes: fleet/configmap.yaml's keygate.toml parses; keygate check fails only at connecting" \
+        check_fleet_configmap
 else
     skip "kubernetes: keygate check on the ConfigMap's keygate.toml (no keygate binary; set KEYGATE_BIN)"
+    skip "kubernetes: fleet/configmap.yaml's keygate.toml (no keygate binary; set KEYGATE_BIN)"
 fi
 
 # ---------------------------------------------------------------- systemd

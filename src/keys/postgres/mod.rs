@@ -57,6 +57,12 @@ pub(crate) fn db_err(store: &PgStore, action: &str, e: &tokio_postgres::Error) -
             source = s.source();
         }
     }
+    if msg.contains("TLS handshake") {
+        msg.push_str(
+            " (keygate verifies the database's certificate against the system's roots; \
+             on a trusted network, sslmode=disable in the URL connects without TLS)",
+        );
+    }
     StoreError::Database(format!("{}: cannot {action}: {msg}", store.label))
 }
 
