@@ -265,7 +265,7 @@ pub(super) fn create_key(
     let secret = token::generate(prefix)
         .map_err(|e| CliError::user(format!("the OS random number generator failed: {e}")))?;
     let hash = KeyHash::of(secret.as_bytes());
-    let record = store.modify(|keys, revoked| {
+    let record = store.modify_keys(&[], |keys, revoked| {
         let id = loop {
             let id = KeyId::generate()
                 .map_err(|e| StoreError::Key(KeySetError::Randomness(e.to_string())))?;
@@ -299,9 +299,8 @@ fn load(t: &Target) -> Result<crate::keys::KeySet, CliError> {
 }
 
 fn find(t: &Target, id: &str) -> Result<KeyRecord, CliError> {
-    load(t)?
-        .get(id)
-        .cloned()
+    t.store
+        .find(id)?
         .ok_or_else(|| CliError::user(format!("no key with id {id:?} in {}", t.store.label())))
 }
 
@@ -388,9 +387,9 @@ fn update(
     if let Some(n) = &name {
         validate_name(n).map_err(CliError::user)?;
     }
-    let record = t
-        .store
-        .modify(|keys, _| Ok(keys.update(id, KeyUpdate { name, access }, force)?.clone()))?;
+    let record = t.store.modify_keys(&[id], |keys, _| {
+        Ok(keys.update(id, KeyUpdate { name, access }, force)?.clone())
+    })?;
     writeln!(
         out,
         "Updated key {}: {:?}, {}.",

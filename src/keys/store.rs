@@ -101,6 +101,14 @@ impl Store {
         }
     }
 
+    /// One key by id.
+    pub fn find(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        match self {
+            Store::File(f) => Ok(f.load()?.keys.get(id).cloned()),
+            Store::Postgres(p) => p.find(id),
+        }
+    }
+
     /// Applies a pure change to the keys atomically; see each store's `modify`.
     pub fn modify<T>(
         &self,
@@ -108,7 +116,24 @@ impl Store {
     ) -> Result<T, StoreError> {
         match self {
             Store::File(f) => f.modify(change),
-            Store::Postgres(p) => p.modify(change),
+            Store::Postgres(p) => p.modify(None, change),
+        }
+    }
+
+    /// Like `modify`, for a change that reads or touches only the keys
+    /// `ids` (none, for a new key). The file store still reads the whole
+    /// file; the database store reads only those rows, and leaves the
+    /// uniqueness of a new id or hash, and the refusal of a revoked hash, to
+    /// the schema's constraints and triggers (so the revoked set passed to
+    /// `change` is empty there).
+    pub fn modify_keys<T>(
+        &self,
+        ids: &[&str],
+        change: impl FnOnce(&mut KeySet, &HashSet<KeyHash>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match self {
+            Store::File(f) => f.modify(change),
+            Store::Postgres(p) => p.modify(Some(ids), change),
         }
     }
 
@@ -116,7 +141,7 @@ impl Store {
     pub fn delete(&self, id: &str) -> Result<KeyRecord, StoreError> {
         match self {
             Store::File(f) => f.delete(id),
-            Store::Postgres(p) => p.delete(id),
+            Store::Postgres(p) => p.modify(Some(&[id]), |keys, _| Ok(keys.remove(id)?)),
         }
     }
 }

@@ -182,12 +182,24 @@ impl PgStore {
         })
     }
 
+    /// One key by id.
+    pub fn find(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        self.block_on(async {
+            let client = self.connect("keygate-cli", None).await?;
+            schema::require_current(&client, self).await?;
+            Ok(rows::load_ids(&client, self, &[id]).await?.pop())
+        })
+    }
+
     /// Applies `change` to the current keys in one transaction and writes
     /// what changed. Writers take `SHARE ROW EXCLUSIVE` on the keys table,
     /// which conflicts with itself but not with the gateways' reads: two
     /// operators run one after the other, each on the other's result.
+    /// `scope`: only these keys are read (and the revoked set passed is
+    /// empty; the triggers refuse a revoked hash); `None` reads everything.
     pub fn modify<T>(
         &self,
+        scope: Option<&[&str]>,
         change: impl FnOnce(&mut KeySet, &HashSet<KeyHash>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.block_on(async {
@@ -198,19 +210,24 @@ impl PgStore {
             tx.batch_execute("LOCK TABLE keygate_keys IN SHARE ROW EXCLUSIVE MODE")
                 .await
                 .map_err(err)?;
-            let (before, _) = load_snapshot(&tx, self).await?;
+            let before = match scope {
+                None => load_snapshot(&tx, self).await?.0,
+                Some(ids) => {
+                    let records = rows::load_ids(&tx, self, ids).await?;
+                    StoreSnapshot {
+                        keys: KeySet::from_records(records).map_err(|(_, e)| {
+                            StoreError::Database(format!("{}: keygate_keys: {e}", self.label))
+                        })?,
+                        revoked: HashSet::new(),
+                    }
+                }
+            };
             let mut after = before.keys.clone();
             let out = change(&mut after, &before.revoked)?;
             rows::write_difference(&tx, self, &before.keys, &after).await?;
             tx.commit().await.map_err(err)?;
             Ok(out)
         })
-    }
-
-    /// Deletes a key; the database's trigger puts its hash on the revocation
-    /// list in the same transaction.
-    pub fn delete(&self, id: &str) -> Result<KeyRecord, StoreError> {
-        self.modify(|keys, _| Ok(keys.remove(id)?))
     }
 }
 

@@ -103,6 +103,25 @@ async fn revoked_rows(
         .collect()
 }
 
+/// The keys with these ids (those that exist).
+pub(super) async fn load_ids(
+    client: &impl GenericClient,
+    store: &PgStore,
+    ids: &[&str],
+) -> Result<Vec<KeyRecord>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = ids.to_vec();
+    key_rows(
+        client,
+        store,
+        &format!("SELECT {KEY_COLUMNS} FROM keygate_keys WHERE id = ANY($1) ORDER BY created, id"),
+        &[&ids],
+    )
+    .await
+}
+
 /// The change counter.
 pub async fn state_version(
     client: &impl GenericClient,
