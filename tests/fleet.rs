@@ -327,15 +327,8 @@ async fn a_lost_notification_is_caught_by_the_resync_timer() {
     let gw = PgGateway::start(&db.url(), &upstream.url(), "1s");
     until_status(&gw, "POST", &secret, 200).await;
 
-    // A change committed without its notification: the transaction sets the
-    // version itself, so the trigger stamps rows but sends nothing.
-    db.exec(&format!(
-        "DO $$ DECLARE v bigint; BEGIN \
-           UPDATE keygate_state SET version = version + 1 RETURNING version INTO v; \
-           PERFORM set_config('keygate.tx_version', v::text, true); \
-           UPDATE keygate_keys SET access = 'read-only' WHERE id = '{id}'; \
-         END $$;"
-    ));
+    // A change committed without its notification.
+    silent_downgrade(&db, &id);
     until_status(&gw, "POST", &secret, 403).await;
 
     // The listening connection killed (pg_terminate_backend): the gateway
@@ -350,6 +343,36 @@ async fn a_lost_notification_is_caught_by_the_resync_timer() {
         db.gateway_connections() == 1
     })
     .await;
+}
+
+/// A change committed without its notification (as if lost with the
+/// listening connection): the transaction sets its version itself, so the
+/// trigger stamps the rows but sends nothing.
+fn silent_downgrade(db: &TestDb, id: &str) {
+    db.exec(&format!(
+        "DO $$ DECLARE v bigint; BEGIN \
+           UPDATE keygate_state SET version = version + 1 RETURNING version INTO v; \
+           PERFORM set_config('keygate.tx_version', v::text, true); \
+           UPDATE keygate_keys SET access = 'read-only' WHERE id = '{id}'; \
+         END $$;"
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_syncs_at_once() {
+    let db = TestDb::migrated();
+    let upstream = TestUpstream::start().await;
+    let (id, secret) = create_key(&db, "full-access");
+    let gw = PgGateway::start(&db.url(), &upstream.url(), "1h");
+    until_status(&gw, "POST", &secret, 200).await;
+    silent_downgrade(&db, &id);
+    // Nothing tells the gateway (no notification, resync in an hour)...
+    for _ in 0..20 {
+        assert_eq!(status(&gw, "POST", &secret).await, 200);
+    }
+    // ...until SIGHUP.
+    gw.signal("HUP");
+    until_status(&gw, "POST", &secret, 403).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -71,13 +71,16 @@ impl PgSync {
         }
     }
 
-    /// Runs until the task is dropped.
+    /// Runs until the task is dropped. SIGHUP forces a sync (the serve
+    /// command has already installed a SIGHUP handler before this starts,
+    /// so the signal never kills the process).
     pub async fn run(mut self) {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut backoff = BACKOFF_MIN;
         let mut failures = 0u64;
         loop {
             let started = Instant::now();
-            let Err(e) = self.session().await;
+            let Err(e) = self.session(&mut hup).await;
             self.metrics.store_connected(false);
             // A session that lasted a while was a real connection: start the
             // backoff over, and say that it was lost.
@@ -104,7 +107,10 @@ impl PgSync {
     }
 
     /// One connection's life: returns only with the error that ended it.
-    async fn session(&mut self) -> Result<Infallible, StoreError> {
+    async fn session(
+        &mut self,
+        hup: &mut Option<tokio::signal::unix::Signal>,
+    ) -> Result<Infallible, StoreError> {
         let (tx, mut changed) = mpsc::channel(1);
         let mut client = timeout(
             CONNECT_TIMEOUT,
@@ -131,6 +137,9 @@ impl PgSync {
                     return Err(StoreError::Database(format!("{}: the connection closed", self.store.label())));
                 },
                 _ = tick.tick() => {}
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!(store = self.store.label(), "SIGHUP: syncing with the key store now");
+                }
             }
             self.sync(&mut client).await?;
         }

@@ -285,6 +285,14 @@ impl PgGateway {
     pub fn output(&self) -> String {
         self.output.lock().unwrap().join("\n")
     }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self._child.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
 }
 
 /// A TCP forwarder in front of PostgreSQL. `down()` cuts every forwarded
