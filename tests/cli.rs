@@ -359,3 +359,79 @@ fn the_shipped_config_and_store_check_clean() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs `keygate keys --store keys.toml <args>` in `dir` through bash, with
+/// `setup` run first in the same shell (a ulimit, a trap).
+fn keys_in_shell(dir: &Path, setup: &str, args: &[&str]) -> Output {
+    let script = format!("{setup}; exec \"$0\" keys --store keys.toml \"$@\"");
+    Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .arg(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("KEYGATE_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_full_disk_on_create_fails_cleanly_and_leaves_the_store_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..8 {
+        create(dir.path(), &format!("existing key {i}"), "read-only");
+    }
+    let before = std::fs::read(dir.path().join("keys.toml")).unwrap();
+    assert!(before.len() > 2048, "the store must outgrow the limit below");
+    // A file-size limit of 1 KiB makes the write of the new store fail part
+    // way, as a full disk would (EFBIG instead of ENOSPC; SIGXFSZ ignored so
+    // that the write returns the error instead of killing the process).
+    let out = keys_in_shell(
+        dir.path(),
+        "trap '' XFSZ; ulimit -f 1",
+        &["create", "--name", "one too many", "--access", "read-only"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_line(&out);
+    assert!(err.contains("cannot write") && err.contains("File too large"), "{err}");
+    assert_eq!(std::fs::read(dir.path().join("keys.toml")).unwrap(), before);
+    // No temporary file left behind, and the store still works.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains(".tmp.")), "{names:?}");
+    create(dir.path(), "after the disk was freed", "read-only");
+}
+
+#[test]
+fn a_read_only_folder_on_create_fails_cleanly_and_leaves_the_store_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    create(dir.path(), "existing", "full-access");
+    let store = dir.path().join("keys.toml");
+    let before = std::fs::read(&store).unwrap();
+    // Root ignores permission bits, so as root the CLI runs as `nobody`,
+    // owning the store in a folder it cannot write to.
+    let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    let setup = if root {
+        let _ = Command::new("chown")
+            .args(["65534:65534", store.to_str().unwrap()])
+            .status();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+        "exec setpriv --reuid=65534 --regid=65534 --clear-groups \"$0\" keys --store keys.toml \"$@\""
+    } else {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+        "true"
+    };
+    let out = keys_in_shell(
+        dir.path(),
+        setup,
+        &["create", "--name", "new", "--access", "read-only"],
+    );
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_line(&out);
+    assert!(err.contains("Permission denied"), "{err}");
+    assert_eq!(std::fs::read(&store).unwrap(), before);
+}
