@@ -383,7 +383,10 @@ fn a_full_disk_on_create_fails_cleanly_and_leaves_the_store_as_it_was() {
         create(dir.path(), &format!("existing key {i}"), "read-only");
     }
     let before = std::fs::read(dir.path().join("keys.toml")).unwrap();
-    assert!(before.len() > 2048, "the store must outgrow the limit below");
+    assert!(
+        before.len() > 2048,
+        "the store must outgrow the limit below"
+    );
     // A file-size limit of 1 KiB makes the write of the new store fail part
     // way, as a full disk would (EFBIG instead of ENOSPC; SIGXFSZ ignored so
     // that the write returns the error instead of killing the process).
@@ -394,7 +397,10 @@ fn a_full_disk_on_create_fails_cleanly_and_leaves_the_store_as_it_was() {
     );
     assert_eq!(out.status.code(), Some(1));
     let err = stderr_line(&out);
-    assert!(err.contains("cannot write") && err.contains("File too large"), "{err}");
+    assert!(
+        err.contains("cannot write") && err.contains("File too large"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(dir.path().join("keys.toml")).unwrap(), before);
     // No temporary file left behind, and the store still works.
     let names: Vec<String> = std::fs::read_dir(dir.path())
