@@ -6,6 +6,8 @@
 mod support;
 use support::*;
 
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -239,6 +241,39 @@ async fn upstream_dying_mid_body_aborts_the_client_response() {
         1.0
     );
     // The gateway keeps serving.
+    assert_serving(&gw).await;
+}
+
+#[tokio::test]
+async fn an_upstream_silent_mid_body_is_cut_after_response_timeout() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start_with(
+        &upstream.url(),
+        Setup {
+            upstream: "response_timeout = \"300ms\"".into(),
+            ..Setup::default()
+        },
+    );
+    let req = format!(
+        "GET /stall-mid-body HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
+        gw.keys.read_only
+    );
+    let started = Instant::now();
+    // `raw` reads until the gateway closes the connection (or gives up at 5 s).
+    let out = raw(gw.addr, req.as_bytes()).await;
+    let took = started.elapsed();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
+    assert_eq!(
+        body.len(),
+        1000,
+        "the bytes sent before the silence arrive, then the cut"
+    );
+    assert!(took < Duration::from_secs(4), "cut after {took:?}");
+    assert_eq!(
+        metric(gw.ops, "keygate_upstream_errors_total{kind=\"timeout\"}").await,
+        1.0
+    );
     assert_serving(&gw).await;
 }
 

@@ -3,22 +3,53 @@
 //! upstream are counted here (`kind="protocol"`) and passed on, so hyper
 //! aborts the client connection (HTTP/2: resets the stream) instead of
 //! ending the response as if it were whole.
+//!
+//! An upstream that goes silent mid-body is cut after `response_timeout`
+//! without a byte (nginx's `proxy_read_timeout`): the timer runs only while
+//! keygate is waiting for the upstream, never while the client is slow to
+//! read, and it is armed only when a read would block, so a body that
+//! streams without pause costs no timer at all.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::server::activity::InFlight;
 
 enum Inner {
-    Upstream(Incoming),
+    Upstream(Incoming, Stall),
     Bytes(Option<Bytes>),
 }
+
+/// The silence timer of an upstream body.
+struct Stall {
+    limit: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+/// Why an upstream body was cut: it stayed silent for `response_timeout`.
+#[derive(Debug)]
+pub struct UpstreamStalled(Duration);
+
+impl std::fmt::Display for UpstreamStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the upstream sent nothing for {:?} mid-body", self.0)
+    }
+}
+
+impl std::error::Error for UpstreamStalled {}
+
+/// The error a client connection sees when a response body is cut.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 pub struct ProxyBody {
     inner: Inner,
@@ -47,10 +78,15 @@ impl ProxyBody {
         }
     }
 
-    /// An upstream body, streamed through.
-    pub fn upstream(body: Incoming, metrics: Arc<Metrics>) -> Self {
+    /// An upstream body, streamed through; cut after `read_timeout` of silence.
+    pub fn upstream(body: Incoming, metrics: Arc<Metrics>, read_timeout: Duration) -> Self {
+        let stall = Stall {
+            limit: read_timeout,
+            timer: None,
+            armed: false,
+        };
         ProxyBody {
-            inner: Inner::Upstream(body),
+            inner: Inner::Upstream(body, stall),
             metrics: Some(metrics),
             _busy: None,
         }
@@ -65,36 +101,62 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         match &mut this.inner {
             Inner::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Upstream(body) => {
-                let polled = Pin::new(body).poll_frame(cx);
-                if let (Poll::Ready(Some(Err(_))), Some(m)) = (&polled, &this.metrics) {
-                    m.upstream_error(UpstreamErrorKind::Protocol);
+            Inner::Upstream(body, stall) => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    stall.armed = false;
+                    if let (Some(Err(_)), Some(m)) = (&frame, &this.metrics) {
+                        m.upstream_error(UpstreamErrorKind::Protocol);
+                    }
+                    Poll::Ready(frame.map(|r| r.map_err(BodyError::from)))
                 }
-                polled
-            }
+                Poll::Pending => {
+                    let deadline = Instant::now() + stall.limit;
+                    if !stall.armed {
+                        stall.armed = true;
+                        match &mut stall.timer {
+                            Some(t) => t.as_mut().reset(deadline),
+                            None => {
+                                stall.timer = Some(Box::pin(tokio::time::sleep_until(deadline)))
+                            }
+                        }
+                    }
+                    let fired = stall
+                        .timer
+                        .as_mut()
+                        .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+                    if !fired {
+                        return Poll::Pending;
+                    }
+                    if let Some(m) = &this.metrics {
+                        m.upstream_error(UpstreamErrorKind::Timeout);
+                    }
+                    tracing::warn!(timeout = ?stall.limit, "upstream went silent mid-body; response cut");
+                    Poll::Ready(Some(Err(Box::new(UpstreamStalled(stall.limit)))))
+                }
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Bytes(b) => b.is_none(),
-            Inner::Upstream(body) => body.is_end_stream(),
+            Inner::Upstream(body, _) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Inner::Upstream(body) => body.size_hint(),
+            Inner::Upstream(body, _) => body.size_hint(),
         }
     }
 }

@@ -286,7 +286,7 @@ impl Gateway {
         headers::strip_hop_by_hop(&mut parts.headers, switching);
         Ok(Response::from_parts(
             parts,
-            ProxyBody::upstream(body, self.metrics.clone()),
+            ProxyBody::upstream(body, self.metrics.clone(), self.upstream.response_timeout()),
         ))
     }
 }

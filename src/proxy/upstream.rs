@@ -79,6 +79,11 @@ impl Upstream {
             .map_err(|_| ProxyError::BadTarget)
     }
 
+    /// Also the longest silence allowed mid-body (see `ProxyBody`).
+    pub fn response_timeout(&self) -> std::time::Duration {
+        self.response_timeout
+    }
+
     /// Sends a request and waits for the response head. `response_timeout`
     /// starts once the request body has been sent (at once for a request
     /// without a body), so that a long upload is not cut as a slow upstream.

@@ -4,6 +4,7 @@
 //! - `/bytes/<n>`: streams n bytes (in 64 KiB chunks);
 //! - `/echo-body`: streams the request body back;
 //! - `/die-mid-body`: sends a head promising 1 MiB, some bytes, then drops;
+//! - `/stall-mid-body`: the same head and bytes, then silence for ever;
 //! - `/ws`: answers 101 and echoes bytes on the upgraded connection;
 //! - anything else: 200 with a small JSON body.
 
@@ -51,6 +52,8 @@ struct Chunks {
     fail: bool,
     /// Before failing, a pause, so that the head and first bytes are flushed.
     pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// After the bytes, neither an end nor an error: silence.
+    stall: bool,
 }
 
 impl hyper::body::Body for Chunks {
@@ -62,6 +65,9 @@ impl hyper::body::Body for Chunks {
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = self.get_mut();
         if this.left == 0 {
+            if this.stall {
+                return std::task::Poll::Pending;
+            }
             if this.fail {
                 let pause = this.pause.get_or_insert_with(|| {
                     Box::pin(tokio::time::sleep(Duration::from_millis(100)))
@@ -214,6 +220,7 @@ async fn answer(mut req: Request<Incoming>, record: &Mutex<Vec<Seen>>) -> Respon
                 index: 0,
                 fail: false,
                 pause: None,
+                stall: false,
             }
             .boxed(),
         );
@@ -242,6 +249,22 @@ async fn answer(mut req: Request<Incoming>, record: &Mutex<Vec<Seen>>) -> Respon
                 index: 0,
                 fail: true,
                 pause: None,
+                stall: false,
+            }
+            .boxed(),
+        );
+        r.headers_mut()
+            .insert("content-length", "1048576".parse().unwrap());
+        return r;
+    }
+    if path == "/stall-mid-body" {
+        let mut r = Response::new(
+            Chunks {
+                left: 1000,
+                index: 0,
+                fail: false,
+                pause: None,
+                stall: true,
             }
             .boxed(),
         );
