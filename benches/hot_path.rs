@@ -150,12 +150,12 @@ fn bench_index_apply(c: &mut Criterion) {
     for i in 0..4000 {
         full = full.apply(&IndexDelta {
             upserts: vec![one_key(i)],
-            revoked: vec![],
+            ..IndexDelta::default()
         });
     }
     let change = IndexDelta {
         upserts: vec![one_key(n)],
-        revoked: vec![],
+        ..IndexDelta::default()
     };
     let mut group = c.benchmark_group("index_apply");
     group.sample_size(20);
@@ -169,7 +169,7 @@ fn bench_index_apply(c: &mut Criterion) {
     // into a new base, the cost paid once every ~4096 changes.
     let fold = IndexDelta {
         upserts: (0..97).map(|i| one_key(n + 1 + i)).collect(),
-        revoked: vec![],
+        ..IndexDelta::default()
     };
     group.sample_size(10);
     group.bench_function("1000000/fold", |b| b.iter(|| black_box(full.apply(&fold))));

@@ -13,6 +13,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 const SOON: Duration = Duration::from_secs(10);
+/// Reconnection after an outage: the backoff may be at its 10 s cap.
+const RECONNECT: Duration = Duration::from_secs(30);
+
+async fn until_ready(gw: &PgGateway) {
+    eventually(&format!("{} ready", gw.addr), SOON, async || {
+        get(&format!("http://{}/readyz", gw.ops), &[]).await.status == 200
+    })
+    .await;
+}
 
 async fn status(gw: &PgGateway, method: &str, key: &str) -> u16 {
     send(method, &gw.url("/"), &[("x-api-key", key)], "")
@@ -227,9 +236,38 @@ fn the_database_enforces_the_rules_for_hand_written_sql_too() {
     );
     let e = db.exec_err("DELETE FROM keygate_revoked");
     assert!(e.contains("permanent"), "{e}");
+    let e = db.exec_err("UPDATE keygate_revoked SET hash = decode(repeat('00', 32), 'hex')");
+    assert!(e.contains("permanent"), "{e}");
     let e = db.exec_err("TRUNCATE keygate_keys");
     assert!(e.contains("cannot be truncated"), "{e}");
-    // A row the CLI would never write is reported with its id and column.
+    let e = db.exec_err("DELETE FROM keygate_state");
+    assert!(e.contains("cannot be deleted"), "{e}");
+    // A revoked hash cannot come back under a new id.
+    let e = db.exec_err(&format!(
+        "INSERT INTO keygate_keys (id, name, access, hash, created) \
+         SELECT 'key_again', 'again', 'full-access', hash, now() FROM keygate_revoked WHERE id = '{id}'"
+    ));
+    assert!(e.contains("deleted (revoked) key"), "{e}");
+    // Rows the CLI would never write are refused by CHECK constraints.
+    for (column, values) in [
+        ("name", "'key_a', E'bad\\nname', 'read-only'"),
+        ("id", "'KEY A', 'name', 'read-only'"),
+        ("access", "'key_a', 'name', 'admin'"),
+    ] {
+        let e = db.exec_err(&format!(
+            "INSERT INTO keygate_keys (id, name, access, hash, created) \
+             VALUES ({values}, decode(repeat('ab', 32), 'hex'), now())"
+        ));
+        assert!(e.contains("check constraint"), "{column}: {e}");
+    }
+    let e = db.exec_err(
+        "INSERT INTO keygate_keys (id, name, access, hash, created, expires) \
+         VALUES ('key_a', 'n', 'read-only', decode(repeat('ab', 32), 'hex'), now(), 'infinity')",
+    );
+    assert!(e.contains("check constraint"), "{e}");
+    // Should one get in anyway (constraints dropped by hand), `check`
+    // names the key and the column.
+    db.exec("ALTER TABLE keygate_keys DROP CONSTRAINT keygate_keys_name_check");
     db.exec(
         "INSERT INTO keygate_keys (id, name, access, hash, created) \
          VALUES ('key_handmade', E'bad\\nname', 'read-only', decode(repeat('ab', 32), 'hex'), now())",
@@ -258,19 +296,38 @@ fn concurrent_cli_writers_lose_no_update() {
                 }
             });
         }
-        // Meanwhile, renames of one key: each must land whole.
+        // Meanwhile, one key renamed by one operator and its access
+        // switched by another: each write reads the other's result, so both
+        // last changes land (without the writers' lock, one would undo the
+        // other's field).
         s.spawn(|| {
-            for i in 0..8 {
+            for i in 0..12 {
                 keys_cli(&db, &["update", &target, "--name", &format!("name {i}")]);
             }
         });
+        s.spawn(|| {
+            for i in 0..12 {
+                let access = if i % 2 == 0 {
+                    "read-only"
+                } else {
+                    "full-access"
+                };
+                keys_cli(&db, &["update", &target, "--access", access, "--force"]);
+            }
+        });
     });
+    assert_eq!(
+        db.query_text(&format!(
+            "SELECT access FROM keygate_keys WHERE id = '{target}'"
+        )),
+        "full-access"
+    );
     assert_eq!(db.query_text("SELECT count(*) FROM keygate_keys"), "25");
     assert_eq!(
         db.query_text(&format!(
             "SELECT name FROM keygate_keys WHERE id = '{target}'"
         )),
-        "name 7"
+        "name 11"
     );
     let listed: serde_json::Value =
         serde_json::from_str(&keys_cli(&db, &["list", "--json"])).unwrap();
@@ -285,9 +342,8 @@ async fn three_gateways_follow_create_downgrade_and_delete() {
         .map(|_| PgGateway::start(&db.url(), &upstream.url(), "5s"))
         .collect();
     for gw in &gws {
-        wait_for_metric(gw.ops, "keygate_store_connected", |v| v == 1.0).await;
-        let ready = get(&format!("http://{}/readyz", gw.ops), &[]).await;
-        assert_eq!(ready.status, 200);
+        until_ready(gw).await;
+        assert_eq!(metric(gw.ops, "keygate_store_connected").await, 1.0);
     }
 
     let (id, secret) = create_key(&db, "full-access");
@@ -337,22 +393,23 @@ async fn a_lost_notification_is_caught_by_the_resync_timer() {
     until_status(&gw, "GET", &second, 200).await;
     assert!(db.terminate_gateways() >= 1);
     keys_cli(&db, &["delete", &id, "--yes"]);
-    until_status(&gw, "GET", &secret, 401).await;
-    wait_for_metric(gw.ops, "keygate_store_connected", |v| v == 1.0).await;
-    eventually("the gateway reconnects", SOON, async || {
+    eventually("the deletion is applied", RECONNECT, async || {
+        status(&gw, "GET", &secret).await == 401
+    })
+    .await;
+    eventually("the gateway reconnects", RECONNECT, async || {
         db.gateway_connections() == 1
     })
     .await;
 }
 
 /// A change committed without its notification (as if lost with the
-/// listening connection): the transaction sets its version itself, so the
-/// trigger stamps the rows but sends nothing.
+/// listening connection): the transaction takes its version itself, so the
+/// trigger stamps the rows with it but sends nothing.
 fn silent_downgrade(db: &TestDb, id: &str) {
     db.exec(&format!(
-        "DO $$ DECLARE v bigint; BEGIN \
-           UPDATE keygate_state SET version = version + 1 RETURNING version INTO v; \
-           PERFORM set_config('keygate.tx_version', v::text, true); \
+        "DO $$ BEGIN \
+           UPDATE keygate_state SET version = version + 1, xid = pg_current_xact_id(); \
            UPDATE keygate_keys SET access = 'read-only' WHERE id = '{id}'; \
          END $$;"
     ));
@@ -401,11 +458,26 @@ async fn the_database_going_away_fails_no_request() {
             failed.clone(),
         );
         flows.push(tokio::spawn(async move {
+            // One kept-alive client per flow, a request every 2 ms: steady
+            // traffic that leaves the machine's two cores to the gateway.
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Full<bytes::Bytes>>();
             while !stop.load(Ordering::Relaxed) {
-                match status(&gw, "GET", &secret).await {
-                    200 => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
+                let req = http::Request::get(gw.url("/"))
+                    .header("x-api-key", &secret)
+                    .body(http_body_util::Full::default())
+                    .unwrap();
+                match client.request(req).await {
+                    Ok(r) if r.status() == 200 => {
+                        let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }));
     }
@@ -434,13 +506,20 @@ async fn the_database_going_away_fails_no_request() {
     );
 
     gate.up();
-    wait_for_metric(gw.ops, "keygate_store_connected", |v| v == 1.0).await;
+    // Reconnection waits out the backoff in force (up to 10 s).
+    eventually("reconnected", RECONNECT, async || {
+        metric(gw.ops, "keygate_store_connected").await == 1.0
+    })
+    .await;
     until_status(&gw, "GET", &created_meanwhile, 200).await;
 
     // And once more by terminating its connection from the server side.
     assert!(db.terminate_gateways() >= 1);
     let (_, after_kill) = create_key(&db, "read-only");
-    until_status(&gw, "GET", &after_kill, 200).await;
+    eventually("served after reconnection", RECONNECT, async || {
+        status(&gw, "GET", &after_kill).await == 200
+    })
+    .await;
 
     stop.store(true, Ordering::Relaxed);
     for f in flows {
@@ -494,4 +573,89 @@ async fn a_database_unreachable_at_start_means_not_ready_until_the_first_load() 
         .await,
         1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_counter_that_went_backwards_means_a_full_load_and_revocations_stick() {
+    let db = TestDb::migrated();
+    let upstream = TestUpstream::start().await;
+    let (deleted_id, deleted) = create_key(&db, "full-access");
+    let (_, kept) = create_key(&db, "read-only");
+    let gw = PgGateway::start(&db.url(), &upstream.url(), "1s");
+    until_status(&gw, "GET", &kept, 200).await;
+    keys_cli(&db, &["delete", &deleted_id, "--yes"]);
+    until_status(&gw, "GET", &deleted, 401).await;
+    // As after restoring an older backup: the counter is back at 0, the
+    // revocation is gone, and the deleted key's row is back.
+    db.exec(&format!(
+        "ALTER TABLE keygate_revoked DISABLE TRIGGER USER; \
+         ALTER TABLE keygate_keys DISABLE TRIGGER USER; \
+         DELETE FROM keygate_revoked; \
+         INSERT INTO keygate_keys (id, name, access, hash, created) \
+           VALUES ('{deleted_id}', 'restored', 'full-access', \
+                   decode('{}', 'hex'), now()); \
+         ALTER TABLE keygate_keys ENABLE TRIGGER USER; \
+         ALTER TABLE keygate_revoked ENABLE TRIGGER USER; \
+         UPDATE keygate_state SET version = 0, xid = NULL;",
+        blake3::hash(deleted.as_bytes()).to_hex()
+    ));
+    let (_, after_restore) = create_key(&db, "read-only");
+    // The gateway sees version 1 < its own: it loads everything...
+    until_status(&gw, "GET", &after_restore, 200).await;
+    assert!(gw.output().contains("went backwards"), "{}", gw.output());
+    // ...and the key it saw deleted stays refused.
+    assert_eq!(status(&gw, "GET", &deleted).await, 401);
+    assert_eq!(status(&gw, "GET", &kept).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_row_does_not_stop_the_fleet() {
+    let db = TestDb::migrated();
+    let upstream = TestUpstream::start().await;
+    let (bad_id, bad) = create_key(&db, "read-only");
+    let gw = PgGateway::start(&db.url(), &upstream.url(), "1s");
+    until_status(&gw, "GET", &bad, 200).await;
+    // Someone drops a constraint and stores a row keygate would not write.
+    db.exec("ALTER TABLE keygate_keys DROP CONSTRAINT keygate_keys_name_check");
+    db.exec(&format!(
+        "UPDATE keygate_keys SET name = E'bad\\nname' WHERE id = '{bad_id}'"
+    ));
+    // The running gateway refuses that key (fail closed) and goes on
+    // applying other changes.
+    until_status(&gw, "GET", &bad, 401).await;
+    let (_, good) = create_key(&db, "read-only");
+    until_status(&gw, "GET", &good, 200).await;
+    assert!(
+        gw.output()
+            .contains("invalid key row left out of the index"),
+        "{}",
+        gw.output()
+    );
+    // A gateway starting now becomes ready and serves the good keys.
+    let fresh = PgGateway::start(&db.url(), &upstream.url(), "1s");
+    until_ready(&fresh).await;
+    assert_eq!(status(&fresh, "GET", &good).await, 200);
+    assert_eq!(status(&fresh, "GET", &bad).await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_database_password_never_reaches_the_log() {
+    let upstream = TestUpstream::start().await;
+    // Nothing listens on port 1: every attempt fails and is logged.
+    let gw = PgGateway::start(
+        "postgres://keygate:s3cret-pw@127.0.0.1:1/keygate?sslmode=disable&connect_timeout=1",
+        &upstream.url(),
+        "1s",
+    );
+    eventually("a failed attempt is logged", SOON, async || {
+        gw.output().contains("key store unreachable")
+    })
+    .await;
+    assert!(
+        gw.output()
+            .contains("postgres://keygate@127.0.0.1:1/keygate"),
+        "{}",
+        gw.output()
+    );
+    assert!(!gw.output().contains("s3cret"), "{}", gw.output());
 }

@@ -101,7 +101,8 @@ async fn run_gateway(
     tokio::spawn(serve_ops(ops, metrics.clone(), health.clone()));
     tokio::spawn(reloader.watch(hangup));
     if let Some(sync) = pg_sync {
-        tokio::spawn(sync.run());
+        sync.spawn()
+            .map_err(|e| CliError::user(format!("cannot start the key store sync: {e}")))?;
     }
     tracing::info!(client.addr = %client_addr, ops.addr = %ops_addr, tls = config.server.tls.is_some(), upstream = %config.upstream.url, "keygate listening");
     on_ready(client_addr, ops_addr);

@@ -31,6 +31,9 @@ pub struct KeyEntry {
 enum Slot {
     Active(KeyEntry),
     Revoked,
+    /// In an overlay: the key is gone (its row became unreadable), masking
+    /// the base map.
+    Absent,
 }
 
 /// Result of looking a digest up.
@@ -68,11 +71,13 @@ pub struct KeyIndex {
 pub struct IndexDelta {
     pub upserts: Vec<super::KeyRecord>,
     pub revoked: Vec<KeyHash>,
+    /// Keys to drop (not revoke): rows a gateway could not read.
+    pub removed: Vec<KeyHash>,
 }
 
 impl IndexDelta {
     pub fn len(&self) -> usize {
-        self.upserts.len() + self.revoked.len()
+        self.upserts.len() + self.revoked.len() + self.removed.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -148,6 +153,12 @@ impl KeyIndex {
             }
             next.overlay.insert(r.hash, Slot::Active(e));
         }
+        for h in &delta.removed {
+            if matches!(next.slot(h), Some(Slot::Active(_))) {
+                next.uncount(h);
+                next.overlay.insert(*h, Slot::Absent);
+            }
+        }
         for h in &delta.revoked {
             next.uncount(h);
             next.overlay.insert(*h, Slot::Revoked);
@@ -162,7 +173,16 @@ impl KeyIndex {
     /// Folds the overlay into a new base map.
     fn compact(&mut self) {
         let mut map = Map::clone(&self.base);
-        map.extend(self.overlay.drain());
+        for (h, slot) in self.overlay.drain() {
+            match slot {
+                Slot::Absent => {
+                    map.remove(&h);
+                }
+                s => {
+                    map.insert(h, s);
+                }
+            }
+        }
         self.base = Arc::new(map);
     }
 
@@ -200,7 +220,7 @@ impl KeyIndex {
         match self.slot(hash) {
             Some(Slot::Active(e)) => Lookup::Found(e),
             Some(Slot::Revoked) => Lookup::Revoked,
-            None => Lookup::Unknown,
+            Some(Slot::Absent) | None => Lookup::Unknown,
         }
     }
 
@@ -291,6 +311,7 @@ mod tests {
                 record("b", "sb", Access::ReadOnly),
             ],
             revoked: vec![KeyHash::of(b"sa")],
+            removed: vec![],
         });
         assert!(matches!(new.lookup(&KeyHash::of(b"sc")), Lookup::Found(e) if e.id() == "c"));
         assert!(
@@ -311,10 +332,12 @@ mod tests {
         let idx = KeyIndex::build(&snapshot(&[])).apply(&IndexDelta {
             upserts: vec![],
             revoked: vec![KeyHash::of(b"sa")],
+            removed: vec![],
         });
         let idx = idx.apply(&IndexDelta {
             upserts: vec![record("a", "sa", Access::ReadOnly)],
             revoked: vec![],
+            removed: vec![],
         });
         assert!(matches!(idx.lookup(&KeyHash::of(b"sa")), Lookup::Revoked));
         assert_eq!(counts(&idx), (0, 1));
@@ -326,7 +349,7 @@ mod tests {
         for i in 0..5000 {
             idx = idx.apply(&IndexDelta {
                 upserts: vec![record(&format!("k{i}"), &format!("s{i}"), Access::ReadOnly)],
-                revoked: vec![],
+                ..IndexDelta::default()
             });
         }
         assert!(idx.overlay_len() < 5000, "overlay was never compacted");
@@ -335,6 +358,33 @@ mod tests {
             let h = KeyHash::of(format!("s{i}").as_bytes());
             assert!(matches!(idx.lookup(&h), Lookup::Found(_)));
         }
+    }
+
+    #[test]
+    fn a_removed_key_is_unknown_and_stays_so_through_a_fold() {
+        let idx = KeyIndex::build(&snapshot(&[])).apply(&IndexDelta {
+            removed: vec![KeyHash::of(b"sa"), KeyHash::of(b"never-there")],
+            ..IndexDelta::default()
+        });
+        assert!(matches!(idx.lookup(&KeyHash::of(b"sa")), Lookup::Unknown));
+        assert_eq!(counts(&idx), (0, 1));
+        let mut folded = idx.clone();
+        folded.compact();
+        assert!(matches!(
+            folded.lookup(&KeyHash::of(b"sa")),
+            Lookup::Unknown
+        ));
+        assert!(matches!(
+            folded.lookup(&KeyHash::of(b"sb")),
+            Lookup::Found(_)
+        ));
+        // Fixed later: back in the index.
+        let back = folded.apply(&IndexDelta {
+            upserts: vec![record("a", "sa", Access::ReadOnly)],
+            ..IndexDelta::default()
+        });
+        assert!(matches!(back.lookup(&KeyHash::of(b"sa")), Lookup::Found(_)));
+        assert_eq!(counts(&back), (1, 1));
     }
 
     #[test]

@@ -5,14 +5,18 @@
 //! resync timer (the safety net for notifications lost with a connection),
 //! triggers a sync: in one REPEATABLE READ snapshot, read the counter and the
 //! rows stamped after the last version applied, then apply them as a delta
-//! (`KeyIndex::apply`, no rebuild). A counter that went backwards (database
-//! restored or recreated) triggers a full load.
+//! (`KeyIndex::apply`, no rebuild). Every new connection starts with a full
+//! load: the database may have failed over to a replica or been restored
+//! meanwhile, with a counter that reads the same as before but different
+//! history behind it, and a delta would miss those changes.
 //!
 //! Faults: a failed connect, query or sync drops the session; the index
 //! stays as it is, `keygate_store_connected` turns 0, and the task reconnects
 //! with jittered exponential backoff (250 ms up to 10 s), then resyncs from
 //! its last version. Requests never wait on any of this: they read the index
-//! through one atomic pointer load.
+//! through one atomic pointer load, and the task runs on a thread and runtime
+//! of its own (`spawn`), so decoding a million rows never holds a request
+//! worker.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -71,6 +75,32 @@ impl PgSync {
         }
     }
 
+    /// Runs the sync loop on a thread of its own, with its own single-thread
+    /// runtime. If it ever ends (a panic), the store is reported disconnected
+    /// and an error logged: the gateway keeps serving its last index.
+    pub fn spawn(self) -> std::io::Result<()> {
+        let metrics = self.metrics.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("keygate-store-sync".into())
+            .spawn(move || {
+                struct Ended(Arc<Metrics>);
+                impl Drop for Ended {
+                    fn drop(&mut self) {
+                        self.0.store_connected(false);
+                        tracing::error!(
+                            "key store sync stopped; serving the last index until restart"
+                        );
+                    }
+                }
+                let _ended = Ended(metrics);
+                rt.block_on(self.run());
+            })?;
+        Ok(())
+    }
+
     /// Runs until the task is dropped. SIGHUP forces a sync (the serve
     /// command has already installed a SIGHUP handler before this starts,
     /// so the signal never kills the process).
@@ -123,12 +153,12 @@ impl PgSync {
             .batch_execute(&format!("LISTEN {}", schema::CHANNEL))
             .await
             .map_err(|e| postgres_err(&self.store, "listen", &e))?;
-        self.metrics.store_connected(true);
         tracing::info!(
             store = self.store.label(),
             "connected to the key store; listening for changes"
         );
-        self.sync(&mut client).await?;
+        self.sync(&mut client, true).await?;
+        self.metrics.store_connected(true);
         let mut tick = tokio::time::interval_at(Instant::now() + self.resync, self.resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -141,7 +171,7 @@ impl PgSync {
                     tracing::info!(store = self.store.label(), "SIGHUP: syncing with the key store now");
                 }
             }
-            self.sync(&mut client).await?;
+            self.sync(&mut client, false).await?;
         }
     }
 
@@ -149,10 +179,11 @@ impl PgSync {
         StoreError::Database(format!("{}: {action} timed out", self.store.label()))
     }
 
-    /// Brings the index up to the database's change counter.
-    async fn sync(&mut self, client: &mut Client) -> Result<(), StoreError> {
+    /// Brings the index up to the database's change counter: the changes
+    /// since the last version applied, or everything if `full`.
+    async fn sync(&mut self, client: &mut Client, full: bool) -> Result<(), StoreError> {
         let store = self.store.clone();
-        let since = self.version;
+        let since = if full { None } else { self.version };
         let work = async {
             let err = |e| postgres_err(&store, "sync", &e);
             let tx = client
@@ -172,12 +203,16 @@ impl PgSync {
                             now = changes.version,
                             "the store's change counter went backwards (database restored?); loading it whole"
                         );
-                        Loaded::Full(postgres::load_snapshot(&tx, &store).await?)
+                        Loaded::Full(
+                            postgres::load_snapshot(&tx, &store, postgres::BadRows::Skip).await?,
+                        )
                     } else {
                         Loaded::Delta(changes)
                     }
                 }
-                None => Loaded::Full(postgres::load_snapshot(&tx, &store).await?),
+                None => Loaded::Full(
+                    postgres::load_snapshot(&tx, &store, postgres::BadRows::Skip).await?,
+                ),
             };
             tx.commit().await.map_err(err)?;
             Ok::<_, StoreError>(loaded)
@@ -198,7 +233,11 @@ impl PgSync {
                 self.health.set_loaded();
                 tracing::info!(
                     result = "success",
-                    cause = if since.is_none() { "start" } else { "resync" },
+                    cause = if self.version.is_none() {
+                        "start"
+                    } else {
+                        "reconnect"
+                    },
                     store = self.store.label(),
                     version,
                     keys,

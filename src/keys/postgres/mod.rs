@@ -7,9 +7,11 @@
 //! bottom: a full load at start and deltas by change counter afterwards
 //! (see `reload::postgres`).
 //!
-//! TLS: `sslmode=disable` connects in plain text; otherwise (libpq's default
-//! `prefer`, or `require`) keygate insists on TLS verified against the
-//! system's roots, so a password never crosses the network in the clear.
+//! TLS: `sslmode=disable` connects in plain text; any other mode (libpq's
+//! default `prefer`, `require`, `verify-ca`, `verify-full`) makes keygate
+//! insist on TLS, verified like `verify-full` against the system's roots
+//! plus `sslrootcert=FILE` if the URL names one: no silent fall-back to plain
+//! text, so a password never crosses the network in the clear.
 
 mod rows;
 pub mod schema;
@@ -18,12 +20,13 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
 
+use rustls_pki_types::pem::PemObject;
 use tokio::sync::mpsc;
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-pub use rows::{Changes, load_changes, load_snapshot, state_version};
+pub use rows::{BadRows, Changes, load_changes, load_snapshot, state_version};
 
 use super::{KeyHash, KeyRecord, KeySet, StoreError, StoreSnapshot};
 
@@ -59,22 +62,39 @@ pub(crate) fn db_err(store: &PgStore, action: &str, e: &tokio_postgres::Error) -
     }
     if msg.contains("TLS handshake") {
         msg.push_str(
-            " (keygate verifies the database's certificate against the system's roots; \
-             on a trusted network, sslmode=disable in the URL connects without TLS)",
+            " (keygate verifies the database's certificate against the system's roots: \
+             name the CA that signed it with sslrootcert=FILE in the URL)",
         );
     }
     StoreError::Database(format!("{}: cannot {action}: {msg}", store.label))
 }
 
 impl PgStore {
-    /// Parses a `postgres://` URL (or a libpq key=value string). The error
-    /// never repeats the URL, which may hold a password.
+    /// Parses a `postgres://` URL. The error never repeats the URL, which
+    /// may hold a password.
     pub fn from_url(url: &str) -> Result<PgStore, String> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
+        let (url, ca) = take_tls_params(url)?;
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e: tokio_postgres::Error| {
+                let mut msg = format!("not a valid PostgreSQL URL: {e}");
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    msg.push_str(": ");
+                    msg.push_str(&s.to_string());
+                    source = s.source();
+                }
+                msg
+            })?;
         if config.get_hosts().is_empty() {
             return Err("the PostgreSQL URL names no host".into());
+        }
+        if let Some(Host::Tcp(h)) = config.get_hosts().first()
+            && h.contains('@')
+        {
+            return Err(
+                "the PostgreSQL URL's host contains '@': percent-encode '@' in the password (%40)"
+                    .into(),
+            );
         }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
@@ -90,8 +110,24 @@ impl PgStore {
         let tls = match config.get_ssl_mode() {
             SslMode::Disable => None,
             _ => {
+                // `prefer` would carry on in plain text if the server (or
+                // someone in between) declines TLS.
+                config.ssl_mode(SslMode::Require);
                 let mut roots = rustls::RootCertStore::empty();
                 roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+                if let Some(path) = &ca {
+                    let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+                        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                        .map_err(|e| format!("sslrootcert {path}: {e}"))?;
+                    if certs.is_empty() {
+                        return Err(format!("sslrootcert {path}: no certificate in the file"));
+                    }
+                    for cert in certs {
+                        roots
+                            .add(cert)
+                            .map_err(|e| format!("sslrootcert {path}: {e}"))?;
+                    }
+                }
                 let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
                     rustls::crypto::ring::default_provider(),
                 ))
@@ -161,7 +197,7 @@ impl PgStore {
         self.block_on(async {
             let client = self.connect("keygate-cli", None).await?;
             schema::require_current(&client, self).await?;
-            let (snapshot, _) = load_snapshot(&client, self).await?;
+            let (snapshot, _) = load_snapshot(&client, self, BadRows::Refuse).await?;
             Ok(snapshot)
         })
     }
@@ -207,11 +243,15 @@ impl PgStore {
             schema::require_current(&client, self).await?;
             let err = |e| db_err(self, "write the keys", &e);
             let tx = client.transaction().await.map_err(err)?;
-            tx.batch_execute("LOCK TABLE keygate_keys IN SHARE ROW EXCLUSIVE MODE")
-                .await
-                .map_err(err)?;
+            // An operator's transaction left open by hand must not hang the CLI.
+            tx.batch_execute(
+                "SET LOCAL lock_timeout = '15s';
+                 LOCK TABLE keygate_keys IN SHARE ROW EXCLUSIVE MODE",
+            )
+            .await
+            .map_err(err)?;
             let before = match scope {
-                None => load_snapshot(&tx, self).await?.0,
+                None => load_snapshot(&tx, self, BadRows::Refuse).await?.0,
                 Some(ids) => {
                     let records = rows::load_ids(&tx, self, ids).await?;
                     StoreSnapshot {
@@ -229,6 +269,35 @@ impl PgStore {
             Ok(out)
         })
     }
+}
+
+/// Takes what tokio-postgres does not parse out of the URL's query:
+/// `sslmode=verify-ca|verify-full` (rustls always verifies fully, so they
+/// become `require`) and `sslrootcert=FILE`. Returns the URL to parse and the
+/// CA file. Only URLs are accepted: a key=value string would be mistaken for
+/// a file path by the config.
+fn take_tls_params(url: &str) -> Result<(String, Option<String>), String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err("must be a postgres:// URL".into());
+    }
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), None));
+    };
+    let mut ca = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("sslrootcert", path)) => ca = Some(path.to_string()),
+            Some(("sslmode", "verify-ca" | "verify-full")) => kept.push("sslmode=require"),
+            _ => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, ca))
 }
 
 /// Polls a connection, forwarding notifications, until it closes.
@@ -249,6 +318,53 @@ where
                 return;
             }
             None => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_parameters_are_taken_out_of_the_url() {
+        let (url, ca) = take_tls_params(
+            "postgres://u:p@db/k?sslmode=verify-full&sslrootcert=/ca.pem&application_name=x",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            url,
+            "postgres://u:p@db/k?sslmode=require&application_name=x"
+        );
+        assert_eq!(ca.as_deref(), Some("/ca.pem"));
+        assert!(take_tls_params("host=db password=secret").is_err());
+    }
+
+    #[test]
+    fn any_mode_but_disable_requires_tls_and_errors_never_show_the_password() {
+        for url in [
+            "postgres://u:pw@db/k",
+            "postgres://u:pw@db/k?sslmode=prefer",
+        ] {
+            let store = PgStore::from_url(url).unwrap_or_else(|e| panic!("{e}"));
+            assert!(store.tls.is_some());
+            assert_eq!(store.config.get_ssl_mode(), SslMode::Require);
+            assert_eq!(store.label(), "postgres://u@db:5432/k");
+            assert!(!format!("{store:?}").contains("pw"));
+        }
+        let plain = PgStore::from_url("postgres://u@db/k?sslmode=disable")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(plain.tls.is_none());
+        for bad in [
+            "postgres://u:s3cret@db/k?sslmode=bogus",
+            "postgres://u:s3@cret@db/k",
+            "postgres://u:s3cret@db/k?sslmode=require&sslrootcert=/nonexistent/ca.pem",
+        ] {
+            let e = PgStore::from_url(bad).err().unwrap_or_default();
+            assert!(
+                !e.is_empty() && !e.contains("s3cret") && !e.contains("cret@"),
+                "{e}"
+            );
         }
     }
 }

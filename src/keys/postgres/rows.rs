@@ -10,7 +10,7 @@ use tokio_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 
 use super::{PgStore, db_err};
-use crate::keys::record::{normalize_origin, validate_name};
+use crate::keys::record::{latest_time, normalize_origin, validate_name};
 use crate::keys::{IndexDelta, KeyHash, KeyId, KeyRecord, KeySet, StoreError, StoreSnapshot};
 
 const KEY_COLUMNS: &str = "id, name, access, hash, created, expires, origins";
@@ -39,6 +39,13 @@ pub(crate) fn record(
     validate_name(&name).map_err(|e| at("name", e))?;
     let access = access.parse().map_err(|e| at("access", e))?;
     let hash = KeyHash::from_slice(hash).map_err(|e| at("hash", e))?;
+    let in_range = |t: SystemTime| t >= SystemTime::UNIX_EPOCH && t <= latest_time();
+    if !in_range(created) {
+        return Err(at("created", "must be between 1970 and 9999".into()));
+    }
+    if expires.is_some_and(|t| !in_range(t)) {
+        return Err(at("expires", "must be between 1970 and 9999".into()));
+    }
     let origins = origins
         .iter()
         .map(|o| normalize_origin(o))
@@ -55,32 +62,64 @@ pub(crate) fn record(
     })
 }
 
+/// How a row that fails validation is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadRows {
+    /// An error (the CLI and `check`: the operator must fix it).
+    Refuse,
+    /// Logged and left out of the index (a gateway: one bad row must not
+    /// stop the fleet from applying every other change). Its key, if its
+    /// hash is readable, is refused: fail closed.
+    Skip,
+}
+
+/// Rows read: valid records, and the hashes of invalid rows (with `Skip`).
+struct KeyRows {
+    records: Vec<KeyRecord>,
+    refused: Vec<KeyHash>,
+}
+
 async fn key_rows(
     client: &impl GenericClient,
     store: &PgStore,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
-) -> Result<Vec<KeyRecord>, StoreError> {
+    bad: BadRows,
+) -> Result<KeyRows, StoreError> {
     let err = |e| db_err(store, "read the keys", &e);
     let stream = client
         .query_raw(sql, params.iter().copied())
         .await
         .map_err(err)?;
     let mut stream = std::pin::pin!(stream);
-    let mut out = Vec::new();
+    let mut out = KeyRows {
+        records: Vec::new(),
+        refused: Vec::new(),
+    };
     while let Some(row) = stream.try_next().await.map_err(err)? {
         let id: &str = row.try_get(0).map_err(err)?;
-        let r = record(
+        let hash: &[u8] = row.try_get(3).map_err(err)?;
+        let checked = record(
             id,
             row.try_get(1).map_err(err)?,
             row.try_get(2).map_err(err)?,
-            row.try_get(3).map_err(err)?,
+            hash,
             row.try_get(4).map_err(err)?,
             row.try_get(5).map_err(err)?,
             row.try_get(6).map_err(err)?,
-        )
-        .map_err(|e| StoreError::Database(format!("{}: {e}", store.label())))?;
-        out.push(r);
+        );
+        match (checked, bad) {
+            (Ok(r), _) => out.records.push(r),
+            (Err(e), BadRows::Refuse) => {
+                return Err(StoreError::Database(format!("{}: {e}", store.label())));
+            }
+            (Err(e), BadRows::Skip) => {
+                tracing::error!(store = store.label(), error = %e, "invalid key row left out of the index; the key is refused until the row is fixed");
+                if let Ok(h) = KeyHash::from_slice(hash) {
+                    out.refused.push(h);
+                }
+            }
+        }
     }
     Ok(out)
 }
@@ -113,13 +152,15 @@ pub(super) async fn load_ids(
         return Ok(Vec::new());
     }
     let ids: Vec<&str> = ids.to_vec();
-    key_rows(
+    Ok(key_rows(
         client,
         store,
         &format!("SELECT {KEY_COLUMNS} FROM keygate_keys WHERE id = ANY($1) ORDER BY created, id"),
         &[&ids],
+        BadRows::Refuse,
     )
-    .await
+    .await?
+    .records)
 }
 
 /// The change counter.
@@ -140,6 +181,7 @@ pub async fn state_version(
 pub async fn load_snapshot(
     client: &impl GenericClient,
     store: &PgStore,
+    bad: BadRows,
 ) -> Result<(StoreSnapshot, i64), StoreError> {
     let version = state_version(client, store).await?;
     let records = key_rows(
@@ -147,8 +189,10 @@ pub async fn load_snapshot(
         store,
         &format!("SELECT {KEY_COLUMNS} FROM keygate_keys ORDER BY created, id"),
         &[],
+        bad,
     )
-    .await?;
+    .await?
+    .records;
     let keys = KeySet::from_records(records)
         .map_err(|(_, e)| StoreError::Database(format!("{}: keygate_keys: {e}", store.label())))?;
     let revoked: HashSet<KeyHash> =
@@ -173,11 +217,12 @@ pub async fn load_changes(
             version,
         });
     }
-    let upserts = key_rows(
+    let rows = key_rows(
         client,
         store,
         &format!("SELECT {KEY_COLUMNS} FROM keygate_keys WHERE version > $1"),
         &[&since],
+        BadRows::Skip,
     )
     .await?;
     let revoked = revoked_rows(
@@ -188,7 +233,11 @@ pub async fn load_changes(
     )
     .await?;
     Ok(Changes {
-        delta: IndexDelta { upserts, revoked },
+        delta: IndexDelta {
+            upserts: rows.records,
+            revoked,
+            removed: rows.refused,
+        },
         version,
     })
 }

@@ -1,17 +1,21 @@
 //! The PostgreSQL store's schema, as numbered migrations, and the version check.
 //!
 //! The database itself keeps the change counter honest, whoever writes:
-//! - every insert or update of a key or a revocation is stamped by a trigger
-//!   with its transaction's version, taken once per transaction from the
-//!   one-row `keygate_state` (whose row lock orders writers, so versions
-//!   become visible in order: a gateway that has seen version N has seen
-//!   everything below it);
+//! - every insert, update or delete of a key, and every revocation, is
+//!   stamped by a trigger with its transaction's version, taken once per
+//!   transaction (recognised by its transaction id) from the one-row
+//!   `keygate_state`, whose row lock orders writers: versions become visible
+//!   in order, so a gateway that has seen version N has seen everything
+//!   below it;
 //! - the same function sends `NOTIFY keygate_changes, '<version>'`, delivered
 //!   at commit (PostgreSQL folds repeats within a transaction into one);
 //! - deleting a key, by `keygate keys delete` or by hand in SQL, revokes its
-//!   hash; a hash never changes; revocations are never deleted; TRUNCATE is
-//!   refused. Incremental sync relies on these rules, so they live in the
-//!   database rather than only in the CLI.
+//!   hash; a hash never changes; revocations are never changed or deleted;
+//!   the counter row cannot be deleted; TRUNCATE is refused; CHECK
+//!   constraints hold every column to what the file store's parser accepts.
+//!   Incremental sync relies on these rules, so they live in the database
+//!   rather than only in the CLI. (A superuser can still disable triggers;
+//!   nothing in a database stops that.)
 
 use tokio_postgres::GenericClient;
 
@@ -30,18 +34,26 @@ pub const CURRENT: i32 = MIGRATIONS.len() as i32;
 const V1: &str = r#"
 CREATE TABLE keygate_state (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    version bigint NOT NULL
+    version bigint NOT NULL CHECK (version >= 0),
+    -- The transaction that last took a version: a transaction takes one
+    -- version, however many rows it writes.
+    xid xid8
 );
 INSERT INTO keygate_state (version) VALUES (0);
 
+-- The same rules as the file store's parser, so that no writer can store a
+-- row a gateway would have to refuse.
 CREATE TABLE keygate_keys (
-    id text PRIMARY KEY,
-    name text NOT NULL,
+    id text PRIMARY KEY CHECK (id ~ '^[a-z0-9_]{1,32}$'),
+    name text NOT NULL CHECK (char_length(name) BETWEEN 1 AND 200 AND name !~ '[[:cntrl:]]'),
     access text NOT NULL CHECK (access IN ('read-only', 'full-access')),
     hash bytea NOT NULL UNIQUE CHECK (octet_length(hash) = 32),
-    created timestamptz NOT NULL,
-    expires timestamptz,
-    origins text[] NOT NULL DEFAULT '{}',
+    created timestamptz NOT NULL
+        CHECK (created BETWEEN '1970-01-01T00:00:00Z' AND '9999-12-31T23:59:59Z'),
+    expires timestamptz
+        CHECK (expires BETWEEN '1970-01-01T00:00:00Z' AND '9999-12-31T23:59:59Z'),
+    origins text[] NOT NULL DEFAULT '{}'
+        CHECK (array_ndims(origins) IS NULL OR array_ndims(origins) = 1),
     version bigint NOT NULL DEFAULT 0
 );
 CREATE INDEX keygate_keys_version ON keygate_keys (version);
@@ -54,21 +66,27 @@ CREATE TABLE keygate_revoked (
 );
 CREATE INDEX keygate_revoked_version ON keygate_revoked (version);
 
+-- The calling transaction's version: the first call bumps the counter (its
+-- row lock then orders this transaction after every earlier writer) and
+-- queues the notification; later calls in the same transaction return it.
 CREATE FUNCTION keygate_tx_version() RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
-    seen text := current_setting('keygate.tx_version', true);
     stamped bigint;
 BEGIN
-    IF seen IS NOT NULL AND seen <> '' THEN
-        RETURN seen::bigint;
+    UPDATE keygate_state SET version = version + 1, xid = pg_current_xact_id()
+        WHERE xid IS DISTINCT FROM pg_current_xact_id()
+        RETURNING version INTO stamped;
+    IF FOUND THEN
+        PERFORM pg_notify('keygate_changes', stamped::text);
+        RETURN stamped;
     END IF;
-    UPDATE keygate_state SET version = version + 1 RETURNING version INTO stamped;
-    PERFORM set_config('keygate.tx_version', stamped::text, true);
-    PERFORM pg_notify('keygate_changes', stamped::text);
+    SELECT version INTO STRICT stamped FROM keygate_state;
     RETURN stamped;
 END $$;
 
 CREATE FUNCTION keygate_keys_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    stamped bigint := keygate_tx_version();
 BEGIN
     IF TG_OP = 'DELETE' THEN
         INSERT INTO keygate_revoked (hash, id) VALUES (OLD.hash, OLD.id)
@@ -81,7 +99,7 @@ BEGIN
     IF TG_OP = 'INSERT' AND EXISTS (SELECT 1 FROM keygate_revoked WHERE hash = NEW.hash) THEN
         RAISE EXCEPTION 'keygate: key % has the hash of a deleted (revoked) key', NEW.id;
     END IF;
-    NEW.version := keygate_tx_version();
+    NEW.version := stamped;
     RETURN NEW;
 END $$;
 CREATE TRIGGER keygate_keys_stamp BEFORE INSERT OR UPDATE OR DELETE ON keygate_keys
@@ -89,7 +107,7 @@ CREATE TRIGGER keygate_keys_stamp BEFORE INSERT OR UPDATE OR DELETE ON keygate_k
 
 CREATE FUNCTION keygate_revoked_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'DELETE' THEN
+    IF TG_OP <> 'INSERT' THEN
         RAISE EXCEPTION 'keygate: revocations are permanent';
     END IF;
     NEW.version := keygate_tx_version();
@@ -97,6 +115,13 @@ BEGIN
 END $$;
 CREATE TRIGGER keygate_revoked_stamp BEFORE INSERT OR UPDATE OR DELETE ON keygate_revoked
     FOR EACH ROW EXECUTE FUNCTION keygate_revoked_stamp();
+
+CREATE FUNCTION keygate_state_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'keygate: the change counter cannot be deleted';
+END $$;
+CREATE TRIGGER keygate_state_guard BEFORE DELETE ON keygate_state
+    FOR EACH ROW EXECUTE FUNCTION keygate_state_guard();
 
 CREATE FUNCTION keygate_refuse_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -106,23 +131,27 @@ CREATE TRIGGER keygate_keys_no_truncate BEFORE TRUNCATE ON keygate_keys
     FOR EACH STATEMENT EXECUTE FUNCTION keygate_refuse_truncate();
 CREATE TRIGGER keygate_revoked_no_truncate BEFORE TRUNCATE ON keygate_revoked
     FOR EACH STATEMENT EXECUTE FUNCTION keygate_refuse_truncate();
+CREATE TRIGGER keygate_state_no_truncate BEFORE TRUNCATE ON keygate_state
+    FOR EACH STATEMENT EXECUTE FUNCTION keygate_refuse_truncate();
 "#;
 
 /// The schema version a database is at: 0 when keygate was never migrated there.
 pub async fn version(client: &impl GenericClient, store: &PgStore) -> Result<i32, StoreError> {
+    let err = |e| db_err(store, "read the schema version", &e);
     let exists: bool = client
         .query_one("SELECT to_regclass('keygate_schema') IS NOT NULL", &[])
         .await
-        .map_err(|e| db_err(store, "read the schema version", &e))?
-        .get(0);
+        .map_err(err)?
+        .try_get(0)
+        .map_err(err)?;
     if !exists {
         return Ok(0);
     }
     let row = client
         .query_one("SELECT coalesce(max(version), 0) FROM keygate_schema", &[])
         .await
-        .map_err(|e| db_err(store, "read the schema version", &e))?;
-    Ok(row.get(0))
+        .map_err(err)?;
+    row.try_get(0).map_err(err)
 }
 
 /// Refuses a database whose schema is not the one this build knows.
