@@ -187,6 +187,53 @@ async fn websocket_upgrade_passes_through_both_ways() {
     );
 }
 
+/// Opens a WebSocket tunnel through the gateway and checks it echoes.
+async fn open_tunnel(gw: &TestGateway) -> tokio::net::TcpStream {
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nx-api-key: {}\r\n\r\n",
+        gw.keys.read_only
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        tcp.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    tcp.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    tcp.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping");
+    tcp
+}
+
+#[tokio::test]
+async fn websocket_tunnels_count_against_max_connections() {
+    let upstream = TestUpstream::start().await;
+    let setup = Setup {
+        server: "max_connections = 2".into(),
+        ..Setup::default()
+    };
+    let gw = TestGateway::start_with(&upstream.url(), setup);
+    // Two tunnels: hyper is done with both connections, the tunnels are not.
+    let a = open_tunnel(&gw).await;
+    let b = open_tunnel(&gw).await;
+    wait_for_metric(gw.ops, "keygate_connections_active", |v| v == 2.0).await;
+    let url = gw.url("/");
+    let key = gw.keys.read_only.clone();
+    let third = tokio::spawn(async move { get(&url, &[("x-api-key", &key)]).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served while two tunnels held max_connections = 2"
+    );
+    drop(a);
+    assert_eq!(third.await.unwrap().status, 200);
+    drop(b);
+}
+
 #[tokio::test]
 async fn upstream_down_is_502_and_counted() {
     let upstream = TestUpstream::start().await;

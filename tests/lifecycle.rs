@@ -58,6 +58,47 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     );
 }
 
+// Multi-thread: `wait_exit` blocks, and the in-process upstream must still run.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_waits_for_an_open_websocket_tunnel() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = TestUpstream::start().await;
+    let mut gw = TestGateway::start(&upstream.url());
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nx-api-key: {}\r\n\r\n",
+        gw.keys.read_only
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        tcp.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+
+    gw.signal("TERM");
+    let ops = gw.ops;
+    wait_until("/readyz to turn 503", || async move {
+        get(&format!("http://{ops}/readyz"), &[]).await.status == 503
+    })
+    .await;
+    // Draining: the tunnel still carries data...
+    tcp.write_all(b"still here").await.unwrap();
+    let mut echoed = [0u8; 10];
+    tcp.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"still here");
+    // ...and the gateway exits once it closes, well before drain_timeout (30 s).
+    drop(tcp);
+    assert!(gw.wait_exit().success());
+    assert!(
+        gw.output().contains("every connection finished"),
+        "{}",
+        gw.output()
+    );
+}
+
 #[tokio::test]
 async fn drain_timeout_bounds_the_wait() {
     let upstream = TestUpstream::start().await;

@@ -40,6 +40,10 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The peer's IP as a header value, formatted once per connection.
     pub peer_ip: HeaderValue,
+    /// The connection's slot under `server.max_connections`. A WebSocket
+    /// tunnel outlives hyper's connection and keeps a share of it, so that
+    /// tunnels count against the limit and the shutdown drain waits for them.
+    pub slot: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 impl ConnInfo {
@@ -47,7 +51,17 @@ impl ConnInfo {
         // An IP address always formats to a valid header value.
         let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        ConnInfo { peer, tls, peer_ip }
+        ConnInfo {
+            peer,
+            tls,
+            peer_ip,
+            slot: None,
+        }
+    }
+
+    pub fn with_slot(mut self, slot: Arc<tokio::sync::OwnedSemaphorePermit>) -> Self {
+        self.slot = Some(slot);
+        self
     }
 }
 
@@ -268,7 +282,9 @@ impl Gateway {
         if let (true, Some(client_side)) = (switching, client_upgrade) {
             let upstream_side = hyper::upgrade::on(&mut response);
             let metrics = self.metrics.clone();
+            let slot = conn.slot.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 if let (Ok(client), Ok(upstream)) = (client_side.await, upstream_side.await) {
                     // The client connection lives on as a tunnel once hyper
                     // has handed it over: it still counts as open.

@@ -105,9 +105,11 @@ pub async fn run(
         };
         let shared = shared.clone();
         let stop = stop_rx.clone();
+        // Shared with a WebSocket tunnel if the connection becomes one: the
+        // slot is free only once both are done.
+        let slot = Arc::new(permit);
         tokio::spawn(async move {
-            serve_connection(stream, peer, &shared, stop).await;
-            drop(permit);
+            serve_connection(stream, peer, &shared, stop, slot).await;
         });
     }
 
@@ -179,6 +181,7 @@ async fn serve_connection(
     peer: SocketAddr,
     shared: &Shared,
     mut stop: watch::Receiver<bool>,
+    slot: Arc<tokio::sync::OwnedSemaphorePermit>,
 ) {
     let _ = tcp.set_nodelay(true);
     tracing::debug!(client.addr = %peer, "connection accepted");
@@ -214,7 +217,7 @@ async fn serve_connection(
     let service = ConnService {
         gateway: shared.gateway.clone(),
         activity: activity.clone(),
-        info: ConnInfo::new(peer, is_tls),
+        info: ConnInfo::new(peer, is_tls).with_slot(slot),
     };
     let mut conn = if h2 {
         Served::H2(Box::pin(shared.h2.serve_connection(io, service)))
