@@ -24,7 +24,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::Semaphore;
 
 use keygate::keys::Access;
-use support::{SHOP, TestGateway, TestUpstream, add_key, metric};
+use support::{SHOP, TestGateway, TestUpstream, add_key, metric, rss_kib};
 
 type Http = Client<HttpConnector, Full<Bytes>>;
 
@@ -33,17 +33,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 #[derive(Default)]

@@ -27,17 +27,6 @@ fn open_files_limit() -> u64 {
     line.split_whitespace().nth(3).unwrap().parse().unwrap()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// Sends one kept-alive GET and reads the whole response; returns its status.
 async fn request(s: &mut TcpStream, key: &str) -> u16 {
     let req = format!("GET /held HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\n\r\n");

@@ -158,19 +158,7 @@ async fn tls_termination_with_h2_and_http11_by_alpn() {
 async fn websocket_upgrade_passes_through_both_ways() {
     let upstream = TestUpstream::start().await;
     let gw = TestGateway::start(&upstream.url());
-    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nx-api-key: {}\r\n\r\n",
-        gw.keys.read_only
-    );
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        tcp.read_exact(&mut b).await.unwrap();
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let (mut tcp, head) = websocket_upgrade(gw.addr, &gw.keys.read_only).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"));
     tcp.write_all(b"ping through the tunnel").await.unwrap();
@@ -189,19 +177,8 @@ async fn websocket_upgrade_passes_through_both_ways() {
 
 /// Opens a WebSocket tunnel through the gateway and checks it echoes.
 async fn open_tunnel(gw: &TestGateway) -> tokio::net::TcpStream {
-    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nx-api-key: {}\r\n\r\n",
-        gw.keys.read_only
-    );
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        tcp.read_exact(&mut b).await.unwrap();
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let (mut tcp, head) = websocket_upgrade(gw.addr, &gw.keys.read_only).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
     tcp.write_all(b"ping").await.unwrap();
     let mut echoed = [0u8; 4];
     tcp.read_exact(&mut echoed).await.unwrap();

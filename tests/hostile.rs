@@ -202,19 +202,7 @@ async fn slowloris_does_not_stop_legitimate_requests() {
 async fn a_client_that_stops_reading_does_not_grow_memory() {
     let upstream = TestUpstream::start().await;
     let gw = TestGateway::start(&upstream.url());
-    let rss = || {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", gw.pid())).unwrap();
-        let line = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .unwrap()
-            .to_string();
-        line.split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-    };
+    let rss = || rss_kib(gw.pid());
     let before = rss();
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     let req = format!(

@@ -64,19 +64,8 @@ async fn sigterm_waits_for_an_open_websocket_tunnel() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = TestUpstream::start().await;
     let mut gw = TestGateway::start(&upstream.url());
-    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nx-api-key: {}\r\n\r\n",
-        gw.keys.read_only
-    );
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        tcp.read_exact(&mut b).await.unwrap();
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let (mut tcp, head) = websocket_upgrade(gw.addr, &gw.keys.read_only).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
 
     gw.signal("TERM");
     let ops = gw.ops;

@@ -176,3 +176,33 @@ pub async fn wait_for_metric(ops: SocketAddr, series: &str, wanted: impl Fn(f64)
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Sends a WebSocket upgrade for `/ws` with `key` and reads the response
+/// head; returns the connection (a tunnel if the head is 101) and the head,
+/// lowercased.
+pub async fn websocket_upgrade(addr: SocketAddr, key: &str) -> (TcpStream, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nx-api-key: {key}\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        tcp.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    (tcp, String::from_utf8_lossy(&head).to_lowercase())
+}
+
+/// The resident set size of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
