@@ -659,3 +659,59 @@ async fn the_database_password_never_reaches_the_log() {
     );
     assert!(!gw.output().contains("s3cret"), "{}", gw.output());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_snapshot_starts_a_gateway_without_the_database_and_keeps_revocations() {
+    let db = TestDb::migrated();
+    let upstream = TestUpstream::start().await;
+    let gate = TcpGate::start(server_addr(), true).await;
+    let (_, kept) = create_key(&db, "read-only");
+    let (deleted_id, deleted) = create_key(&db, "full-access");
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("snapshot.toml");
+    let keys = format!("snapshot = \"{}\"", snapshot.display());
+    {
+        let first = PgGateway::start_with(&db.url_via(gate.addr), &upstream.url(), "1s", &keys);
+        until_status(&first, "GET", &deleted, 200).await;
+        keys_cli(&db, &["delete", &deleted_id, "--yes"]);
+        until_status(&first, "GET", &deleted, 401).await;
+        // Written at most once per resync interval after a change.
+        let revoked_hex = blake3::hash(deleted.as_bytes()).to_hex().to_string();
+        eventually("the snapshot records the revocation", SOON, async || {
+            std::fs::read_to_string(dir.path().join("snapshot.revoked"))
+                .is_ok_and(|t| t.contains(&revoked_hex))
+        })
+        .await;
+    }
+    // The database is away; a new gateway starts from the snapshot.
+    gate.down();
+    let second = PgGateway::start_with(&db.url_via(gate.addr), &upstream.url(), "1s", &keys);
+    until_ready(&second).await;
+    assert_eq!(metric(second.ops, "keygate_store_connected").await, 0.0);
+    assert_eq!(status(&second, "GET", &kept).await, 200);
+    assert_eq!(status(&second, "GET", &deleted).await, 401);
+    assert!(
+        second.output().contains("serving from the local snapshot"),
+        "{}",
+        second.output()
+    );
+    // The database comes back restored from before the deletion: the
+    // snapshot's revocation still wins.
+    db.exec(&format!(
+        "ALTER TABLE keygate_revoked DISABLE TRIGGER USER; \
+         ALTER TABLE keygate_keys DISABLE TRIGGER USER; \
+         DELETE FROM keygate_revoked; \
+         INSERT INTO keygate_keys (id, name, access, hash, created) \
+           VALUES ('{deleted_id}', 'restored', 'full-access', decode('{}', 'hex'), now()); \
+         ALTER TABLE keygate_keys ENABLE TRIGGER USER; \
+         ALTER TABLE keygate_revoked ENABLE TRIGGER USER;",
+        blake3::hash(deleted.as_bytes()).to_hex()
+    ));
+    let (_, new_key) = create_key(&db, "read-only");
+    gate.up();
+    eventually("reconnected and loaded", RECONNECT, async || {
+        status(&second, "GET", &new_key).await == 200
+    })
+    .await;
+    assert_eq!(status(&second, "GET", &deleted).await, 401);
+}

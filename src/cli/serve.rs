@@ -62,13 +62,17 @@ async fn run_gateway(
             reloader
         }
         Store::Postgres(store) => {
-            pg_sync = Some(PgSync::new(
+            let sync = PgSync::new(
                 *store,
                 index.clone(),
                 metrics.clone(),
                 health.clone(),
                 config.keys.resync_interval,
-            ));
+            );
+            pg_sync = Some(match &config.keys.snapshot {
+                Some(path) => sync.with_snapshot(path.clone()),
+                None => sync,
+            });
             Reloader::without_store(index.clone(), metrics.clone(), health.clone())
         }
     };

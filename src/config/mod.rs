@@ -101,6 +101,11 @@ pub struct KeysConfig {
     /// PostgreSQL store: how often the change counter is compared, as a
     /// safety net for notifications lost on the way.
     pub resync_interval: Duration,
+    /// PostgreSQL store: a local copy of the last loaded index (file-store
+    /// format), written after changes and read at start, so that a gateway
+    /// can start while the database is away and remembers every revocation
+    /// it has seen across restarts.
+    pub snapshot: Option<PathBuf>,
     pub header: HeaderName,
     pub prefix: String,
     /// Query parameter that may carry the key; `None` (the default) ignores the query.
@@ -326,9 +331,19 @@ fn validate(
     if resync_interval < Duration::from_millis(100) {
         return Err("keys.resync_interval must be at least 100ms".into());
     }
+    let snapshot = match (&store, k.snapshot) {
+        (_, None) => None,
+        (StoreLocation::Postgres(_), Some(p)) => Some(resolve(base, &p)),
+        (StoreLocation::File(_), Some(_)) => {
+            return Err(
+                "keys.snapshot is for a PostgreSQL store (a file store is its own snapshot)".into(),
+            );
+        }
+    };
     let keys = KeysConfig {
         store,
         resync_interval,
+        snapshot,
         header,
         prefix,
         query_param: k.query_param,

@@ -93,6 +93,7 @@ pub struct RawKeys {
     pub store: Option<String>,
     pub store_env: Option<String>,
     pub resync_interval: Option<DurationStr>,
+    pub snapshot: Option<String>,
     pub header: Option<String>,
     pub prefix: Option<String>,
     pub query_param: Option<String>,

@@ -130,3 +130,23 @@ fn errors_never_echo_a_value_that_may_be_secret() {
     );
     assert!(!e.contains("hunter2"), "{e}");
 }
+
+#[test]
+fn postgres_options_are_checked() {
+    let pg = format!("{MINIMAL}[keys]\nstore = \"postgres://u@db/k\"\n");
+    let c = parse(&format!(
+        "{pg}snapshot = \"snap/keys.toml\"\nresync_interval = \"2s\"\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.keys.snapshot.as_deref(),
+        Some(Path::new("/etc/keygate/snap/keys.toml"))
+    );
+    assert_eq!(c.keys.resync_interval, Duration::from_secs(2));
+    assert!(err(&format!("{MINIMAL}[keys]\nsnapshot = \"s.toml\"\n")).contains("keys.snapshot"));
+    assert!(err(&format!("{pg}resync_interval = \"10ms\"\n")).contains("at least 100ms"));
+    let e = err(&format!(
+        "{MINIMAL}[keys]\nstore = \"postgres://u:hunter2@db/k?sslmode=nope\"\n"
+    ));
+    assert!(e.contains("keys.store") && !e.contains("hunter2"), "{e}");
+}

@@ -276,6 +276,20 @@ impl FileStore {
         Ok(file)
     }
 
+    /// Replaces the store and its revocation list with these (a gateway's
+    /// snapshot of a database store), under the lock, each file atomically.
+    pub fn replace(&self, keys: &KeySet, revoked: &HashSet<KeyHash>) -> Result<(), StoreError> {
+        let _lock = self.lock()?;
+        let mut lines: Vec<String> = revoked.iter().map(|h| h.to_hex()).collect();
+        lines.sort_unstable();
+        let text = format!(
+            "# Revoked key hashes (BLAKE3), one per line: a gateway's snapshot.\n{}\n",
+            lines.join("\n")
+        );
+        write_atomic(&self.revoked_path(), &text)?;
+        self.write(keys)
+    }
+
     /// Writes the whole store atomically with mode 0600.
     fn write(&self, keys: &KeySet) -> Result<(), StoreError> {
         let text = storefile::render_store(keys).map_err(|e| StoreError::Io {
@@ -283,53 +297,58 @@ impl FileStore {
             action: "render",
             source: io::Error::other(e),
         })?;
-        let dir = match self.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = self
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-        let io_err = |action, source| StoreError::Io {
-            path: tmp.clone(),
-            action,
-            source,
-        };
-        let result = (|| {
-            let mut file = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(|e| io_err("create", e))?;
-            file.set_permissions(fs::Permissions::from_mode(0o600))
-                .map_err(|e| io_err("set the mode of", e))?;
-            file.write_all(text.as_bytes())
-                .map_err(|e| io_err("write", e))?;
-            file.sync_all().map_err(|e| io_err("sync", e))?;
-            fs::rename(&tmp, &self.path).map_err(|source| StoreError::Io {
-                path: self.path.clone(),
-                action: "replace",
-                source,
-            })?;
-            // The rename is durable only once the folder's entry is on disk.
-            File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|source| StoreError::Io {
-                    path: dir.clone(),
-                    action: "sync",
-                    source,
-                })
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        write_atomic(&self.path, &text)
     }
+}
+
+/// Writes `text` to `path` atomically with mode 0600: a temp file in the same
+/// folder, fsync, rename, fsync of the folder.
+fn write_atomic(path: &Path, text: &str) -> Result<(), StoreError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let io_err = |action, source| StoreError::Io {
+        path: tmp.clone(),
+        action,
+        source,
+    };
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io_err("create", e))?;
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(|e| io_err("set the mode of", e))?;
+        file.write_all(text.as_bytes())
+            .map_err(|e| io_err("write", e))?;
+        file.sync_all().map_err(|e| io_err("sync", e))?;
+        fs::rename(&tmp, path).map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            action: "replace",
+            source,
+        })?;
+        // The rename is durable only once the folder's entry is on disk.
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| StoreError::Io {
+                path: dir.clone(),
+                action: "sync",
+                source,
+            })
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Reads a file as UTF-8 with an error that names it.

@@ -18,7 +18,7 @@
 //! of its own (`spawn`), so decoding a million rows never holds a request
 //! worker.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -28,7 +28,9 @@ use tokio::time::{Instant, timeout};
 use tokio_postgres::{Client, IsolationLevel};
 
 use crate::keys::postgres::{self, PgStore, schema};
-use crate::keys::{Access, KeyHash, KeyIndex, StoreError};
+use crate::keys::{
+    Access, FileStore, KeyHash, KeyIndex, KeyRecord, KeySet, StoreError, StoreSnapshot,
+};
 use crate::metrics::{Health, Metrics, unix_ms};
 use crate::proxy::SharedIndex;
 
@@ -51,9 +53,19 @@ pub struct PgSync {
     resync: Duration,
     /// The change counter the index reflects; `None` before the first load.
     version: Option<i64>,
-    /// Every revoked hash seen since start: a restored older database
-    /// cannot bring a deleted key back on this gateway.
+    /// Every revoked hash seen since start (and, with a snapshot, before):
+    /// a restored older database cannot bring a deleted key back here.
     revoked_seen: HashSet<KeyHash>,
+    snapshot: Option<Snapshot>,
+}
+
+/// The local snapshot: the file written, the keys it mirrors (by hash), and
+/// whether the mirror changed since the last write.
+struct Snapshot {
+    file: FileStore,
+    keys: HashMap<KeyHash, KeyRecord>,
+    dirty: bool,
+    written: Option<Instant>,
 }
 
 impl PgSync {
@@ -72,6 +84,108 @@ impl PgSync {
             resync,
             version: None,
             revoked_seen: HashSet::new(),
+            snapshot: None,
+        }
+    }
+
+    /// Also keep a local snapshot in `path` (file-store format, with its
+    /// `.revoked` beside it): read at start, rewritten at most once per
+    /// resync interval after changes.
+    pub fn with_snapshot(mut self, path: std::path::PathBuf) -> Self {
+        self.snapshot = Some(Snapshot {
+            file: FileStore::new(path),
+            keys: HashMap::new(),
+            dirty: false,
+            written: None,
+        });
+        self
+    }
+
+    /// Serves from the local snapshot until the database answers, if there
+    /// is one: the gateway is ready at once, with every revocation it knew.
+    async fn start_from_snapshot(&mut self) {
+        let Some(snap) = &self.snapshot else { return };
+        let file = snap.file.clone();
+        let loaded = tokio::task::spawn_blocking(move || file.load()).await;
+        match loaded {
+            Ok(Ok(snapshot)) => {
+                self.revoked_seen.extend(snapshot.revoked.iter().copied());
+                let keys = snapshot.keys.len();
+                let Ok(index) = build_off_thread(move || KeyIndex::build(&snapshot)).await else {
+                    return;
+                };
+                self.metrics.reload(Ok(counts(&index)), unix_secs());
+                self.index.store(Arc::new(index));
+                self.health.set_loaded();
+                tracing::info!(
+                    snapshot = %snap.file.path().display(),
+                    keys,
+                    "serving from the local snapshot until the key store answers"
+                );
+            }
+            Ok(Err(StoreError::Io { source, .. }))
+                if source.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "local snapshot unreadable; waiting for the key store")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "local snapshot load failed; waiting for the key store")
+            }
+        }
+    }
+
+    /// Writes the snapshot if it changed and the last write is at least one
+    /// resync interval old (or `now`), off the async thread.
+    async fn write_snapshot(&mut self, now: bool) {
+        let resync = self.resync;
+        let Some(snap) = &mut self.snapshot else {
+            return;
+        };
+        let due = snap.written.is_none_or(|t| t.elapsed() >= resync);
+        if !snap.dirty || !(due || now) {
+            return;
+        }
+        snap.dirty = false;
+        snap.written = Some(Instant::now());
+        let mut records: Vec<KeyRecord> = snap.keys.values().cloned().collect();
+        records.sort_by(|a, b| (a.created, a.id.as_str()).cmp(&(b.created, b.id.as_str())));
+        let revoked = self.revoked_seen.clone();
+        let file = snap.file.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let keys = KeySet::from_records(records).map_err(|(_, e)| StoreError::Key(e))?;
+            file.replace(&keys, &revoked)
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => tracing::debug!("local snapshot written"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the local snapshot"),
+            Err(e) => tracing::warn!(error = %e, "cannot write the local snapshot"),
+        }
+    }
+
+    /// Mirrors a full load in the snapshot.
+    fn snapshot_full(&mut self, snapshot: &StoreSnapshot) {
+        if let Some(snap) = &mut self.snapshot {
+            snap.keys = snapshot
+                .keys
+                .records()
+                .iter()
+                .map(|r| (r.hash, r.clone()))
+                .collect();
+            snap.dirty = true;
+        }
+    }
+
+    /// Mirrors a delta in the snapshot.
+    fn snapshot_delta(&mut self, delta: &crate::keys::IndexDelta) {
+        if let Some(snap) = &mut self.snapshot {
+            for r in &delta.upserts {
+                snap.keys.insert(r.hash, r.clone());
+            }
+            for h in delta.revoked.iter().chain(&delta.removed) {
+                snap.keys.remove(h);
+            }
+            snap.dirty = true;
         }
     }
 
@@ -106,6 +220,7 @@ impl PgSync {
     /// so the signal never kills the process).
     pub async fn run(mut self) {
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        self.start_from_snapshot().await;
         let mut backoff = BACKOFF_MIN;
         let mut failures = 0u64;
         loop {
@@ -159,6 +274,7 @@ impl PgSync {
         );
         self.sync(&mut client, true).await?;
         self.metrics.store_connected(true);
+        self.write_snapshot(true).await;
         let mut tick = tokio::time::interval_at(Instant::now() + self.resync, self.resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -172,6 +288,7 @@ impl PgSync {
                 }
             }
             self.sync(&mut client, false).await?;
+            self.write_snapshot(false).await;
         }
     }
 
@@ -225,6 +342,7 @@ impl PgSync {
             Loaded::Full((mut snapshot, version)) => {
                 self.revoked_seen.extend(snapshot.revoked.iter().copied());
                 snapshot.revoked.clone_from(&self.revoked_seen);
+                self.snapshot_full(&snapshot);
                 let keys = snapshot.keys.len();
                 let index = build_off_thread(move || KeyIndex::build(&snapshot)).await?;
                 let counts = counts(&index);
@@ -251,6 +369,7 @@ impl PgSync {
                     let n = changes.delta.len();
                     self.revoked_seen
                         .extend(changes.delta.revoked.iter().copied());
+                    self.snapshot_delta(&changes.delta);
                     let current = self.index.load_full();
                     let delta = changes.delta;
                     let index = build_off_thread(move || current.apply(&delta)).await?;

@@ -260,10 +260,15 @@ pub struct PgGateway {
 
 impl PgGateway {
     pub fn start(store_url: &str, upstream_url: &str, resync: &str) -> PgGateway {
+        Self::start_with(store_url, upstream_url, resync, "")
+    }
+
+    /// With extra `[keys]` lines (e.g. `snapshot = "..."`).
+    pub fn start_with(store_url: &str, upstream_url: &str, resync: &str, keys: &str) -> PgGateway {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream_url}\"\n\
-             [keys]\nstore = \"{store_url}\"\nresync_interval = \"{resync}\"\n\
+             [keys]\nstore = \"{store_url}\"\nresync_interval = \"{resync}\"\n{keys}\n\
              [metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"info\"\n"
         );
         let path = dir.path().join("keygate.toml");
