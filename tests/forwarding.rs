@@ -328,6 +328,17 @@ async fn oversized_headers_get_431() {
     )
     .await;
     assert!(out.starts_with("HTTP/1.1 431"), "{out:?}");
+    // HTTP/2 too: too many fields is 431, nothing reaches the upstream.
+    let names: Vec<String> = (0..150).map(|i| format!("x-h{i}")).collect();
+    let mut headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+    headers.push(("x-api-key", &gw.keys.read_only));
+    let seen = upstream.seen().len();
+    let r = get_h2c(gw.addr, "/", &headers).await;
+    assert_eq!(r.status, 431);
+    assert_eq!(r.code(), "headers_too_large");
+    assert_eq!(upstream.seen().len(), seen);
+    let r = get_h2c(gw.addr, "/", &headers[headers.len() - 50..]).await;
+    assert_eq!(r.status, 200);
     assert_serving(&gw).await;
 }
 

@@ -41,6 +41,7 @@ pub enum Drain {
 
 struct Shared {
     gateway: Arc<Gateway>,
+    max_headers: usize,
     metrics: Arc<Metrics>,
     tls: Option<TlsAcceptor>,
     h1: http1::Builder,
@@ -74,6 +75,7 @@ pub async fn run(
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
     let shared = Arc::new(Shared {
         gateway,
+        max_headers: config.max_headers,
         metrics,
         tls: tls.map(TlsAcceptor::from),
         h1,
@@ -129,6 +131,9 @@ pub async fn run(
 #[derive(Clone)]
 struct ConnService {
     gateway: Arc<Gateway>,
+    /// hyper applies it to HTTP/1.1 heads; HTTP/2 has no field-count limit
+    /// there (only `max_header_list_size`, in bytes), so it is applied here.
+    max_headers: usize,
     activity: Arc<Activity>,
     info: ConnInfo,
 }
@@ -141,6 +146,14 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = ResponseFuture;
 
     fn call(&self, req: Request<Incoming>) -> ResponseFuture {
+        if req.version() == Version::HTTP_2 && req.headers().len() > self.max_headers {
+            let response = crate::proxy::reject::json_error(
+                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                "too many header fields",
+            );
+            return Box::pin(async move { Ok(response) });
+        }
         let gateway = self.gateway.clone();
         let busy = self.activity.begin(req.version() == Version::HTTP_2);
         let info = self.info.clone();
@@ -216,6 +229,7 @@ async fn serve_connection(
     let io = TokioIo::new(ClientIo::new(stream, replay, activity.clone()));
     let service = ConnService {
         gateway: shared.gateway.clone(),
+        max_headers: shared.max_headers,
         activity: activity.clone(),
         info: ConnInfo::new(peer, is_tls).with_slot(slot),
     };
