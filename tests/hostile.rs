@@ -260,3 +260,91 @@ async fn a_client_that_stops_reading_is_cut_after_the_idle_timeout() {
     );
     assert_serving(&gw).await;
 }
+
+/// A denial flood while nobody reads the gateway's stderr (a stuck log
+/// shipper): the pipe and the log queue fill, then log lines are dropped
+/// and counted; no request waits on the log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_stderr_never_stalls_requests() {
+    use std::io::BufRead;
+    let upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    standard_keys(dir.path());
+    let config = dir.path().join("keygate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n[keys]\nstore = \"keys.toml\"\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"info\"\n",
+            upstream.url()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read until the gateway says where it listens, then never again.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("keygate listening") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "gateway exited");
+    }
+    let _child = Process(child);
+    let addr_of = |name: &str| -> std::net::SocketAddr {
+        let rest = &line[line.find(name).unwrap() + name.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let (addr, ops) = (addr_of("client.addr="), addr_of("ops.addr="));
+
+    // More denials (one log line each) than the 16,384-line queue, the
+    // pipe and the writer's buffer can hold together.
+    let started = Instant::now();
+    let flood = async {
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            tasks.push(tokio::spawn(async move {
+                let client = hyper_util::client::legacy::Client::builder(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .build_http::<http_body_util::Full<bytes::Bytes>>();
+                for _ in 0..1250 {
+                    let req = http::Request::get(format!("http://{addr}/"))
+                        .header("x-api-key", "kg_unknownunknownunknownunknownun000000")
+                        .body(http_body_util::Full::default())
+                        .unwrap();
+                    let resp = client.request(req).await.unwrap();
+                    assert_eq!(resp.status(), 401);
+                    let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), flood)
+        .await
+        .expect("requests stalled behind the log");
+    let dropped = metric(ops, "keygate_log_lines_dropped_total").await;
+    eprintln!(
+        "20,000 denials with stderr unread: {:?}; {dropped} log lines dropped",
+        started.elapsed()
+    );
+    assert!(
+        dropped > 0.0,
+        "the queue never filled: the test proves nothing"
+    );
+    assert_eq!(
+        metric(
+            ops,
+            "keygate_decisions_total{access=\"none\",decision=\"invalid_key\"}"
+        )
+        .await,
+        20_000.0
+    );
+    drop(stderr);
+}

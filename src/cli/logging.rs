@@ -2,12 +2,19 @@
 //! background thread. The request path formats a line and hands it over a
 //! bounded channel; the writer thread wakes on the first line, lets a burst
 //! gather for 2 ms, and writes it all at once. Under a flood of denials that
-//! is one wake-up and one syscall per batch instead of one per line. The channel is bounded and sending blocks when it is full,
-//! so no line is ever dropped; `flush` drains it before the process exits.
+//! is one wake-up and one syscall per batch instead of one per line.
+//!
+//! The channel is bounded. When it is full (stderr stalled: a stuck log
+//! shipper, a full pipe) a line is dropped and counted rather than making a
+//! request wait on the log: a sidecar must keep serving. The writer reports
+//! how many were lost in a line of its own once it can write again, and
+//! `keygate_log_lines_dropped_total` counts them. `flush` drains the queue
+//! before the process exits.
 
 use std::io::{IsTerminal, Write};
 use std::str::FromStr;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use tracing_subscriber::filter::Targets;
@@ -28,6 +35,9 @@ enum Message {
 }
 
 static SINK: OnceLock<SyncSender<Message>> = OnceLock::new();
+
+/// Lines dropped because the queue was full, since start.
+pub static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// Sets up `tracing`: level from `RUST_LOG` or the config; a second call in
 /// one process keeps the first setup.
@@ -86,7 +96,17 @@ fn write_lines(rx: Receiver<Message>) {
             let _ = done.send(());
         }
     };
+    let mut reported = 0;
     while let Ok(first) = rx.recv() {
+        let dropped = DROPPED.load(Ordering::Relaxed);
+        if dropped > reported {
+            let _ = writeln!(
+                out,
+                "keygate: {} log line(s) dropped: stderr could not keep up (keygate_log_lines_dropped_total)",
+                dropped - reported
+            );
+            reported = dropped;
+        }
         handle(first, &mut out);
         // Let a burst accumulate: the senders enqueue without waking this
         // thread while it sleeps, so a flood costs one wake-up per batch.
@@ -121,7 +141,10 @@ impl Write for Line {
 impl Drop for Line {
     fn drop(&mut self) {
         if !self.buf.is_empty() {
-            let _ = self.tx.send(Message::Line(std::mem::take(&mut self.buf)));
+            let line = Message::Line(std::mem::take(&mut self.buf));
+            if let Err(std::sync::mpsc::TrySendError::Full(_)) = self.tx.try_send(line) {
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }

@@ -46,7 +46,11 @@ async fn run_gateway(
     config: Config,
     on_ready: impl FnOnce(SocketAddr, SocketAddr),
 ) -> Result<(), CliError> {
-    let metrics = Arc::new(Metrics::new().map_err(|e| CliError::user(format!("metrics: {e}")))?);
+    let metrics = Arc::new(
+        Metrics::new()
+            .map_err(|e| CliError::user(format!("metrics: {e}")))?
+            .with_log_dropped(&logging::DROPPED),
+    );
     let health = Arc::new(Health::default());
     let index = Arc::new(ArcSwap::from_pointee(KeyIndex::default()));
     // A file store is loaded before anything listens (a bad file is a start

@@ -158,6 +158,11 @@ pub struct Metrics {
     /// gauge is computed from it at scrape time, so it keeps growing while
     /// the database is away.
     store_last_sync_ms: AtomicU64,
+    log_dropped: IntCounter,
+    /// Where the dropped-lines count lives (the log writer's own counter).
+    log_dropped_source: Option<&'static AtomicU64>,
+    /// Two scrapes at once must not both add the same difference.
+    log_dropped_sync: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -265,6 +270,12 @@ impl Metrics {
         )?;
         reg(Box::new(store_sync_lag.clone()))?;
 
+        let log_dropped = IntCounter::new(
+            "keygate_log_lines_dropped_total",
+            "Log lines dropped because stderr could not keep up (requests never wait on the log).",
+        )?;
+        reg(Box::new(log_dropped.clone()))?;
+
         #[cfg(target_os = "linux")]
         reg(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -285,6 +296,9 @@ impl Metrics {
             store_changes_applied,
             store_sync_lag,
             store_last_sync_ms: AtomicU64::new(0),
+            log_dropped,
+            log_dropped_source: None,
+            log_dropped_sync: std::sync::Mutex::new(()),
         })
     }
 
@@ -314,6 +328,12 @@ impl Metrics {
                 self.last_reload_ok.set(0);
             }
         }
+    }
+
+    /// Exports this counter (the log writer's) as `keygate_log_lines_dropped_total`.
+    pub fn with_log_dropped(mut self, source: &'static AtomicU64) -> Self {
+        self.log_dropped_source = Some(source);
+        self
     }
 
     /// Key counts after an incremental change (not counted as a reload).
@@ -352,6 +372,15 @@ impl Metrics {
             self.store_sync_lag
                 .set(now.saturating_sub(last) as f64 / 1000.0);
         }
+        if let Some(source) = self.log_dropped_source {
+            let _one_at_a_time = self
+                .log_dropped_sync
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let total = source.load(Ordering::Relaxed);
+            self.log_dropped
+                .inc_by(total.saturating_sub(self.log_dropped.get()));
+        }
         let mut buf = Vec::new();
         // Encoding into a Vec only fails on invalid metric data, which the
         // constructors above rule out.
@@ -383,6 +412,7 @@ mod tests {
             "keygate_store_connected 0",
             "keygate_store_changes_applied_total 0",
             "keygate_store_sync_lag_seconds 0",
+            "keygate_log_lines_dropped_total 0",
         ] {
             assert!(text.contains(name), "missing {name}");
         }
