@@ -671,11 +671,12 @@ async fn a_local_snapshot_starts_a_gateway_without_the_database_and_keeps_revoca
     let snapshot = dir.path().join("snapshot.toml");
     let keys = format!("snapshot = \"{}\"", snapshot.display());
     {
-        let first = PgGateway::start_with(&db.url_via(gate.addr), &upstream.url(), "1s", &keys);
+        // An hour-long resync: a revocation must reach the snapshot at once,
+        // not with the next timed write.
+        let first = PgGateway::start_with(&db.url_via(gate.addr), &upstream.url(), "1h", &keys);
         until_status(&first, "GET", &deleted, 200).await;
         keys_cli(&db, &["delete", &deleted_id, "--yes"]);
         until_status(&first, "GET", &deleted, 401).await;
-        // Written at most once per resync interval after a change.
         let revoked_hex = blake3::hash(deleted.as_bytes()).to_hex().to_string();
         eventually("the snapshot records the revocation", SOON, async || {
             std::fs::read_to_string(dir.path().join("snapshot.revoked"))

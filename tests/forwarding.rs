@@ -207,7 +207,10 @@ async fn websocket_tunnels_count_against_max_connections() {
         "a third connection was served while two tunnels held max_connections = 2"
     );
     drop(a);
-    assert_eq!(third.await.unwrap().status, 200);
+    let third = tokio::time::timeout(std::time::Duration::from_secs(10), third)
+        .await
+        .expect("the slot of a closed tunnel was never released");
+    assert_eq!(third.unwrap().status, 200);
     drop(b);
 }
 
@@ -299,6 +302,49 @@ async fn an_upstream_silent_mid_body_is_cut_after_response_timeout() {
         1.0
     );
     assert_serving(&gw).await;
+}
+
+#[tokio::test]
+async fn a_slow_reader_is_not_mistaken_for_a_silent_upstream() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start_with(
+        &upstream.url(),
+        Setup {
+            upstream: "response_timeout = \"300ms\"".into(),
+            ..Setup::default()
+        },
+    );
+    let total = 8 * 1024 * 1024;
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let req = format!(
+        "GET /bytes/{total} HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
+        gw.keys.read_only
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    // Read 1 MiB, then pause longer than response_timeout, eight times: the
+    // gateway is held back by this client, not by the upstream.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut next_pause = 1024 * 1024;
+    loop {
+        let n = tcp.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        got += n;
+        if got >= next_pause {
+            next_pause += 1024 * 1024;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if got > total {
+            break;
+        }
+    }
+    assert!(got > total, "the response was cut after {got} bytes");
+    assert_eq!(
+        metric(gw.ops, "keygate_upstream_errors_total{kind=\"timeout\"}").await,
+        0.0
+    );
 }
 
 #[tokio::test]

@@ -74,7 +74,7 @@ async fn run_gateway(
                 config.keys.resync_interval,
             );
             pg_sync = Some(match &config.keys.snapshot {
-                Some(path) => sync.with_snapshot(path.clone()),
+                Some(path) => sync.with_snapshot(path.clone(), config.keys.snapshot_max_age),
                 None => sync,
             });
             Reloader::without_store(index.clone(), metrics.clone(), health.clone())

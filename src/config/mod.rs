@@ -106,6 +106,8 @@ pub struct KeysConfig {
     /// can start while the database is away and remembers every revocation
     /// it has seen across restarts.
     pub snapshot: Option<PathBuf>,
+    /// An older snapshot is not served from (its revocations still count).
+    pub snapshot_max_age: Duration,
     pub header: HeaderName,
     pub prefix: String,
     /// Query parameter that may carry the key; `None` (the default) ignores the query.
@@ -340,10 +342,14 @@ fn validate(
             );
         }
     };
+    let snapshot_max_age = k
+        .snapshot_max_age
+        .map_or(Duration::from_secs(24 * 3600), |d| d.0);
     let keys = KeysConfig {
         store,
         resync_interval,
         snapshot,
+        snapshot_max_age,
         header,
         prefix,
         query_param: k.query_param,

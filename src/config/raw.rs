@@ -94,6 +94,7 @@ pub struct RawKeys {
     pub store_env: Option<String>,
     pub resync_interval: Option<DurationStr>,
     pub snapshot: Option<String>,
+    pub snapshot_max_age: Option<DurationStr>,
     pub header: Option<String>,
     pub prefix: Option<String>,
     pub query_param: Option<String>,

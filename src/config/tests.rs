@@ -143,6 +143,7 @@ fn postgres_options_are_checked() {
         Some(Path::new("/etc/keygate/snap/keys.toml"))
     );
     assert_eq!(c.keys.resync_interval, Duration::from_secs(2));
+    assert_eq!(c.keys.snapshot_max_age, Duration::from_secs(24 * 3600));
     assert!(err(&format!("{MINIMAL}[keys]\nsnapshot = \"s.toml\"\n")).contains("keys.snapshot"));
     assert!(err(&format!("{pg}resync_interval = \"10ms\"\n")).contains("at least 100ms"));
     let e = err(&format!(

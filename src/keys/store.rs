@@ -194,7 +194,7 @@ impl FileStore {
         Ok(StoreSnapshot { keys, revoked })
     }
 
-    fn load_revoked(&self) -> Result<HashSet<KeyHash>, StoreError> {
+    pub fn load_revoked(&self) -> Result<HashSet<KeyHash>, StoreError> {
         let path = self.revoked_path();
         match read_text(&path) {
             Ok(text) => {

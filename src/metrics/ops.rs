@@ -32,6 +32,11 @@ impl Health {
         self.draining.store(true, Ordering::Release);
     }
 
+    /// True once a key index has been loaded.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
     pub fn is_ready(&self) -> bool {
         self.loaded.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
     }

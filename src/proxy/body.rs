@@ -119,9 +119,13 @@ impl Body for ProxyBody {
                     Poll::Ready(frame.map(|r| r.map_err(BodyError::from)))
                 }
                 Poll::Pending => {
-                    let deadline = Instant::now() + stall.limit;
                     if !stall.armed {
                         stall.armed = true;
+                        let now = Instant::now();
+                        // An absurd timeout saturates instead of overflowing.
+                        let deadline = now
+                            .checked_add(stall.limit)
+                            .unwrap_or(now + Duration::from_secs(86_400 * 365));
                         match &mut stall.timer {
                             Some(t) => t.as_mut().reset(deadline),
                             None => {

@@ -21,6 +21,7 @@
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
@@ -63,9 +64,14 @@ pub struct PgSync {
 /// whether the mirror changed since the last write.
 struct Snapshot {
     file: FileStore,
+    max_age: Duration,
     keys: HashMap<KeyHash, KeyRecord>,
     dirty: bool,
+    /// A revocation is waiting: write without waiting for the interval.
+    urgent: bool,
     written: Option<Instant>,
+    in_flight: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
 }
 
 impl PgSync {
@@ -91,75 +97,123 @@ impl PgSync {
     /// Also keep a local snapshot in `path` (file-store format, with its
     /// `.revoked` beside it): read at start, rewritten at most once per
     /// resync interval after changes.
-    pub fn with_snapshot(mut self, path: std::path::PathBuf) -> Self {
+    pub fn with_snapshot(mut self, path: std::path::PathBuf, max_age: Duration) -> Self {
         self.snapshot = Some(Snapshot {
             file: FileStore::new(path),
+            max_age,
             keys: HashMap::new(),
             dirty: false,
+            urgent: false,
             written: None,
+            in_flight: Arc::default(),
+            failed: Arc::default(),
         });
         self
     }
 
     /// Serves from the local snapshot until the database answers, if there
-    /// is one: the gateway is ready at once, with every revocation it knew.
+    /// is one and it is at most `snapshot_max_age` old. Called only after a
+    /// first attempt to reach the database failed: a reachable database is
+    /// always preferred to the file. The revocation list is read on its own
+    /// first, so even a snapshot too old or unreadable to serve from still
+    /// adds every revocation it holds.
     async fn start_from_snapshot(&mut self) {
         let Some(snap) = &self.snapshot else { return };
         let file = snap.file.clone();
-        let loaded = tokio::task::spawn_blocking(move || file.load()).await;
-        match loaded {
-            Ok(Ok(snapshot)) => {
-                self.revoked_seen.extend(snapshot.revoked.iter().copied());
-                let keys = snapshot.keys.len();
-                let Ok(index) = build_off_thread(move || KeyIndex::build(&snapshot)).await else {
-                    return;
-                };
-                self.metrics.reload(Ok(counts(&index)), unix_secs());
-                self.index.store(Arc::new(index));
-                self.health.set_loaded();
-                tracing::info!(
-                    snapshot = %snap.file.path().display(),
-                    keys,
-                    "serving from the local snapshot until the key store answers"
-                );
-            }
-            Ok(Err(StoreError::Io { source, .. }))
-                if source.kind() == std::io::ErrorKind::NotFound => {}
-            Ok(Err(e)) => {
+        let max_age = snap.max_age;
+        let loaded = tokio::task::spawn_blocking(move || {
+            let revoked = file.load_revoked();
+            let age = std::fs::metadata(file.path())
+                .and_then(|m| m.modified())
+                .map(|t| t.elapsed().unwrap_or_default());
+            let keys = match &age {
+                Ok(a) if *a <= max_age => Some(file.load()),
+                _ => None,
+            };
+            (revoked, age, keys)
+        })
+        .await;
+        let Ok((revoked, age, keys)) = loaded else {
+            return;
+        };
+        match revoked {
+            Ok(r) => self.revoked_seen.extend(r),
+            Err(e) => tracing::warn!(error = %e, "local snapshot: revocation list unreadable"),
+        }
+        let path = snap.file.path().display().to_string();
+        match (age, keys) {
+            (Err(_), _) => {}
+            (Ok(age), None) => tracing::warn!(
+                snapshot = path,
+                age_s = age.as_secs(),
+                max_age_s = max_age.as_secs(),
+                "local snapshot too old to serve from; waiting for the key store"
+            ),
+            (Ok(_), Some(Err(e))) => {
                 tracing::warn!(error = %e, "local snapshot unreadable; waiting for the key store")
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "local snapshot load failed; waiting for the key store")
+            (Ok(age), Some(Ok(mut snapshot))) => {
+                snapshot.revoked.clone_from(&self.revoked_seen);
+                let keys = snapshot.keys.len();
+                match build_off_thread(move || KeyIndex::build(&snapshot)).await {
+                    Ok(index) => {
+                        self.metrics.reload(Ok(counts(&index)), unix_secs());
+                        self.index.store(Arc::new(index));
+                        self.health.set_loaded();
+                        tracing::warn!(
+                            snapshot = path,
+                            age_s = age.as_secs(),
+                            keys,
+                            "key store unreachable at start: serving from the local snapshot until it answers"
+                        );
+                    }
+                    Err(e) => tracing::warn!(error = %e, "local snapshot: index build failed"),
+                }
             }
         }
     }
 
-    /// Writes the snapshot if it changed and the last write is at least one
-    /// resync interval old (or `now`), off the async thread.
-    async fn write_snapshot(&mut self, now: bool) {
+    /// Writes the snapshot if it changed: at once for a revocation (it must
+    /// survive a restart), else at most once per resync interval. The write
+    /// runs detached on the blocking pool, one at a time; a failed write
+    /// leaves the snapshot marked for the next try.
+    fn write_snapshot(&mut self, now: bool) {
         let resync = self.resync;
         let Some(snap) = &mut self.snapshot else {
             return;
         };
-        let due = snap.written.is_none_or(|t| t.elapsed() >= resync);
-        if !snap.dirty || !(due || now) {
+        let due = now || snap.urgent || snap.written.is_none_or(|t| t.elapsed() >= resync);
+        if !snap.dirty || !due || snap.in_flight.load(Ordering::Acquire) {
             return;
         }
         snap.dirty = false;
+        snap.urgent = false;
         snap.written = Some(Instant::now());
+        snap.in_flight.store(true, Ordering::Release);
         let mut records: Vec<KeyRecord> = snap.keys.values().cloned().collect();
-        records.sort_by(|a, b| (a.created, a.id.as_str()).cmp(&(b.created, b.id.as_str())));
         let revoked = self.revoked_seen.clone();
         let file = snap.file.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let keys = KeySet::from_records(records).map_err(|(_, e)| StoreError::Key(e))?;
-            file.replace(&keys, &revoked)
-        })
-        .await;
-        match written {
-            Ok(Ok(())) => tracing::debug!("local snapshot written"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the local snapshot"),
-            Err(e) => tracing::warn!(error = %e, "cannot write the local snapshot"),
+        let (in_flight, failed) = (snap.in_flight.clone(), snap.failed.clone());
+        tokio::task::spawn_blocking(move || {
+            records.sort_by(|a, b| (a.created, a.id.as_str()).cmp(&(b.created, b.id.as_str())));
+            let written = KeySet::from_records(records)
+                .map_err(|(_, e)| StoreError::Key(e))
+                .and_then(|keys| file.replace(&keys, &revoked));
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "cannot write the local snapshot; will retry");
+                failed.store(true, Ordering::Release);
+            }
+            in_flight.store(false, Ordering::Release);
+        });
+    }
+
+    /// A failed write is retried at the next chance.
+    fn snapshot_retry(&mut self) {
+        if let Some(snap) = &mut self.snapshot
+            && snap.failed.swap(false, Ordering::AcqRel)
+        {
+            snap.dirty = true;
+            snap.urgent = true;
         }
     }
 
@@ -186,6 +240,7 @@ impl PgSync {
                 snap.keys.remove(h);
             }
             snap.dirty = true;
+            snap.urgent |= !delta.revoked.is_empty() || !delta.removed.is_empty();
         }
     }
 
@@ -220,13 +275,17 @@ impl PgSync {
     /// so the signal never kills the process).
     pub async fn run(mut self) {
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        self.start_from_snapshot().await;
         let mut backoff = BACKOFF_MIN;
         let mut failures = 0u64;
         loop {
             let started = Instant::now();
             let Err(e) = self.session(&mut hup).await;
             self.metrics.store_connected(false);
+            if !self.health.is_loaded() {
+                self.start_from_snapshot().await;
+            }
+            self.snapshot_retry();
+            self.write_snapshot(true);
             // A session that lasted a while was a real connection: start the
             // backoff over, and say that it was lost.
             if started.elapsed() > BACKOFF_MAX {
@@ -274,9 +333,13 @@ impl PgSync {
         );
         self.sync(&mut client, true).await?;
         self.metrics.store_connected(true);
-        self.write_snapshot(true).await;
+        self.write_snapshot(true);
         let mut tick = tokio::time::interval_at(Instant::now() + self.resync, self.resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A snapshot write that could not start (one in flight) or failed is
+        // retried within a second, whatever the resync interval.
+        let mut snapshot_tick = tokio::time::interval(Duration::from_secs(1));
+        snapshot_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 n = changed.recv() => if n.is_none() {
@@ -286,9 +349,15 @@ impl PgSync {
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     tracing::info!(store = self.store.label(), "SIGHUP: syncing with the key store now");
                 }
+                _ = snapshot_tick.tick(), if self.snapshot.is_some() => {
+                    self.snapshot_retry();
+                    self.write_snapshot(false);
+                    continue;
+                }
             }
             self.sync(&mut client, false).await?;
-            self.write_snapshot(false).await;
+            self.snapshot_retry();
+            self.write_snapshot(false);
         }
     }
 
