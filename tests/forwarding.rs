@@ -215,6 +215,35 @@ async fn websocket_tunnels_count_against_max_connections() {
 }
 
 #[tokio::test]
+async fn an_idle_websocket_tunnel_is_closed_after_idle_timeout() {
+    let upstream = TestUpstream::start().await;
+    let setup = Setup {
+        server: "idle_timeout = \"600ms\"".into(),
+        ..Setup::default()
+    };
+    let gw = TestGateway::start_with(&upstream.url(), setup);
+    // A tunnel that talks every 200 ms for 1.5 s stays open...
+    let mut busy = open_tunnel(&gw).await;
+    for _ in 0..7 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        busy.write_all(b"ping").await.unwrap();
+        let mut echoed = [0u8; 4];
+        busy.read_exact(&mut echoed).await.unwrap();
+    }
+    // ...and one left silent is closed.
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), busy.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "an idle tunnel was never closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    wait_for_metric(gw.ops, "keygate_connections_active", |v| v == 0.0).await;
+}
+
+#[tokio::test]
 async fn upstream_down_is_502_and_counted() {
     let upstream = TestUpstream::start().await;
     let url = upstream.url();

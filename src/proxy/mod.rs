@@ -7,6 +7,7 @@
 mod body;
 pub mod headers;
 pub mod reject;
+mod tunnel;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -17,7 +18,6 @@ use arc_swap::ArcSwap;
 use http::header::{HOST, ORIGIN};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 pub use body::ProxyBody;
@@ -77,6 +77,8 @@ pub struct Gateway {
     cors: Option<CorsConfig>,
     forward_key: bool,
     access_log: bool,
+    /// `server.idle_timeout`, applied to upgraded tunnels.
+    tunnel_idle: std::time::Duration,
 }
 
 /// What an allowed request carries to the forwarder, owned so that the
@@ -104,6 +106,7 @@ impl Gateway {
             cors: config.cors.clone(),
             forward_key: config.keys.forward_key,
             access_log: config.log.access_log,
+            tunnel_idle: config.server.idle_timeout,
         })
     }
 
@@ -283,17 +286,14 @@ impl Gateway {
             let upstream_side = hyper::upgrade::on(&mut response);
             let metrics = self.metrics.clone();
             let slot = conn.slot.clone();
+            let idle = self.tunnel_idle;
             tokio::spawn(async move {
                 let _slot = slot;
                 if let (Ok(client), Ok(upstream)) = (client_side.await, upstream_side.await) {
                     // The client connection lives on as a tunnel once hyper
                     // has handed it over: it still counts as open.
                     metrics.connection_opened();
-                    let _ = tokio::io::copy_bidirectional(
-                        &mut TokioIo::new(client),
-                        &mut TokioIo::new(upstream),
-                    )
-                    .await;
+                    tunnel::run(client, upstream, idle).await;
                     metrics.connection_closed();
                 }
             });
