@@ -301,7 +301,7 @@ async fn upstream_dying_mid_body_aborts_the_client_response() {
 }
 
 #[tokio::test]
-async fn an_upstream_silent_mid_body_is_cut_after_response_timeout() {
+async fn an_upstream_silent_mid_body_is_cut_after_read_timeout() {
     let upstream = TestUpstream::start().await;
     let gw = TestGateway::start_with(
         &upstream.url(),

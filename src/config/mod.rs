@@ -82,6 +82,9 @@ pub struct UpstreamConfig {
     pub url: Uri,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// Longest silence of the upstream in the middle of a response body
+    /// (nginx's `proxy_read_timeout`); defaults to `response_timeout`.
+    pub read_timeout: Duration,
     /// Extra CA certificates (PEM) trusted for an `https://` upstream.
     pub ca: Option<PathBuf>,
     pub pool_idle_timeout: Duration,
@@ -280,10 +283,23 @@ fn validate(
         url,
         connect_timeout: u.connect_timeout.map_or(Duration::from_secs(2), |d| d.0),
         response_timeout: u.response_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        read_timeout: u
+            .read_timeout
+            .or(u.response_timeout)
+            .map_or(Duration::from_secs(30), |d| d.0),
         ca: u.ca.map(|c| resolve(base, &c)),
         pool_idle_timeout: u.pool_idle_timeout.map_or(Duration::from_secs(90), |d| d.0),
         pool_max_idle: u.pool_max_idle.unwrap_or(256),
     };
+    for (name, d) in [
+        ("upstream.connect_timeout", upstream.connect_timeout),
+        ("upstream.response_timeout", upstream.response_timeout),
+        ("upstream.read_timeout", upstream.read_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(format!("{name} must be more than zero"));
+        }
+    }
 
     let k = raw.keys;
     let store_key = if k.store_env.is_some() {

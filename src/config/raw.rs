@@ -82,6 +82,7 @@ pub struct RawUpstream {
     pub url: String,
     pub connect_timeout: Option<DurationStr>,
     pub response_timeout: Option<DurationStr>,
+    pub read_timeout: Option<DurationStr>,
     pub ca: Option<String>,
     pub pool_idle_timeout: Option<DurationStr>,
     pub pool_max_idle: Option<usize>,

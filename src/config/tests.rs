@@ -32,6 +32,7 @@ fn minimal_config_gets_spec_defaults() {
     assert_eq!(c.server.drain_timeout, Duration::from_secs(30));
     assert_eq!(c.upstream.connect_timeout, Duration::from_secs(2));
     assert_eq!(c.upstream.response_timeout, Duration::from_secs(30));
+    assert_eq!(c.upstream.read_timeout, Duration::from_secs(30));
     assert_eq!(
         c.keys.store,
         StoreLocation::File(PathBuf::from("/etc/keygate/keys.toml"))
@@ -150,4 +151,16 @@ fn postgres_options_are_checked() {
         "{MINIMAL}[keys]\nstore = \"postgres://u:hunter2@db/k?sslmode=nope\"\n"
     ));
     assert!(e.contains("keys.store") && !e.contains("hunter2"), "{e}");
+}
+
+#[test]
+fn read_timeout_defaults_to_response_timeout_and_zero_timeouts_are_refused() {
+    let with = |extra: &str| format!("[upstream]\nurl = \"http://127.0.0.1:3000\"\n{extra}\n");
+    let c = parse(&with("response_timeout = \"5s\"")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.upstream.read_timeout, Duration::from_secs(5));
+    let c = parse(&with("response_timeout = \"5s\"\nread_timeout = \"10m\""))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.upstream.read_timeout, Duration::from_secs(600));
+    assert!(err(&with("response_timeout = \"0s\"")).contains("upstream.response_timeout"));
+    assert!(err(&with("read_timeout = \"0s\"")).contains("upstream.read_timeout"));
 }

@@ -4,7 +4,7 @@
 //! aborts the client connection (HTTP/2: resets the stream) instead of
 //! ending the response as if it were whole.
 //!
-//! An upstream that goes silent mid-body is cut after `response_timeout`
+//! An upstream that goes silent mid-body is cut after `upstream.read_timeout`
 //! without a byte (nginx's `proxy_read_timeout`): the timer runs only while
 //! keygate is waiting for the upstream, never while the client is slow to
 //! read, and it is armed only when a read would block, so a body that
@@ -36,7 +36,7 @@ struct Stall {
     armed: bool,
 }
 
-/// Why an upstream body was cut: it stayed silent for `response_timeout`.
+/// Why an upstream body was cut: it stayed silent for `read_timeout`.
 #[derive(Debug)]
 pub struct UpstreamStalled(Duration);
 

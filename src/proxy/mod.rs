@@ -302,7 +302,7 @@ impl Gateway {
         headers::strip_hop_by_hop(&mut parts.headers, switching);
         Ok(Response::from_parts(
             parts,
-            ProxyBody::upstream(body, self.metrics.clone(), self.upstream.response_timeout()),
+            ProxyBody::upstream(body, self.metrics.clone(), self.upstream.read_timeout()),
         ))
     }
 }

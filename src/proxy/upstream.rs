@@ -32,6 +32,7 @@ pub struct Upstream {
     scheme: Scheme,
     authority: Authority,
     response_timeout: Duration,
+    read_timeout: Duration,
 }
 
 impl Upstream {
@@ -66,6 +67,7 @@ impl Upstream {
             scheme,
             authority,
             response_timeout: cfg.response_timeout,
+            read_timeout: cfg.read_timeout,
         })
     }
 
@@ -79,9 +81,9 @@ impl Upstream {
             .map_err(|_| ProxyError::BadTarget)
     }
 
-    /// Also the longest silence allowed mid-body (see `ProxyBody`).
-    pub fn response_timeout(&self) -> std::time::Duration {
-        self.response_timeout
+    /// The longest silence allowed mid-body (see `ProxyBody`).
+    pub fn read_timeout(&self) -> std::time::Duration {
+        self.read_timeout
     }
 
     /// Sends a request and waits for the response head. `response_timeout`
