@@ -244,8 +244,26 @@ async fn json_logs_and_the_optional_access_log() {
         &[("x-api-key", &gw.keys.full), ("origin", SHOP)],
     )
     .await;
+    // Unknown and malformed keys are logged as denials, never quoted.
+    let unknown = "kg_thisKeyIsNotInTheStoreButLooksReal00";
+    let malformed = "not-a-key-but-maybe-someone-s-password";
+    for key in [unknown, malformed] {
+        get(&gw.url("/denied"), &[("x-api-key", key)]).await;
+    }
     gw.wait_for_output("request allowed");
     gw.wait_for_output("request denied");
+    gw.wait_for_output("invalid_key");
+    for secret in [
+        gw.keys.read_only.as_str(),
+        gw.keys.full.as_str(),
+        unknown,
+        malformed,
+    ] {
+        assert!(
+            !gw.output().contains(secret),
+            "a presented key reached the log"
+        );
+    }
     let lines: Vec<serde_json::Value> = gw
         .output()
         .lines()
