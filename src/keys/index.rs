@@ -245,18 +245,9 @@ mod tests {
     use std::time::UNIX_EPOCH;
 
     fn snapshot(revoke: &[&str]) -> StoreSnapshot {
-        let rec = |id: &str, secret: &str, access| KeyRecord {
-            id: KeyId::parse(id).unwrap_or_else(|e| panic!("{e}")),
-            name: id.into(),
-            access,
-            hash: KeyHash::of(secret.as_bytes()),
-            created: UNIX_EPOCH,
-            expires: None,
-            origins: vec![],
-        };
         let keys = KeySet::from_records(vec![
-            rec("a", "sa", Access::ReadOnly),
-            rec("b", "sb", Access::FullAccess),
+            record("a", "sa", Access::ReadOnly),
+            record("b", "sb", Access::FullAccess),
         ])
         .unwrap_or_else(|(_, e)| panic!("{e}"));
         StoreSnapshot {

@@ -249,3 +249,17 @@ pub async fn assert_serving(gw: &TestGateway) {
     let r = super::client::get(&gw.url("/"), &[("x-api-key", &gw.keys.read_only)]).await;
     assert_eq!(r.status, 200, "the gateway stopped serving: {:?}", r.body);
 }
+
+/// Sends `n` requests with the standard read-only key, each on a fresh
+/// connection, asserting 200; returns the p50 and p99 of their latencies.
+pub async fn served_latencies(gw: &TestGateway, n: usize) -> (Duration, Duration) {
+    let mut latencies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        let r = super::client::get(&gw.url("/"), &[("x-api-key", &gw.keys.read_only)]).await;
+        assert_eq!(r.status, 200);
+        latencies.push(start.elapsed());
+    }
+    latencies.sort();
+    (latencies[n / 2], latencies[n * 99 / 100 - 1])
+}

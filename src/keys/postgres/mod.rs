@@ -45,6 +45,17 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
+/// Appends an error's chain of causes (they name options and hosts, never
+/// the URL's password).
+fn push_causes(msg: &mut String, e: &dyn std::error::Error) {
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+}
+
 /// A database error with what keygate was doing, and the store's label
 /// (which never contains the password).
 pub(crate) fn db_err(store: &PgStore, action: &str, e: &tokio_postgres::Error) -> StoreError {
@@ -52,13 +63,8 @@ pub(crate) fn db_err(store: &PgStore, action: &str, e: &tokio_postgres::Error) -
         Some(db) => db.message().to_string(),
         None => e.to_string(),
     };
-    let mut source = std::error::Error::source(e);
     if e.as_db_error().is_none() {
-        while let Some(s) = source {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
-            source = s.source();
-        }
+        push_causes(&mut msg, e);
     }
     if msg.contains("TLS handshake") {
         msg.push_str(
@@ -77,12 +83,7 @@ impl PgStore {
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|e: tokio_postgres::Error| {
                 let mut msg = format!("not a valid PostgreSQL URL: {e}");
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    msg.push_str(": ");
-                    msg.push_str(&s.to_string());
-                    source = s.source();
-                }
+                push_causes(&mut msg, &e);
                 msg
             })?;
         if config.get_hosts().is_empty() {
