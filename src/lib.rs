@@ -26,3 +26,4 @@ pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod store;

@@ -165,7 +165,7 @@ async fn kubernetes_style_symlink_swap_is_picked_up() {
     std::fs::create_dir(&v2).unwrap();
     std::fs::copy(v1.join("keys.toml"), v2.join("keys.toml")).unwrap();
     let added = add_key(
-        &keygate::keys::FileStore::new(v2.join("keys.toml")),
+        &keygate::store::FileStore::new(v2.join("keys.toml")),
         "added",
         Access::ReadOnly,
         None,

@@ -2,13 +2,14 @@
 //! and field for every problem.
 
 use super::{CliError, ConfigArg};
-use crate::config::{self, Config, StoreLocation};
-use crate::keys::postgres::schema;
-use crate::keys::{Access, KeyIndex, Store};
+use crate::config::StoreLocation;
+use crate::store::postgres::schema;
+use crate::keys::{Access, KeyIndex};
+use crate::store::Store;
 
 pub fn run(args: &ConfigArg) -> Result<(), CliError> {
-    let path = config::resolve_path(args.config.as_deref());
-    let config = Config::load(&path)?;
+    let path = super::config_path(args.config.as_deref());
+    let config = super::load_config(&path)?;
     // The same loading `serve` does: PEM files parsed, key matched to the
     // certificate, upstream CA read.
     if let Some(tls) = &config.server.tls {
@@ -49,8 +50,8 @@ pub fn run(args: &ConfigArg) -> Result<(), CliError> {
 /// `keygate migrate`: only the PostgreSQL store has a schema; a file store
 /// needs nothing, which is said rather than silently ignored.
 pub fn migrate(args: &ConfigArg) -> Result<(), CliError> {
-    let path = config::resolve_path(args.config.as_deref());
-    let config = Config::load(&path)?;
+    let path = super::config_path(args.config.as_deref());
+    let config = super::load_config(&path)?;
     match &config.keys.store {
         StoreLocation::File(p) => {
             println!(

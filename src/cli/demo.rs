@@ -16,12 +16,13 @@ use hyper_util::rt::TokioIo;
 
 use super::keys::create_key;
 use super::{CliError, ConfigArg, serve};
-use crate::config::{self, Config, StoreLocation};
-use crate::keys::{Access, FileStore, Store};
+use crate::config::StoreLocation;
+use crate::keys::Access;
+use crate::store::{FileStore, Store};
 
 pub fn run(args: &ConfigArg) -> Result<(), CliError> {
-    let path = config::resolve_path(args.config.as_deref());
-    let mut config = Config::load(&path)?;
+    let path = super::config_path(args.config.as_deref());
+    let mut config = super::load_config(&path)?;
     let StoreLocation::File(shipped) = &config.keys.store else {
         return Err(CliError::user("keygate demo needs a file key store"));
     };

@@ -8,11 +8,12 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::{CliError, snippet};
-use crate::config::{self, Config, StoreLocation, parse_duration};
+use crate::config::{Config, StoreLocation, parse_duration};
 use crate::keys::record::{format_time, latest_time, normalize_origin, parse_time, validate_name};
 use crate::keys::{
-    Access, KeyHash, KeyId, KeyRecord, KeySetError, KeyUpdate, Store, StoreError, import, token,
+    Access, KeyHash, KeyId, KeyRecord, KeySetError, KeyUpdate, import, token,
 };
+use crate::store::{Store, StoreError};
 
 #[derive(Debug, Args)]
 pub struct KeysArgs {
@@ -110,14 +111,14 @@ impl Target {
 }
 
 fn target(args: &KeysArgs) -> Result<Target, CliError> {
-    let config_path = config::resolve_path(args.config.as_deref());
+    let config_path = super::config_path(args.config.as_deref());
     let config = match (&args.store, &args.config) {
         // --store alone: use the config only if it is there (for the prefix and header).
         (Some(_), None) => config_path
             .exists()
-            .then(|| Config::load(&config_path))
+            .then(|| super::load_config(&config_path))
             .transpose()?,
-        _ => Some(Config::load(&config_path)?),
+        _ => Some(super::load_config(&config_path)?),
     };
     let location = match (&args.store, &config) {
         (Some(path), _) => match path.to_str() {
@@ -134,8 +135,8 @@ fn target(args: &KeysArgs) -> Result<Target, CliError> {
         }
     };
     let store = Store::open(&location).map_err(|e| match args.store {
-        Some(_) => CliError::user(e.replace("keys.store", "--store")),
-        None => CliError::user(e),
+        Some(_) => CliError::user(e.to_string().replace("keys.store", "--store")),
+        None => CliError::from(e),
     })?;
     Ok(Target { store, config })
 }
@@ -434,7 +435,7 @@ fn import(
     let text = if file.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin())?
     } else {
-        crate::keys::store::read_text(file)?
+        crate::store::read_text(file)?
     };
     let now = SystemTime::now();
     let imported = import::parse_import(&text, t.prefix(), now, || {

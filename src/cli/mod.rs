@@ -10,9 +10,35 @@ mod serve;
 mod snippet;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+
+/// Where the config is read from when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "config/keygate.toml";
+
+/// The config file path: `--config`, else `$KEYGATE_CONFIG`, else the default.
+pub fn config_path(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| {
+            std::env::var_os("KEYGATE_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+}
+
+/// Reads and validates a config file: the file's folder is where its
+/// relative paths resolve, and errors start with the file's path.
+pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read config {}: {e}", path.display())))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    Config::from_toml(&text, base, &|name| std::env::var(name).ok())
+        .map_err(|e| ConfigError(format!("{}:{}", path.display(), e.0)))
+}
 
 /// A failed command: a one-line message and its exit code.
 #[derive(Debug)]

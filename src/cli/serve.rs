@@ -9,16 +9,16 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{CliError, ConfigArg, logging};
-use crate::config::{self, Config};
-use crate::keys::{KeyIndex, Store};
+use crate::config::Config;
+use crate::keys::KeyIndex;
+use crate::store::Store;
 use crate::metrics::{Health, Metrics, serve_ops};
 use crate::proxy::Gateway;
-use crate::reload::Reloader;
-use crate::reload::postgres::PgSync;
+use crate::reload::{CertWatcher, FileWatcher, Hangup, PgSync, Publisher};
 use crate::server::{self, Drain, tls};
 
 pub fn run(args: &ConfigArg) -> Result<(), CliError> {
-    let config = Config::load(&config::resolve_path(args.config.as_deref()))?;
+    let config = super::load_config(&super::config_path(args.config.as_deref()))?;
     serve(config, |_, _| {})
 }
 
@@ -53,39 +53,41 @@ async fn run_gateway(
     );
     let health = Arc::new(Health::default());
     let index = Arc::new(ArcSwap::from_pointee(KeyIndex::default()));
+    let publisher = Publisher::new(index.clone(), metrics.clone(), health.clone());
+    // Registered before anything can report ready: an early SIGHUP must not
+    // kill the process.
+    let hangup = Hangup::listen();
     // A file store is loaded before anything listens (a bad file is a start
     // error). A database store is loaded by its sync task: until it is,
     // /readyz says 503 and requests get 503 not_ready, and the gateway keeps
     // trying, since the database may simply come up after it.
-    let mut pg_sync = None;
-    let mut reloader = match Store::open(&config.keys.store).map_err(CliError::user)? {
+    let (mut file_watcher, mut pg_sync) = (None, None);
+    match Store::open(&config.keys.store)? {
         Store::File(store) => {
             metrics.store_connected(true);
-            let mut reloader = Reloader::new(store, index.clone(), metrics.clone(), health.clone());
-            reloader.reload("start")?;
-            reloader
+            let mut watcher = FileWatcher::new(store, publisher);
+            watcher.reload("start")?;
+            file_watcher = Some(watcher);
         }
         Store::Postgres(store) => {
-            let sync = PgSync::new(
-                *store,
-                index.clone(),
-                metrics.clone(),
-                health.clone(),
-                config.keys.resync_interval,
-            );
+            let sync = PgSync::new(*store, publisher, config.keys.resync_interval);
             pg_sync = Some(match &config.keys.snapshot {
                 Some(path) => sync.with_snapshot(path.clone(), config.keys.snapshot_max_age),
                 None => sync,
             });
-            Reloader::without_store(index.clone(), metrics.clone(), health.clone())
         }
-    };
+    }
 
     let tls = match &config.server.tls {
         None => None,
         Some(files) => {
             let resolver = tls::CertResolver::load(files).map_err(CliError::user)?;
-            reloader = reloader.with_tls(files.clone(), resolver.clone());
+            let (watched, reloaded) = (files.clone(), resolver.clone());
+            let watcher = CertWatcher::new(
+                vec![files.cert.clone(), files.key.clone()],
+                Box::new(move || reloaded.reload(&watched)),
+            );
+            tokio::spawn(watcher.watch(hangup.clone()));
             Some(tls::server_config(resolver).map_err(CliError::user)?)
         }
     };
@@ -100,16 +102,13 @@ async fn run_gateway(
     let ops_addr = ops.local_addr()?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let hangup = signal(SignalKind::hangup())
-        .map_err(
-            |e| tracing::warn!(error = %e, "cannot listen for SIGHUP; file watching still works"),
-        )
-        .ok();
 
     tokio::spawn(serve_ops(ops, metrics.clone(), health.clone()));
-    tokio::spawn(reloader.watch(hangup));
+    if let Some(watcher) = file_watcher {
+        tokio::spawn(watcher.watch(hangup.clone()));
+    }
     if let Some(sync) = pg_sync {
-        sync.spawn()
+        sync.spawn(hangup)
             .map_err(|e| CliError::user(format!("cannot start the key store sync: {e}")))?;
     }
     tracing::info!(client.addr = %client_addr, ops.addr = %ops_addr, tls = config.server.tls.is_some(), upstream = %config.upstream.url, "keygate listening");

@@ -47,6 +47,11 @@ pub enum Lookup<'a> {
 
 type Map = HashMap<KeyHash, Slot, DigestState>;
 
+/// The current key index, shared by every request and swapped whole by the
+/// publisher in `crate::reload`: a request loads it once and keeps that
+/// snapshot for its whole life.
+pub type SharedIndex = Arc<arc_swap::ArcSwap<KeyIndex>>;
+
 /// Overlay size that triggers a fold into the base. Each change copies the
 /// overlay, each fold copies the base: 4096 keeps both small for 1M keys.
 const MAX_OVERLAY: usize = 4096;

@@ -163,6 +163,14 @@ impl KeySet {
     }
 }
 
+/// Everything the gateway needs from a store: its keys and the revoked
+/// hashes. Pure data; the stores in `crate::store` produce it.
+#[derive(Debug, Clone, Default)]
+pub struct StoreSnapshot {
+    pub keys: KeySet,
+    pub revoked: HashSet<super::KeyHash>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,22 +1,19 @@
-//! The key model: tokens, their hashes, key records, the validated key set, the
-//! store files and the in-memory index. Pure except `store`, which owns the
-//! file I/O (locking, atomic writes, the revocation list).
+//! The key model: tokens, their hashes, key records, the validated key set,
+//! the store file format (text in, text out) and the in-memory index that
+//! requests read. Pure: no file, socket, clock or runtime here; the stores
+//! that read and write these live in `crate::store`.
 
 mod hash;
 mod id;
 pub mod import;
 mod index;
 mod keyset;
-pub mod postgres;
 pub mod record;
-pub mod store;
 pub mod storefile;
 pub mod token;
 
 pub use hash::KeyHash;
 pub use id::KeyId;
-pub use index::{IndexDelta, KeyEntry, KeyIndex, Lookup};
-pub use keyset::{KeySet, KeySetError, KeyUpdate};
-pub use postgres::PgStore;
+pub use index::{IndexDelta, KeyEntry, KeyIndex, Lookup, SharedIndex};
+pub use keyset::{KeySet, KeySetError, KeyUpdate, StoreSnapshot};
 pub use record::{Access, KeyRecord};
-pub use store::{FileStore, Store, StoreError, StoreSnapshot};

@@ -55,7 +55,8 @@ struct RawKey {
     origins: Option<Spanned<Vec<String>>>,
 }
 
-fn line_of(src: &str, offset: usize) -> usize {
+/// The 1-based line of a byte offset into `src` (TOML errors give offsets).
+pub fn line_of(src: &str, offset: usize) -> usize {
     src.as_bytes()[..offset.min(src.len())]
         .iter()
         .filter(|&&b| b == b'\n')

@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use arc_swap::ArcSwap;
 use http::header::{HOST, ORIGIN};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -26,12 +25,9 @@ use reject::ProxyError;
 use upstream::Upstream;
 
 use crate::config::{Config, CorsConfig};
-use crate::keys::{Access, KeyIndex};
+use crate::keys::{Access, SharedIndex};
 use crate::metrics::{DecisionLabel, Metrics};
 use crate::policy::{self, Decision, KeySource, PolicySettings, Preflight, RequestHead};
-
-/// The current key index; swapped whole by the reloader.
-pub type SharedIndex = Arc<ArcSwap<KeyIndex>>;
 
 /// What the pipeline needs about the connection a request came on.
 #[derive(Debug, Clone)]

@@ -18,22 +18,20 @@
 //! of its own (`spawn`), so decoding a million rows never holds a request
 //! worker.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 use tokio_postgres::{Client, IsolationLevel};
 
-use crate::keys::postgres::{self, PgStore, schema};
-use crate::keys::{
-    Access, FileStore, KeyHash, KeyIndex, KeyRecord, KeySet, StoreError, StoreSnapshot,
-};
-use crate::metrics::{Health, Metrics, unix_ms};
-use crate::proxy::SharedIndex;
+use super::snapshot::LocalSnapshot;
+use super::{Hangup, Publisher, Report};
+use crate::keys::{KeyHash, KeyIndex, StoreSnapshot};
+use crate::metrics::unix_ms;
+use crate::store::postgres::{self, PgStore, schema};
+use crate::store::StoreError;
 
 /// Longest wait for a connection (on top of the URL's connect_timeout).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,45 +46,21 @@ pub const APPLICATION_NAME: &str = "keygate";
 
 pub struct PgSync {
     store: PgStore,
-    index: SharedIndex,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
+    publisher: Publisher,
     resync: Duration,
     /// The change counter the index reflects; `None` before the first load.
     version: Option<i64>,
     /// Every revoked hash seen since start (and, with a snapshot, before):
     /// a restored older database cannot bring a deleted key back here.
     revoked_seen: HashSet<KeyHash>,
-    snapshot: Option<Snapshot>,
-}
-
-/// The local snapshot: the file written, the keys it mirrors (by hash), and
-/// whether the mirror changed since the last write.
-struct Snapshot {
-    file: FileStore,
-    max_age: Duration,
-    keys: HashMap<KeyHash, KeyRecord>,
-    dirty: bool,
-    /// A revocation is waiting: write without waiting for the interval.
-    urgent: bool,
-    written: Option<Instant>,
-    in_flight: Arc<AtomicBool>,
-    failed: Arc<AtomicBool>,
+    snapshot: Option<LocalSnapshot>,
 }
 
 impl PgSync {
-    pub fn new(
-        store: PgStore,
-        index: SharedIndex,
-        metrics: Arc<Metrics>,
-        health: Arc<Health>,
-        resync: Duration,
-    ) -> Self {
+    pub fn new(store: PgStore, publisher: Publisher, resync: Duration) -> Self {
         PgSync {
             store,
-            index,
-            metrics,
-            health,
+            publisher,
             resync,
             version: None,
             revoked_seen: HashSet::new(),
@@ -94,72 +68,54 @@ impl PgSync {
         }
     }
 
-    /// Also keep a local snapshot in `path` (file-store format, with its
-    /// `.revoked` beside it): read at start, rewritten at most once per
-    /// resync interval after changes.
+    /// Also keep a local snapshot in `path` (see `snapshot`).
     pub fn with_snapshot(mut self, path: std::path::PathBuf, max_age: Duration) -> Self {
-        self.snapshot = Some(Snapshot {
-            file: FileStore::new(path),
-            max_age,
-            keys: HashMap::new(),
-            dirty: false,
-            urgent: false,
-            written: None,
-            in_flight: Arc::default(),
-            failed: Arc::default(),
-        });
+        self.snapshot = Some(LocalSnapshot::new(path, max_age));
         self
     }
 
     /// Serves from the local snapshot until the database answers, if there
     /// is one and it is at most `snapshot_max_age` old. Called only after a
     /// first attempt to reach the database failed: a reachable database is
-    /// always preferred to the file. The revocation list is read on its own
-    /// first, so even a snapshot too old or unreadable to serve from still
-    /// adds every revocation it holds.
+    /// always preferred to the file.
     async fn start_from_snapshot(&mut self) {
         let Some(snap) = &self.snapshot else { return };
-        let file = snap.file.clone();
-        let max_age = snap.max_age;
-        let loaded = tokio::task::spawn_blocking(move || {
-            let revoked = file.load_revoked();
-            let age = std::fs::metadata(file.path())
-                .and_then(|m| m.modified())
-                .map(|t| t.elapsed().unwrap_or_default());
-            let keys = match &age {
-                Ok(a) if *a <= max_age => Some(file.load()),
-                _ => None,
-            };
-            (revoked, age, keys)
-        })
-        .await;
-        let Ok((revoked, age, keys)) = loaded else {
+        let Some(read) = snap.read().await else {
             return;
         };
-        match revoked {
+        let (path, max_age) = (snap.path(), snap.max_age());
+        match read.revoked {
             Ok(r) => self.revoked_seen.extend(r),
             Err(e) => tracing::warn!(error = %e, "local snapshot: revocation list unreadable"),
         }
-        let path = snap.file.path().display().to_string();
-        match (age, keys) {
-            (Err(_), _) => {}
-            (Ok(age), None) => tracing::warn!(
+        let Some(age) = read.age else { return };
+        match read.keys {
+            None => tracing::warn!(
                 snapshot = path,
                 age_s = age.as_secs(),
                 max_age_s = max_age.as_secs(),
                 "local snapshot too old to serve from; waiting for the key store"
             ),
-            (Ok(_), Some(Err(e))) => {
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "local snapshot unreadable; waiting for the key store")
             }
-            (Ok(age), Some(Ok(mut snapshot))) => {
+            Some(Ok(mut snapshot)) => {
                 snapshot.revoked.clone_from(&self.revoked_seen);
                 let keys = snapshot.keys.len();
+                let started = Instant::now();
                 match build_off_thread(move || KeyIndex::build(&snapshot)).await {
                     Ok(index) => {
-                        self.metrics.reload(Ok(counts(&index)), unix_secs());
-                        self.index.store(Arc::new(index));
-                        self.health.set_loaded();
+                        self.publisher.full(
+                            index,
+                            &Report {
+                                cause: "snapshot",
+                                store: &path,
+                                changes: None,
+                                version: None,
+                                stats: None,
+                                took: started.elapsed(),
+                            },
+                        );
                         tracing::warn!(
                             snapshot = path,
                             age_s = age.as_secs(),
@@ -173,118 +129,50 @@ impl PgSync {
         }
     }
 
-    /// Writes the snapshot if it changed: at once for a revocation (it must
-    /// survive a restart), else at most once per resync interval. The write
-    /// runs detached on the blocking pool, one at a time; a failed write
-    /// leaves the snapshot marked for the next try.
     fn write_snapshot(&mut self, now: bool) {
-        let resync = self.resync;
-        let Some(snap) = &mut self.snapshot else {
-            return;
-        };
-        let due = now || snap.urgent || snap.written.is_none_or(|t| t.elapsed() >= resync);
-        if !snap.dirty || !due || snap.in_flight.load(Ordering::Acquire) {
-            return;
-        }
-        snap.dirty = false;
-        snap.urgent = false;
-        snap.written = Some(Instant::now());
-        snap.in_flight.store(true, Ordering::Release);
-        let mut records: Vec<KeyRecord> = snap.keys.values().cloned().collect();
-        let revoked = self.revoked_seen.clone();
-        let file = snap.file.clone();
-        let (in_flight, failed) = (snap.in_flight.clone(), snap.failed.clone());
-        tokio::task::spawn_blocking(move || {
-            records.sort_by(|a, b| (a.created, a.id.as_str()).cmp(&(b.created, b.id.as_str())));
-            let written = KeySet::from_records(records)
-                .map_err(|(_, e)| StoreError::Key(e))
-                .and_then(|keys| file.replace(&keys, &revoked));
-            if let Err(e) = written {
-                tracing::warn!(error = %e, "cannot write the local snapshot; will retry");
-                failed.store(true, Ordering::Release);
-            }
-            in_flight.store(false, Ordering::Release);
-        });
-    }
-
-    /// A failed write is retried at the next chance.
-    fn snapshot_retry(&mut self) {
-        if let Some(snap) = &mut self.snapshot
-            && snap.failed.swap(false, Ordering::AcqRel)
-        {
-            snap.dirty = true;
-            snap.urgent = true;
-        }
-    }
-
-    /// Mirrors a full load in the snapshot.
-    fn snapshot_full(&mut self, snapshot: &StoreSnapshot) {
         if let Some(snap) = &mut self.snapshot {
-            snap.keys = snapshot
-                .keys
-                .records()
-                .iter()
-                .map(|r| (r.hash, r.clone()))
-                .collect();
-            snap.dirty = true;
-        }
-    }
-
-    /// Mirrors a delta in the snapshot.
-    fn snapshot_delta(&mut self, delta: &crate::keys::IndexDelta) {
-        if let Some(snap) = &mut self.snapshot {
-            for r in &delta.upserts {
-                snap.keys.insert(r.hash, r.clone());
-            }
-            for h in delta.revoked.iter().chain(&delta.removed) {
-                snap.keys.remove(h);
-            }
-            snap.dirty = true;
-            snap.urgent |= !delta.revoked.is_empty() || !delta.removed.is_empty();
+            snap.retry_failed();
+            snap.write(&self.revoked_seen, self.resync, now);
         }
     }
 
     /// Runs the sync loop on a thread of its own, with its own single-thread
     /// runtime. If it ever ends (a panic), the store is reported disconnected
     /// and an error logged: the gateway keeps serving its last index.
-    pub fn spawn(self) -> std::io::Result<()> {
-        let metrics = self.metrics.clone();
+    pub fn spawn(self, hup: Hangup) -> std::io::Result<()> {
+        let publisher = self.publisher.clone();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         std::thread::Builder::new()
             .name("keygate-store-sync".into())
             .spawn(move || {
-                struct Ended(Arc<Metrics>);
+                struct Ended(Publisher);
                 impl Drop for Ended {
                     fn drop(&mut self) {
-                        self.0.store_connected(false);
+                        self.0.metrics().store_connected(false);
                         tracing::error!(
                             "key store sync stopped; serving the last index until restart"
                         );
                     }
                 }
-                let _ended = Ended(metrics);
-                rt.block_on(self.run());
+                let _ended = Ended(publisher);
+                rt.block_on(self.run(hup));
             })?;
         Ok(())
     }
 
-    /// Runs until the task is dropped. SIGHUP forces a sync (the serve
-    /// command has already installed a SIGHUP handler before this starts,
-    /// so the signal never kills the process).
-    pub async fn run(mut self) {
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    /// Runs until the task is dropped. SIGHUP forces a sync.
+    pub async fn run(mut self, mut hup: Hangup) {
         let mut backoff = BACKOFF_MIN;
         let mut failures = 0u64;
         loop {
             let started = Instant::now();
             let Err(e) = self.session(&mut hup).await;
-            self.metrics.store_connected(false);
-            if !self.health.is_loaded() {
+            self.publisher.metrics().store_connected(false);
+            if !self.publisher.is_loaded() {
                 self.start_from_snapshot().await;
             }
-            self.snapshot_retry();
             self.write_snapshot(true);
             // A session that lasted a while was a real connection: start the
             // backoff over, and say that it was lost.
@@ -311,10 +199,7 @@ impl PgSync {
     }
 
     /// One connection's life: returns only with the error that ended it.
-    async fn session(
-        &mut self,
-        hup: &mut Option<tokio::signal::unix::Signal>,
-    ) -> Result<Infallible, StoreError> {
+    async fn session(&mut self, hup: &mut Hangup) -> Result<Infallible, StoreError> {
         let (tx, mut changed) = mpsc::channel(1);
         let mut client = timeout(
             CONNECT_TIMEOUT,
@@ -332,7 +217,7 @@ impl PgSync {
             "connected to the key store; listening for changes"
         );
         self.sync(&mut client, true).await?;
-        self.metrics.store_connected(true);
+        self.publisher.metrics().store_connected(true);
         self.write_snapshot(true);
         let mut tick = tokio::time::interval_at(Instant::now() + self.resync, self.resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -346,17 +231,15 @@ impl PgSync {
                     return Err(StoreError::Database(format!("{}: the connection closed", self.store.label())));
                 },
                 _ = tick.tick() => {}
-                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                () = hup.recv() => {
                     tracing::info!(store = self.store.label(), "SIGHUP: syncing with the key store now");
                 }
                 _ = snapshot_tick.tick(), if self.snapshot.is_some() => {
-                    self.snapshot_retry();
                     self.write_snapshot(false);
                     continue;
                 }
             }
             self.sync(&mut client, false).await?;
-            self.snapshot_retry();
             self.write_snapshot(false);
         }
     }
@@ -407,29 +290,30 @@ impl PgSync {
             .await
             .map_err(|_| self.timed_out("sync"))??;
         let started = Instant::now();
+        let label = self.store.label().to_string();
         match loaded {
             Loaded::Full((mut snapshot, version)) => {
                 self.revoked_seen.extend(snapshot.revoked.iter().copied());
                 snapshot.revoked.clone_from(&self.revoked_seen);
-                self.snapshot_full(&snapshot);
-                let keys = snapshot.keys.len();
+                if let Some(snap) = &mut self.snapshot {
+                    snap.mirror_full(&snapshot);
+                }
                 let index = build_off_thread(move || KeyIndex::build(&snapshot)).await?;
-                let counts = counts(&index);
-                self.index.store(Arc::new(index));
-                self.metrics.reload(Ok(counts), unix_secs());
-                self.health.set_loaded();
-                tracing::info!(
-                    result = "success",
-                    cause = if self.version.is_none() {
-                        "start"
-                    } else {
-                        "reconnect"
+                let cause = if self.version.is_none() {
+                    "start"
+                } else {
+                    "reconnect"
+                };
+                self.publisher.full(
+                    index,
+                    &Report {
+                        cause,
+                        store: &label,
+                        changes: None,
+                        version: Some(version),
+                        stats: None,
+                        took: started.elapsed(),
                     },
-                    store = self.store.label(),
-                    version,
-                    keys,
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    "key store loaded"
                 );
                 self.version = Some(version);
             }
@@ -438,36 +322,41 @@ impl PgSync {
                     let n = changes.delta.len();
                     self.revoked_seen
                         .extend(changes.delta.revoked.iter().copied());
-                    self.snapshot_delta(&changes.delta);
-                    let current = self.index.load_full();
+                    if let Some(snap) = &mut self.snapshot {
+                        snap.mirror_delta(&changes.delta);
+                    }
+                    let current = self.publisher.current();
                     let delta = changes.delta;
                     let index = build_off_thread(move || current.apply(&delta)).await?;
-                    self.metrics.set_keys(counts(&index));
-                    self.index.store(Arc::new(index));
-                    self.metrics.store_changes_applied(n);
-                    tracing::info!(
-                        store = self.store.label(),
-                        version = changes.version,
-                        changes = n,
-                        duration_us = started.elapsed().as_micros() as u64,
-                        "key store changes applied"
+                    self.publisher.delta(
+                        index,
+                        &Report {
+                            cause: "change",
+                            store: &label,
+                            changes: Some(n),
+                            version: Some(changes.version),
+                            stats: None,
+                            took: started.elapsed(),
+                        },
                     );
                 }
                 self.version = Some(changes.version);
             }
         }
-        self.metrics.store_synced(unix_ms(SystemTime::now()));
+        self.publisher
+            .metrics()
+            .store_synced(unix_ms(SystemTime::now()));
         Ok(())
     }
 }
 
 enum Loaded {
-    Full((crate::keys::StoreSnapshot, i64)),
+    Full((StoreSnapshot, i64)),
     Delta(postgres::Changes),
 }
 
 fn postgres_err(store: &PgStore, action: &str, e: &tokio_postgres::Error) -> StoreError {
-    crate::keys::postgres::db_err(store, action, e)
+    postgres::db_err(store, action, e)
 }
 
 /// Index work runs on the blocking pool, never on a request worker.
@@ -477,17 +366,6 @@ async fn build_off_thread(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StoreError::Database(format!("index build failed: {e}")))
-}
-
-fn counts(index: &KeyIndex) -> (usize, usize) {
-    (
-        index.count(Access::ReadOnly),
-        index.count(Access::FullAccess),
-    )
-}
-
-fn unix_secs() -> f64 {
-    unix_ms(SystemTime::now()) as f64 / 1000.0
 }
 
 /// 50% to 100% of `d`, so a fleet that lost its database together does not

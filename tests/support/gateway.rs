@@ -8,7 +8,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
-use keygate::keys::{Access, FileStore, KeyHash, KeyId, KeyRecord, token};
+use keygate::keys::{Access, KeyHash, KeyId, KeyRecord, token};
+use keygate::store::FileStore;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keygate");
 pub const SHOP: &str = "https://shop.example.com";

@@ -28,14 +28,51 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 pub use rows::{BadRows, Changes, load_changes, load_snapshot, state_version};
 
-use super::{KeyHash, KeyRecord, KeySet, StoreError, StoreSnapshot};
+use super::{StoreError, StoreSnapshot};
+use crate::keys::{KeyHash, KeyRecord, KeySet};
 
 /// A PostgreSQL key store: connection settings, never an open connection.
 #[derive(Clone)]
 pub struct PgStore {
     config: tokio_postgres::Config,
-    tls: Option<MakeRustlsConnect>,
+    tls: Option<TlsRoots>,
     label: String,
+}
+
+/// What TLS to the database trusts: the system's roots plus `sslrootcert`.
+/// Certificates are read when connecting, not when the URL is parsed, so
+/// that opening a store (and validating a config) does no I/O.
+#[derive(Clone, Debug)]
+struct TlsRoots {
+    ca: Option<String>,
+}
+
+impl TlsRoots {
+    fn connector(&self) -> Result<MakeRustlsConnect, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        if let Some(path) = &self.ca {
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("sslrootcert {path}: {e}"))?;
+            if certs.is_empty() {
+                return Err(format!("sslrootcert {path}: no certificate in the file"));
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("sslrootcert {path}: {e}"))?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(MakeRustlsConnect::new(tls))
+    }
 }
 
 impl std::fmt::Debug for PgStore {
@@ -114,29 +151,7 @@ impl PgStore {
                 // `prefer` would carry on in plain text if the server (or
                 // someone in between) declines TLS.
                 config.ssl_mode(SslMode::Require);
-                let mut roots = rustls::RootCertStore::empty();
-                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-                if let Some(path) = &ca {
-                    let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
-                        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                        .map_err(|e| format!("sslrootcert {path}: {e}"))?;
-                    if certs.is_empty() {
-                        return Err(format!("sslrootcert {path}: no certificate in the file"));
-                    }
-                    for cert in certs {
-                        roots
-                            .add(cert)
-                            .map_err(|e| format!("sslrootcert {path}: {e}"))?;
-                    }
-                }
-                let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| format!("TLS setup: {e}"))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-                Some(MakeRustlsConnect::new(tls))
+                Some(TlsRoots { ca })
             }
         };
         let host = match config.get_hosts().first() {
@@ -176,8 +191,11 @@ impl PgStore {
                 tokio::spawn(drive(conn, notify));
                 Ok(client)
             }
-            Some(tls) => {
-                let (client, conn) = config.connect(tls.clone()).await.map_err(err)?;
+            Some(roots) => {
+                let tls = roots.connector().map_err(|e| {
+                    StoreError::Database(format!("{}: cannot connect: {e}", self.label))
+                })?;
+                let (client, conn) = config.connect(tls).await.map_err(err)?;
                 tokio::spawn(drive(conn, notify));
                 Ok(client)
             }
@@ -359,7 +377,6 @@ mod tests {
         for bad in [
             "postgres://u:s3cret@db/k?sslmode=bogus",
             "postgres://u:s3@cret@db/k",
-            "postgres://u:s3cret@db/k?sslmode=require&sslrootcert=/nonexistent/ca.pem",
         ] {
             let e = PgStore::from_url(bad).err().unwrap_or_default();
             assert!(
@@ -367,5 +384,15 @@ mod tests {
                 "{e}"
             );
         }
+        // The CA file is read when connecting, not when the URL is parsed.
+        let store =
+            PgStore::from_url("postgres://u:s3cret@db/k?sslmode=require&sslrootcert=/nonexistent/ca.pem")
+                .unwrap_or_else(|e| panic!("{e}"));
+        let e = store
+            .tls
+            .as_ref()
+            .map(|t| t.connector().err().unwrap_or_default())
+            .unwrap_or_default();
+        assert!(e.contains("/nonexistent/ca.pem") && !e.contains("s3cret"), "{e}");
     }
 }

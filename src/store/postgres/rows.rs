@@ -11,7 +11,8 @@ use tokio_postgres::types::ToSql;
 
 use super::{PgStore, db_err};
 use crate::keys::record::{latest_time, normalize_origin, validate_name};
-use crate::keys::{IndexDelta, KeyHash, KeyId, KeyRecord, KeySet, StoreError, StoreSnapshot};
+use crate::keys::{IndexDelta, KeyHash, KeyId, KeyRecord, KeySet, StoreSnapshot};
+use crate::store::StoreError;
 
 const KEY_COLUMNS: &str = "id, name, access, hash, created, expires, origins";
 /// Rows per bulk insert statement (an import of 100k keys is 20 statements).

@@ -20,7 +20,7 @@
 use tokio_postgres::GenericClient;
 
 use super::{PgStore, db_err};
-use crate::keys::StoreError;
+use crate::store::StoreError;
 
 /// The channel gateways LISTEN on.
 pub const CHANNEL: &str = "keygate_changes";

@@ -1,0 +1,200 @@
+//! `FileWatcher`: keeps the index current from the file store.
+//!
+//! It polls file metadata (following symlinks) every 250 ms. A `stat` per
+//! file is cheap, needs no platform event API, and sees every way a file can
+//! change: in-place writes, editors' rename-over, and Kubernetes' `..data`
+//! symlink swap. As a fallback for filesystems with coarse timestamps (a
+//! same-size rewrite within one tick of the clock), the store's content hash
+//! is compared every few seconds while the file is small enough for that to
+//! cost nothing. Every look at the files (stat included) and every index
+//! build runs on the blocking pool, never on a request worker.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::fingerprint::Fingerprint;
+use super::{Hangup, Publisher, Report};
+use crate::keys::{KeyHash, KeyIndex, StoreSnapshot};
+use crate::store::{FileStore, StoreError, read_text};
+
+/// How often the watcher looks at the files.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// Every this many polls, the store's content hash is compared too...
+const CONTENT_CHECK_EVERY: u32 = 20;
+/// ...if the store is at most this large (about 80,000 keys).
+const CONTENT_CHECK_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
+/// What a successful reload changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReloadStats {
+    pub keys: usize,
+    pub added: usize,
+    pub removed: usize,
+    pub changed: usize,
+    pub revoked: usize,
+}
+
+/// Owns the store, the last loaded snapshot's digest and the publisher.
+pub struct FileWatcher {
+    store: FileStore,
+    publisher: Publisher,
+    /// hash(id) → hash(record) of the last good load, for the diff: 16 bytes
+    /// a key instead of a second copy of the store.
+    last: HashMap<u64, u64>,
+    /// Metadata of the store files as of the last load attempt, taken before
+    /// reading them: a change that lands during or after the read is seen.
+    store_seen: Fingerprint,
+    /// BLAKE3 of the store text last loaded.
+    content_seen: Option<blake3::Hash>,
+    /// Every revoked hash seen since start. The list is append-only: a hash
+    /// once revoked stays refused even if the file is later lost or restored
+    /// from an older copy.
+    revoked_seen: HashSet<KeyHash>,
+}
+
+impl FileWatcher {
+    pub fn new(store: FileStore, publisher: Publisher) -> Self {
+        FileWatcher {
+            store,
+            publisher,
+            last: HashMap::new(),
+            store_seen: Fingerprint::default(),
+            content_seen: None,
+            revoked_seen: HashSet::new(),
+        }
+    }
+
+    fn store_files(&self) -> [std::path::PathBuf; 2] {
+        [self.store.path().to_path_buf(), self.store.revoked_path()]
+    }
+
+    /// Loads the store and swaps in a new index; on error the old one stays.
+    /// Logs the outcome and records it in the metrics either way.
+    pub fn reload(&mut self, cause: &str) -> Result<ReloadStats, StoreError> {
+        let started = Instant::now();
+        let store = self.store.clone();
+        self.store_seen = Fingerprint::of(&self.store_files());
+        let loaded = read_text(store.path()).and_then(|text| {
+            self.content_seen = Some(blake3::hash(text.as_bytes()));
+            store.load_from(&text)
+        });
+        let mut snapshot = match loaded {
+            Ok(s) => s,
+            Err(e) => {
+                self.publisher.failed(cause, &e);
+                return Err(e);
+            }
+        };
+        let forgotten = self.revoked_seen.difference(&snapshot.revoked).count();
+        if forgotten > 0 {
+            tracing::warn!(
+                forgotten,
+                file = %store.revoked_path().display(),
+                "the revocation list lost entries (deleted or restored from an older copy); those keys stay revoked"
+            );
+        }
+        self.revoked_seen.extend(snapshot.revoked.iter().copied());
+        snapshot.revoked.clone_from(&self.revoked_seen);
+        let index = KeyIndex::build(&snapshot);
+        let stats = self.diff(&snapshot);
+        let label = store.path().display().to_string();
+        self.publisher.full(
+            index,
+            &Report {
+                cause,
+                store: &label,
+                changes: (cause != "start").then_some(stats.added + stats.removed + stats.changed),
+                version: None,
+                stats: Some(stats),
+                took: started.elapsed(),
+            },
+        );
+        Ok(stats)
+    }
+
+    fn diff(&mut self, snapshot: &StoreSnapshot) -> ReloadStats {
+        let digest = |v: &dyn Fn(&mut DefaultHasher)| {
+            let mut h = DefaultHasher::new();
+            v(&mut h);
+            h.finish()
+        };
+        let next: HashMap<u64, u64> = snapshot
+            .keys
+            .records()
+            .iter()
+            .map(|r| {
+                let id = digest(&|h| r.id.hash(h));
+                let content = digest(&|h| (r.hash, r.access, r.expires, &r.origins).hash(h));
+                (id, content)
+            })
+            .collect();
+        let added = next
+            .keys()
+            .filter(|id| !self.last.contains_key(*id))
+            .count();
+        let removed = self
+            .last
+            .keys()
+            .filter(|id| !next.contains_key(*id))
+            .count();
+        let changed = next
+            .iter()
+            .filter(|(id, v)| self.last.get(*id).is_some_and(|old| old != *v))
+            .count();
+        let stats = ReloadStats {
+            keys: next.len(),
+            added,
+            removed,
+            changed,
+            revoked: snapshot.revoked.len(),
+        };
+        self.last = next;
+        stats
+    }
+
+    /// True when the store's bytes differ from the last load although its
+    /// metadata did not change (checked only for small stores).
+    fn content_changed(&self) -> bool {
+        let store = &self.store;
+        let small =
+            std::fs::metadata(store.path()).is_ok_and(|m| m.len() <= CONTENT_CHECK_MAX_BYTES);
+        small
+            && read_text(store.path())
+                .is_ok_and(|text| Some(blake3::hash(text.as_bytes())) != self.content_seen)
+    }
+
+    /// Watches the files and SIGHUP until the task is dropped.
+    pub async fn watch(mut self, mut hup: Hangup) {
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut polls = 0u32;
+        loop {
+            let forced = tokio::select! {
+                _ = tick.tick() => false,
+                () = hup.recv() => true,
+            };
+            polls = polls.wrapping_add(1);
+            let content_due = polls.is_multiple_of(CONTENT_CHECK_EVERY);
+            let joined = tokio::task::spawn_blocking(move || {
+                let stat_changed = Fingerprint::of(&self.store_files()) != self.store_seen;
+                let changed = forced || stat_changed || (content_due && self.content_changed());
+                if changed {
+                    let cause = if forced { "sighup" } else { "file change" };
+                    let _ = self.reload(cause);
+                }
+                self
+            })
+            .await;
+            match joined {
+                Ok(me) => self = me,
+                Err(e) => {
+                    tracing::error!(error = %e, "reload task failed; hot reload stops");
+                    return;
+                }
+            }
+        }
+    }
+}

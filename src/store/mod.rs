@@ -1,0 +1,150 @@
+//! The key stores: where keys live between runs, and the only module that
+//! reads or writes them. `FileStore` is the embedded TOML file (with the
+//! revocation list beside it); `PgStore` the shared PostgreSQL store for
+//! fleets. The CLI, `check` and the gateway's reloaders reach either through
+//! `Store`. Never called on the request path: requests read the in-memory
+//! `keys::KeyIndex` that `reload` publishes.
+
+mod file;
+pub mod postgres;
+
+use std::collections::HashSet;
+use std::io;
+use std::path::PathBuf;
+
+pub use crate::config::StoreLocation;
+pub use crate::keys::StoreSnapshot;
+use crate::keys::storefile::FileError;
+use crate::keys::{KeyHash, KeyRecord, KeySet, KeySetError};
+pub use file::{FileStore, read_text};
+pub use postgres::PgStore;
+
+/// A store failure, worded for an operator.
+#[derive(Debug)]
+pub enum StoreError {
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: io::Error,
+    },
+    Invalid {
+        path: PathBuf,
+        error: FileError,
+    },
+    Key(KeySetError),
+    /// The PostgreSQL store: message already names the store and the action.
+    Database(String),
+    /// The store's location cannot be used (a PostgreSQL URL that does not
+    /// parse); the message never repeats the URL.
+    Location(String),
+    /// A batch (import) refused at the item from this input line.
+    Batch {
+        line: usize,
+        error: KeySetError,
+    },
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Io {
+                path,
+                action,
+                source,
+            } => write!(f, "cannot {action} {}: {source}", path.display()),
+            StoreError::Invalid { path, error } => write!(f, "{}:{error}", path.display()),
+            StoreError::Key(e) => write!(f, "{e}"),
+            StoreError::Database(msg) => f.write_str(msg),
+            StoreError::Location(msg) => write!(f, "keys.store: {msg}"),
+            StoreError::Batch { line, error } => write!(f, "line {line}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<KeySetError> for StoreError {
+    fn from(e: KeySetError) -> Self {
+        StoreError::Key(e)
+    }
+}
+
+/// The store seam: the CLI, `check` and `serve` take either store through it.
+#[derive(Debug, Clone)]
+pub enum Store {
+    File(FileStore),
+    Postgres(Box<PgStore>),
+}
+
+impl Store {
+    /// The store named by the config (or `--store`). Opens nothing yet: a
+    /// file is read, a database connected to, by each operation.
+    pub fn open(location: &StoreLocation) -> Result<Store, StoreError> {
+        Ok(match location {
+            StoreLocation::File(p) => Store::File(FileStore::new(p.clone())),
+            StoreLocation::Postgres(url) => Store::Postgres(Box::new(
+                PgStore::from_url(url).map_err(StoreError::Location)?,
+            )),
+        })
+    }
+
+    /// The file's path or `postgres://user@host:port/db`, for messages.
+    pub fn label(&self) -> String {
+        match self {
+            Store::File(f) => f.path().display().to_string(),
+            Store::Postgres(p) => p.label().to_string(),
+        }
+    }
+
+    pub fn load(&self) -> Result<StoreSnapshot, StoreError> {
+        match self {
+            Store::File(f) => f.load(),
+            Store::Postgres(p) => p.load(),
+        }
+    }
+
+    /// One key by id.
+    pub fn find(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        match self {
+            Store::File(f) => Ok(f.load()?.keys.get(id).cloned()),
+            Store::Postgres(p) => p.find(id),
+        }
+    }
+
+    /// Applies a pure change to the keys atomically; see each store's `modify`.
+    pub fn modify<T>(
+        &self,
+        change: impl FnOnce(&mut KeySet, &HashSet<KeyHash>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match self {
+            Store::File(f) => f.modify(change),
+            Store::Postgres(p) => p.modify(None, change),
+        }
+    }
+
+    /// Like `modify`, for a change that reads or touches only the keys
+    /// `ids` (none, for a new key). The file store still reads the whole
+    /// file; the database store reads only those rows, and leaves the
+    /// uniqueness of a new id or hash, and the refusal of a revoked hash, to
+    /// the schema's constraints and triggers (so the revoked set passed to
+    /// `change` is empty there).
+    pub fn modify_keys<T>(
+        &self,
+        ids: &[&str],
+        change: impl FnOnce(&mut KeySet, &HashSet<KeyHash>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match self {
+            Store::File(f) => f.modify(change),
+            Store::Postgres(p) => p.modify(Some(ids), change),
+        }
+    }
+
+    /// Deletes a key and revokes its hash, irreversibly.
+    pub fn delete(&self, id: &str) -> Result<KeyRecord, StoreError> {
+        match self {
+            Store::File(f) => f.delete(id),
+            Store::Postgres(p) => p.modify(Some(&[id]), |keys, _| Ok(keys.remove(id)?)),
+        }
+    }
+}
+
