@@ -22,7 +22,7 @@ use keygate::keys::{
     Access, IndexDelta, KeyHash, KeyId, KeyIndex, KeyRecord, KeySet, StoreSnapshot, storefile,
     token,
 };
-use keygate::metrics::{DecisionLabel, Metrics};
+use keygate::metrics::{AccessLabel, DecisionLabel, Metrics};
 use keygate::policy::{Decision, PolicySettings, RequestHead, decide};
 
 /// n keys, every 10th full-access; returns the set and one read-only secret.
@@ -64,9 +64,9 @@ fn headers(key: &str) -> HeaderMap {
 fn bench_decide(c: &mut Criterion) {
     let header = HeaderName::from_static("x-api-key");
     let settings = PolicySettings {
-        header: &header,
+        header: header.clone(),
         query_param: None,
-        prefix: "kg",
+        prefix: "kg".into(),
         browser_full_access: BrowserFullAccess::Deny,
         cors: None,
     };
@@ -177,9 +177,9 @@ fn bench_index_apply(c: &mut Criterion) {
 
     let header = HeaderName::from_static("x-api-key");
     let settings = PolicySettings {
-        header: &header,
+        header: header.clone(),
         query_param: None,
-        prefix: "kg",
+        prefix: "kg".into(),
         browser_full_access: BrowserFullAccess::Deny,
         cors: None,
     };
@@ -205,7 +205,7 @@ fn bench_metrics(c: &mut Criterion) {
         b.iter(|| {
             metrics.record_decision(
                 black_box(DecisionLabel::Allowed),
-                Some(Access::ReadOnly),
+                AccessLabel::ReadOnly,
                 black_box(0.000_3),
             )
         })

@@ -24,8 +24,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use keygate::store::{Store, StoreLocation};
 use keygate::keys::{Access, KeyHash, KeyId, KeyRecord, KeyUpdate, token};
+use keygate::store::{Store, StoreLocation};
 use support::pg::{PgGateway, TestDb};
 use support::upstream::TestUpstream;
 

@@ -3,9 +3,9 @@
 
 use super::{CliError, ConfigArg};
 use crate::config::StoreLocation;
-use crate::store::postgres::schema;
 use crate::keys::{Access, KeyIndex};
 use crate::store::Store;
+use crate::store::postgres::schema;
 
 pub fn run(args: &ConfigArg) -> Result<(), CliError> {
     let path = super::config_path(args.config.as_deref());

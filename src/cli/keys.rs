@@ -10,9 +10,7 @@ use serde_json::json;
 use super::{CliError, snippet};
 use crate::config::{Config, StoreLocation, parse_duration};
 use crate::keys::record::{format_time, latest_time, normalize_origin, parse_time, validate_name};
-use crate::keys::{
-    Access, KeyHash, KeyId, KeyRecord, KeySetError, KeyUpdate, import, token,
-};
+use crate::keys::{Access, KeyHash, KeyId, KeyRecord, KeySetError, KeyUpdate, import, token};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, Args)]

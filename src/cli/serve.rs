@@ -11,11 +11,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::{CliError, ConfigArg, logging};
 use crate::config::Config;
 use crate::keys::KeyIndex;
-use crate::store::Store;
 use crate::metrics::{Health, Metrics, serve_ops};
 use crate::proxy::Gateway;
 use crate::reload::{CertWatcher, FileWatcher, Hangup, PgSync, Publisher};
 use crate::server::{self, Drain, tls};
+use crate::store::Store;
 
 pub fn run(args: &ConfigArg) -> Result<(), CliError> {
     let config = super::load_config(&super::config_path(args.config.as_deref()))?;
@@ -91,7 +91,7 @@ async fn run_gateway(
             Some(tls::server_config(resolver).map_err(CliError::user)?)
         }
     };
-    let gateway = Arc::new(Gateway::new(&config, index, metrics.clone()).map_err(CliError::user)?);
+    let gateway = Arc::new(Gateway::new(&config, index, metrics.clone())?);
     let listener = TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| CliError::user(format!("server.listen {}: {e}", config.server.listen)))?;

@@ -113,7 +113,7 @@ pub struct PolicyConfig {
     pub browser_full_access: BrowserFullAccess,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CorsConfig {
     pub allowed_origins: Vec<String>,
     pub max_age: Duration,

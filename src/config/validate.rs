@@ -240,14 +240,11 @@ pub(super) fn validate(
     })
 }
 
-
 /// What can be checked of a PostgreSQL URL without the driver: a host, an
 /// unencoded `@` in the password, and a known `sslmode`. Messages never
 /// repeat the URL or any part of it.
 fn check_postgres_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .split_once("://")
-        .map_or("", |(_, rest)| rest);
+    let rest = url.split_once("://").map_or("", |(_, rest)| rest);
     let (authority, query) = match rest.find(['/', '?']) {
         Some(i) => (&rest[..i], rest[i..].split_once('?').map_or("", |(_, q)| q)),
         None => (rest, ""),

@@ -21,91 +21,81 @@ pub fn unix_ms(t: std::time::SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-use crate::keys::Access;
+/// Defines `DecisionLabel` with its wire names, and `ALL` from the same
+/// list, so that a variant can never be missing from the table the metrics
+/// are registered from (the request path indexes it by variant).
+macro_rules! decision_labels {
+    ($($(#[$doc:meta])* $variant:ident => $name:literal,)+) => {
+        /// The `decision` label: SPEC's codes, plus report-only, preflight
+        /// and the gateway's own answers.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum DecisionLabel {
+            $($(#[$doc])* $variant,)+
+        }
 
-/// The `decision` label: SPEC's codes, plus report-only and preflight outcomes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecisionLabel {
-    MissingKey,
-    InvalidKey,
-    ExpiredKey,
-    BrowserFullAccess,
-    OriginNotAllowed,
-    ReadOnlyMethod,
-    Allowed,
-    BrowserFullAccessReported,
-    Preflight,
+        impl DecisionLabel {
+            /// Every label, in declaration order (`index` is the position).
+            pub const ALL: &'static [DecisionLabel] = &[$(DecisionLabel::$variant,)+];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(DecisionLabel::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+decision_labels! {
+    MissingKey => "missing_key",
+    InvalidKey => "invalid_key",
+    ExpiredKey => "expired_key",
+    BrowserFullAccess => "browser_full_access",
+    OriginNotAllowed => "origin_not_allowed",
+    ReadOnlyMethod => "read_only_method",
+    Allowed => "allowed",
+    BrowserFullAccessReported => "browser_full_access_reported",
+    Preflight => "preflight",
     /// Allowed (or a forwarded preflight), then the upstream failed: 502.
-    UpstreamUnavailable,
+    UpstreamUnavailable => "upstream_unavailable",
     /// Allowed (or a forwarded preflight), then the upstream was too slow: 504.
-    UpstreamTimeout,
+    UpstreamTimeout => "upstream_timeout",
     /// The request target could not be forwarded: 400.
-    BadRequest,
+    BadRequest => "bad_request",
     /// No key index loaded yet (a database store not reached since start): 503.
-    NotReady,
+    NotReady => "not_ready",
+    /// More header fields than `server.max_headers` (HTTP/2; hyper answers
+    /// HTTP/1.1 heads itself): 431.
+    HeadersTooLarge => "headers_too_large",
 }
 
 impl DecisionLabel {
-    pub const ALL: [DecisionLabel; 13] = [
-        DecisionLabel::MissingKey,
-        DecisionLabel::InvalidKey,
-        DecisionLabel::ExpiredKey,
-        DecisionLabel::BrowserFullAccess,
-        DecisionLabel::OriginNotAllowed,
-        DecisionLabel::ReadOnlyMethod,
-        DecisionLabel::Allowed,
-        DecisionLabel::BrowserFullAccessReported,
-        DecisionLabel::Preflight,
-        DecisionLabel::UpstreamUnavailable,
-        DecisionLabel::UpstreamTimeout,
-        DecisionLabel::BadRequest,
-        DecisionLabel::NotReady,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            DecisionLabel::MissingKey => "missing_key",
-            DecisionLabel::InvalidKey => "invalid_key",
-            DecisionLabel::ExpiredKey => "expired_key",
-            DecisionLabel::BrowserFullAccess => "browser_full_access",
-            DecisionLabel::OriginNotAllowed => "origin_not_allowed",
-            DecisionLabel::ReadOnlyMethod => "read_only_method",
-            DecisionLabel::Allowed => "allowed",
-            DecisionLabel::BrowserFullAccessReported => "browser_full_access_reported",
-            DecisionLabel::Preflight => "preflight",
-            DecisionLabel::UpstreamUnavailable => "upstream_unavailable",
-            DecisionLabel::UpstreamTimeout => "upstream_timeout",
-            DecisionLabel::BadRequest => "bad_request",
-            DecisionLabel::NotReady => "not_ready",
-        }
-    }
-
+    /// The position in `ALL`: the variants are declared in that order.
     const fn index(self) -> usize {
         self as usize
     }
 }
 
-impl From<crate::policy::Rejection> for DecisionLabel {
-    fn from(r: crate::policy::Rejection) -> Self {
-        use crate::policy::Rejection;
-        match r {
-            Rejection::MissingKey => DecisionLabel::MissingKey,
-            Rejection::InvalidKey(_) => DecisionLabel::InvalidKey,
-            Rejection::ExpiredKey => DecisionLabel::ExpiredKey,
-            Rejection::BrowserFullAccess => DecisionLabel::BrowserFullAccess,
-            Rejection::OriginNotAllowed => DecisionLabel::OriginNotAllowed,
-            Rejection::ReadOnlyMethod => DecisionLabel::ReadOnlyMethod,
-        }
-    }
+/// The `access` label: a key's access, or `none` when no key was identified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLabel {
+    None,
+    ReadOnly,
+    FullAccess,
 }
 
-impl From<crate::proxy::reject::ProxyError> for DecisionLabel {
-    fn from(e: crate::proxy::reject::ProxyError) -> Self {
-        use crate::proxy::reject::ProxyError;
-        match e {
-            ProxyError::Unavailable => DecisionLabel::UpstreamUnavailable,
-            ProxyError::Timeout => DecisionLabel::UpstreamTimeout,
-            ProxyError::BadTarget => DecisionLabel::BadRequest,
+impl AccessLabel {
+    const ALL: [AccessLabel; 3] = [
+        AccessLabel::None,
+        AccessLabel::ReadOnly,
+        AccessLabel::FullAccess,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AccessLabel::None => "none",
+            AccessLabel::ReadOnly => "read-only",
+            AccessLabel::FullAccess => "full-access",
         }
     }
 }
@@ -125,17 +115,6 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::Timeout => "timeout",
             UpstreamErrorKind::Protocol => "protocol",
         }
-    }
-}
-
-/// The `access` label: a key's access, or `none` when no key was identified.
-const ACCESS_LABELS: [&str; 3] = ["none", "read-only", "full-access"];
-
-fn access_index(access: Option<Access>) -> usize {
-    match access {
-        None => 0,
-        Some(Access::ReadOnly) => 1,
-        Some(Access::FullAccess) => 2,
     }
 }
 
@@ -200,9 +179,9 @@ impl Metrics {
         reg(Box::new(durations_vec.clone()))?;
         let mut decisions = Vec::with_capacity(DecisionLabel::ALL.len());
         let mut durations = Vec::with_capacity(DecisionLabel::ALL.len());
-        for d in DecisionLabel::ALL {
-            let by_access =
-                ACCESS_LABELS.map(|a| decisions_vec.with_label_values(&[d.as_str(), a]));
+        for &d in DecisionLabel::ALL {
+            let by_access = AccessLabel::ALL
+                .map(|a| decisions_vec.with_label_values(&[d.as_str(), a.as_str()]));
             decisions.push(by_access);
             durations.push(durations_vec.with_label_values(&[d.as_str()]));
         }
@@ -303,9 +282,9 @@ impl Metrics {
     }
 
     /// Counts one request's decision and how long the gateway took to answer it.
-    pub fn record_decision(&self, decision: DecisionLabel, access: Option<Access>, seconds: f64) {
+    pub fn record_decision(&self, decision: DecisionLabel, access: AccessLabel, seconds: f64) {
         let i = decision.index();
-        self.decisions[i][access_index(access)].inc();
+        self.decisions[i][access as usize].inc();
         self.durations[i].observe(seconds);
     }
 
@@ -419,11 +398,28 @@ mod tests {
     }
 
     #[test]
+    fn every_label_is_registered_at_its_own_index() {
+        let m = metrics();
+        assert_eq!(m.decisions.len(), DecisionLabel::ALL.len());
+        for (i, &d) in DecisionLabel::ALL.iter().enumerate() {
+            assert_eq!(d.index(), i, "{d:?}");
+            // Counting each label moves its own series, and no other's.
+            m.record_decision(d, AccessLabel::None, 0.0);
+            let text = m.render();
+            let line = format!(
+                "keygate_decisions_total{{access=\"none\",decision=\"{}\"}} 1",
+                d.as_str()
+            );
+            assert!(text.contains(&line), "missing {line}");
+        }
+    }
+
+    #[test]
     fn counting_moves_the_right_series() {
         let m = metrics();
         m.record_decision(
             DecisionLabel::BrowserFullAccess,
-            Some(Access::FullAccess),
+            AccessLabel::FullAccess,
             0.0002,
         );
         m.upstream_error(UpstreamErrorKind::Timeout);

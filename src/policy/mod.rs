@@ -15,20 +15,33 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 pub use credentials::{Credential, KeySource};
 pub use rejection::{InvalidReason, Rejection};
 
-use crate::config::{BrowserFullAccess, CorsConfig};
+use crate::config::{BrowserFullAccess, Config, CorsConfig};
 use crate::keys::{Access, KeyEntry, KeyHash, KeyIndex, Lookup, token};
 
 /// `Sec-Fetch-Site`: sent by browsers on every request, unremovable by scripts.
 pub const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
 
-/// The settings `decide` depends on, borrowed from the config.
-#[derive(Debug, Clone, Copy)]
-pub struct PolicySettings<'a> {
-    pub header: &'a HeaderName,
-    pub query_param: Option<&'a str>,
-    pub prefix: &'a str,
+/// The settings `decide` depends on, taken from the config once (the
+/// gateway holds one per config, not one per request).
+#[derive(Debug, Clone)]
+pub struct PolicySettings {
+    pub header: HeaderName,
+    pub query_param: Option<String>,
+    pub prefix: String,
     pub browser_full_access: BrowserFullAccess,
-    pub cors: Option<&'a CorsConfig>,
+    pub cors: Option<CorsConfig>,
+}
+
+impl PolicySettings {
+    pub fn from_config(config: &Config) -> Self {
+        PolicySettings {
+            header: config.keys.header.clone(),
+            query_param: config.keys.query_param.clone(),
+            prefix: config.keys.prefix.clone(),
+            browser_full_access: config.policy.browser_full_access,
+            cors: config.cors.clone(),
+        }
+    }
 }
 
 /// The parts of a request that decisions depend on.
@@ -41,9 +54,9 @@ pub struct RequestHead<'a> {
 
 /// What to do with a request.
 #[derive(Debug, Clone, Copy)]
-pub enum Decision<'k> {
+pub enum Decision<'k, 's> {
     /// A CORS preflight (row 0): needs no key.
-    Preflight(Preflight),
+    Preflight(Preflight<'s>),
     /// Refused by the gateway; `key` when the key was identified.
     Deny {
         rejection: Rejection,
@@ -60,11 +73,11 @@ pub enum Decision<'k> {
 
 /// The three outcomes of a preflight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Preflight {
+pub enum Preflight<'c> {
     /// No `[cors]`: the backend answers it, unchanged.
     Forward,
-    /// The gateway answers 204 with the CORS headers.
-    Answer,
+    /// The gateway answers 204 with the CORS headers of this `[cors]`.
+    Answer(&'c CorsConfig),
     /// The gateway refuses it.
     Deny(Rejection),
 }
@@ -89,22 +102,22 @@ pub fn origin_listed(origin: &[u8], allowed: &[String]) -> bool {
 }
 
 /// Decides a request, rows 0 to 7 of SPEC's table, in order.
-pub fn decide<'k>(
+pub fn decide<'k, 's>(
     head: RequestHead<'_>,
     index: &'k KeyIndex,
-    settings: &PolicySettings<'_>,
+    settings: &'s PolicySettings,
     now: SystemTime,
-) -> Decision<'k> {
+) -> Decision<'k, 's> {
     let scan = credentials::scan(
         head.headers,
         head.query,
-        settings.header,
-        settings.query_param,
+        &settings.header,
+        settings.query_param.as_deref(),
     );
     if *head.method == Method::OPTIONS
         && let (Some(origin), Some(method)) = (scan.origin, scan.request_method)
     {
-        return Decision::Preflight(preflight(origin, method, settings.cors));
+        return Decision::Preflight(preflight(origin, method, settings.cors.as_ref()));
     }
     let deny = |rejection| Decision::Deny {
         rejection,
@@ -115,7 +128,7 @@ pub fn decide<'k>(
         Credential::Multiple => return deny(Rejection::InvalidKey(InvalidReason::Multiple)),
         Credential::One { token, source } => (token, source),
     };
-    if let Err(e) = token::check(&token, settings.prefix) {
+    if let Err(e) = token::check(&token, &settings.prefix) {
         return deny(Rejection::InvalidKey(InvalidReason::Token(e)));
     }
     let key = match index.lookup(&KeyHash::of(&token)) {
@@ -157,7 +170,11 @@ pub fn decide<'k>(
     }
 }
 
-fn preflight(origin: &HeaderValue, method: &HeaderValue, cors: Option<&CorsConfig>) -> Preflight {
+fn preflight<'c>(
+    origin: &HeaderValue,
+    method: &HeaderValue,
+    cors: Option<&'c CorsConfig>,
+) -> Preflight<'c> {
     let Some(cors) = cors else {
         return Preflight::Forward;
     };
@@ -166,7 +183,7 @@ fn preflight(origin: &HeaderValue, method: &HeaderValue, cors: Option<&CorsConfi
     }
     let method_ok = Method::from_bytes(method.as_bytes()).is_ok_and(|m| is_safe_method(&m));
     if method_ok {
-        Preflight::Answer
+        Preflight::Answer(cors)
     } else {
         Preflight::Deny(Rejection::ReadOnlyMethod)
     }

@@ -4,6 +4,7 @@
 use http::StatusCode;
 
 use crate::keys::token::TokenError;
+use crate::metrics::DecisionLabel;
 
 /// Why a key was invalid; only the token-format reasons reach the client's
 /// message, so that a caller cannot tell a revoked key from an unknown one.
@@ -35,6 +36,18 @@ impl Rejection {
             Rejection::BrowserFullAccess
             | Rejection::OriginNotAllowed
             | Rejection::ReadOnlyMethod => StatusCode::FORBIDDEN,
+        }
+    }
+
+    /// The `decision` metric label; its text is `code()`.
+    pub const fn label(self) -> DecisionLabel {
+        match self {
+            Rejection::MissingKey => DecisionLabel::MissingKey,
+            Rejection::InvalidKey(_) => DecisionLabel::InvalidKey,
+            Rejection::ExpiredKey => DecisionLabel::ExpiredKey,
+            Rejection::BrowserFullAccess => DecisionLabel::BrowserFullAccess,
+            Rejection::OriginNotAllowed => DecisionLabel::OriginNotAllowed,
+            Rejection::ReadOnlyMethod => DecisionLabel::ReadOnlyMethod,
         }
     }
 

@@ -89,13 +89,12 @@ fn get(headers: &[(&str, &str)]) -> Case {
 }
 
 fn run(case: &Case, idx: &KeyIndex) -> String {
-    let header = HeaderName::from_static("x-api-key");
     let settings = PolicySettings {
-        header: &header,
-        query_param: case.query_param,
-        prefix: "kg",
+        header: HeaderName::from_static("x-api-key"),
+        query_param: case.query_param.map(String::from),
+        prefix: "kg".into(),
         browser_full_access: case.mode,
-        cors: case.cors.as_ref(),
+        cors: case.cors.clone(),
     };
     let head = RequestHead {
         method: &case.method,
@@ -104,7 +103,7 @@ fn run(case: &Case, idx: &KeyIndex) -> String {
     };
     match decide(head, idx, &settings, now()) {
         Decision::Preflight(Preflight::Forward) => "preflight_forward".into(),
-        Decision::Preflight(Preflight::Answer) => "preflight_answer".into(),
+        Decision::Preflight(Preflight::Answer(_)) => "preflight_answer".into(),
         Decision::Preflight(Preflight::Deny(r)) => format!("preflight_{}", r.code()),
         Decision::Deny { rejection, key } => match key {
             Some(k) => format!("{}:{}", rejection.code(), k.id()),
@@ -443,5 +442,23 @@ proptest! {
         let case = Case { method, headers: map, query, mode: BrowserFullAccess::Deny, cors: cors(), query_param: Some("api_key") };
         let out = run(&case, &index());
         prop_assert!(!out.starts_with("allowed") && !out.starts_with("reported"), "{}", out);
+    }
+}
+
+#[test]
+fn every_rejection_is_counted_under_its_own_code() {
+    use crate::keys::token::TokenError;
+    for r in [
+        Rejection::MissingKey,
+        Rejection::InvalidKey(InvalidReason::Token(TokenError::Malformed)),
+        Rejection::InvalidKey(InvalidReason::Unknown),
+        Rejection::InvalidKey(InvalidReason::Revoked),
+        Rejection::InvalidKey(InvalidReason::Multiple),
+        Rejection::ExpiredKey,
+        Rejection::BrowserFullAccess,
+        Rejection::OriginNotAllowed,
+        Rejection::ReadOnlyMethod,
+    ] {
+        assert_eq!(r.label().as_str(), r.code(), "{r:?}");
     }
 }

@@ -22,7 +22,6 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::metrics::{Metrics, UpstreamErrorKind};
-use crate::server::activity::InFlight;
 
 enum Inner {
     Upstream(Incoming, Stall),
@@ -54,9 +53,6 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub struct ProxyBody {
     inner: Inner,
     metrics: Option<Arc<Metrics>>,
-    /// Held for as long as the body is being sent, so that the connection
-    /// counts as busy (an idle timeout must not cut a long download).
-    _busy: Option<InFlight>,
 }
 
 impl ProxyBody {
@@ -66,7 +62,6 @@ impl ProxyBody {
         ProxyBody {
             inner: Inner::Bytes((!bytes.is_empty()).then_some(bytes)),
             metrics: None,
-            _busy: None,
         }
     }
 
@@ -74,7 +69,6 @@ impl ProxyBody {
         ProxyBody {
             inner: Inner::Bytes(None),
             metrics: None,
-            _busy: None,
         }
     }
 
@@ -88,14 +82,7 @@ impl ProxyBody {
         ProxyBody {
             inner: Inner::Upstream(body, stall),
             metrics: Some(metrics),
-            _busy: None,
         }
-    }
-
-    /// Attaches the request's in-flight guard.
-    pub fn with_busy(mut self, busy: InFlight) -> Self {
-        self._busy = Some(busy);
-        self
     }
 }
 

@@ -74,23 +74,33 @@ pub struct Caller<'a> {
     /// The client's IP, as a header value.
     pub peer: &'a HeaderValue,
     pub tls: bool,
-    pub key_id: &'a HeaderValue,
-    pub access: Access,
-    /// Where the key was found, or `None` to leave it (forward_key = true).
-    pub remove_key: Option<(KeySource, &'a HeaderName)>,
+    /// The checked key's id (as a header value) and access; `None` for a
+    /// request forwarded without a key (a preflight the backend answers).
+    pub identity: Option<(&'a HeaderValue, Access)>,
+    /// Where the checked key was found, to remove it; `None` to leave it.
+    pub remove_key: Option<KeySource>,
+    /// The configured key header.
+    pub key_header: &'a HeaderName,
+    /// `keys.forward_key`: keys reach the backend as sent.
+    pub forward_key: bool,
 }
 
 /// Rewrites a request's headers for the upstream.
 pub fn rewrite_request(headers: &mut HeaderMap, caller: &Caller<'_>, upgrade: bool) {
     strip_hop_by_hop(headers, upgrade);
     match caller.remove_key {
-        Some((KeySource::Header, name)) => {
-            headers.remove(name);
+        Some(KeySource::Header) => {
+            headers.remove(caller.key_header);
         }
-        Some((KeySource::Bearer, _)) => {
+        Some(KeySource::Bearer) => {
             headers.remove(header::AUTHORIZATION);
         }
-        Some((KeySource::Query, _)) | None => {}
+        Some(KeySource::Query) | None => {}
+    }
+    if caller.identity.is_none() && !caller.forward_key {
+        // No identity to vouch for, and no key (unchecked, since preflights
+        // need none) goes to the backend.
+        remove_unchecked_keys(headers, caller.key_header);
     }
     remove_keygate_headers(headers);
     fold_cookies(headers);
@@ -99,13 +109,15 @@ pub fn rewrite_request(headers: &mut HeaderMap, caller: &Caller<'_>, upgrade: bo
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if caller.tls { "https" } else { "http" }),
     );
-    headers.insert(KEY_ID, caller.key_id.clone());
-    headers.insert(KEY_ACCESS, HeaderValue::from_static(caller.access.as_str()));
+    if let Some((id, access)) = caller.identity {
+        headers.insert(KEY_ID, id.clone());
+        headers.insert(KEY_ACCESS, HeaderValue::from_static(access.as_str()));
+    }
 }
 
 /// Removes anything that could carry a key (the key header, a Bearer
 /// `Authorization`) from a request forwarded without a checked key.
-pub fn remove_unchecked_keys(headers: &mut HeaderMap, key_header: &HeaderName) {
+fn remove_unchecked_keys(headers: &mut HeaderMap, key_header: &HeaderName) {
     headers.remove(key_header);
     let bearer = headers
         .get_all(header::AUTHORIZATION)
@@ -177,176 +189,4 @@ pub fn strip_query_param(query: &str, name: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap_or_else(|e| panic!("{e}")),
-                HeaderValue::from_str(v).unwrap_or_else(|e| panic!("{e}")),
-            );
-        }
-        m
-    }
-
-    static PEER: HeaderValue = HeaderValue::from_static("192.0.2.7");
-
-    fn caller<'a>(
-        id: &'a HeaderValue,
-        key_header: &'a HeaderName,
-        source: KeySource,
-    ) -> Caller<'a> {
-        Caller {
-            peer: &PEER,
-            tls: false,
-            key_id: id,
-            access: Access::ReadOnly,
-            remove_key: Some((source, key_header)),
-        }
-    }
-
-    #[test]
-    fn hop_by_hop_and_connection_listed_headers_go() {
-        let mut h = map(&[
-            ("connection", "keep-alive, x-secret-hop"),
-            ("x-secret-hop", "1"),
-            ("keep-alive", "timeout=5"),
-            ("te", "trailers"),
-            ("transfer-encoding", "chunked"),
-            ("proxy-authorization", "Basic x"),
-            ("upgrade", "h2c"),
-            ("accept", "*/*"),
-        ]);
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key("accept"));
-    }
-
-    #[test]
-    fn upgrade_survives_when_asked() {
-        let mut h = map(&[
-            ("connection", "Upgrade"),
-            ("upgrade", "websocket"),
-            ("sec-websocket-key", "k"),
-        ]);
-        assert!(wants_upgrade(&h));
-        strip_hop_by_hop(&mut h, true);
-        assert_eq!(
-            h.get("upgrade").map(|v| v.as_bytes()),
-            Some(&b"websocket"[..])
-        );
-        assert_eq!(
-            h.get("connection").map(|v| v.as_bytes()),
-            Some(&b"upgrade"[..])
-        );
-        assert!(h.contains_key("sec-websocket-key"));
-    }
-
-    #[test]
-    fn request_rewrite_removes_key_and_spoofed_identity_and_adds_ours() {
-        let id = HeaderValue::from_static("key_a");
-        let name = HeaderName::from_static("x-api-key");
-        let mut h = map(&[
-            ("x-api-key", "kg_secret"),
-            ("x-keygate-key-id", "spoofed"),
-            ("x-keygate-admin", "1"),
-            ("x-forwarded-for", "203.0.113.1"),
-            ("x-forwarded-proto", "https"),
-            ("authorization", "Basic dXNlcg=="),
-        ]);
-        rewrite_request(&mut h, &caller(&id, &name, KeySource::Header), false);
-        assert!(!h.contains_key("x-api-key"));
-        assert!(!h.contains_key("x-keygate-admin"));
-        assert_eq!(h.get_all("x-keygate-key-id").iter().count(), 1);
-        assert_eq!(h.get("x-keygate-key-id"), Some(&id));
-        assert_eq!(
-            h.get("x-keygate-access").map(|v| v.as_bytes()),
-            Some(&b"read-only"[..])
-        );
-        assert_eq!(
-            h.get("x-forwarded-for").map(|v| v.as_bytes()),
-            Some(&b"203.0.113.1, 192.0.2.7"[..])
-        );
-        assert_eq!(
-            h.get("x-forwarded-proto").map(|v| v.as_bytes()),
-            Some(&b"http"[..])
-        );
-        // Another scheme's Authorization is not ours: it stays.
-        assert!(h.contains_key("authorization"));
-    }
-
-    #[test]
-    fn bearer_key_removes_authorization() {
-        let id = HeaderValue::from_static("key_a");
-        let name = HeaderName::from_static("x-api-key");
-        let mut h = map(&[("authorization", "Bearer kg_secret")]);
-        rewrite_request(&mut h, &caller(&id, &name, KeySource::Bearer), false);
-        assert!(!h.contains_key("authorization"));
-    }
-
-    #[test]
-    fn forward_key_keeps_it() {
-        let id = HeaderValue::from_static("key_a");
-        let mut h = map(&[("x-api-key", "kg_secret")]);
-        let name = HeaderName::from_static("x-api-key");
-        let mut c = caller(&id, &name, KeySource::Header);
-        c.remove_key = None;
-        rewrite_request(&mut h, &c, false);
-        assert!(h.contains_key("x-api-key"));
-    }
-
-    #[test]
-    fn several_forwarded_for_lines_fold_into_one() {
-        let id = HeaderValue::from_static("key_a");
-        let name = HeaderName::from_static("x-api-key");
-        let mut h = map(&[
-            ("x-forwarded-for", "10.0.0.1"),
-            ("x-forwarded-for", "10.0.0.2"),
-        ]);
-        rewrite_request(&mut h, &caller(&id, &name, KeySource::Header), false);
-        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
-        assert_eq!(
-            h.get("x-forwarded-for").map(|v| v.as_bytes()),
-            Some(&b"10.0.0.1, 10.0.0.2, 192.0.2.7"[..])
-        );
-    }
-
-    #[test]
-    fn split_cookies_are_folded_into_one_line() {
-        let id = HeaderValue::from_static("key_a");
-        let name = HeaderName::from_static("x-api-key");
-        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
-        rewrite_request(&mut h, &caller(&id, &name, KeySource::Header), false);
-        assert_eq!(h.get_all("cookie").iter().count(), 1);
-        assert_eq!(
-            h.get("cookie").map(|v| v.as_bytes()),
-            Some(&b"a=1; b=2"[..])
-        );
-    }
-
-    #[test]
-    fn unchecked_keys_are_removed_but_other_authorization_stays() {
-        let name = HeaderName::from_static("x-api-key");
-        let mut h = map(&[("x-api-key", "k"), ("authorization", "Bearer k")]);
-        remove_unchecked_keys(&mut h, &name);
-        assert!(h.is_empty());
-        let mut h = map(&[("authorization", "Basic dXNlcg==")]);
-        remove_unchecked_keys(&mut h, &name);
-        assert!(h.contains_key("authorization"));
-    }
-
-    #[test]
-    fn query_param_stripping_keeps_the_rest_in_order() {
-        assert_eq!(
-            strip_query_param("a=1&api_key=s&b=2", "api_key"),
-            Some("a=1&b=2".into())
-        );
-        assert_eq!(strip_query_param("api_key=s", "api_key"), None);
-        assert_eq!(
-            strip_query_param("api_keyx=1", "api_key"),
-            Some("api_keyx=1".into())
-        );
-    }
-}
+mod tests;

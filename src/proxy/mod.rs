@@ -1,12 +1,15 @@
 //! The request pipeline: take the index snapshot once, decide, then answer
 //! (rejection, preflight) or forward to the upstream and stream back.
 //!
+//! `Gateway::handle` takes any request body, so the whole pipeline runs in
+//! tests without a client socket (`tests.rs`). It knows nothing of
+//! connections, timers of the server or TLS: `server` hands it requests.
 //! Everything that can go wrong while forwarding is a `ProxyError`, and every
-//! response the gateway writes itself comes from `reject`.
+//! response the gateway writes itself is an `Answer` from `respond`.
 
 mod body;
 pub mod headers;
-pub mod reject;
+pub mod respond;
 mod tunnel;
 pub mod upstream;
 
@@ -14,19 +17,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use http::header::{HOST, ORIGIN};
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-pub use body::ProxyBody;
+pub use body::{BodyError, ProxyBody};
 use headers::Caller;
-use reject::ProxyError;
+pub use respond::{Answer, ProxyError};
 use upstream::Upstream;
 
-use crate::config::{Config, CorsConfig};
+use crate::config::Config;
 use crate::keys::{Access, SharedIndex};
-use crate::metrics::{DecisionLabel, Metrics};
+use crate::metrics::{AccessLabel, DecisionLabel, Metrics};
 use crate::policy::{self, Decision, KeySource, PolicySettings, Preflight, RequestHead};
 
 /// What the pipeline needs about the connection a request came on.
@@ -66,13 +70,12 @@ pub struct Gateway {
     index: SharedIndex,
     upstream: Upstream,
     metrics: Arc<Metrics>,
-    header: HeaderName,
-    query_param: Option<String>,
-    prefix: String,
-    browser_full_access: crate::config::BrowserFullAccess,
-    cors: Option<CorsConfig>,
+    settings: PolicySettings,
     forward_key: bool,
     access_log: bool,
+    /// `server.max_headers`, for HTTP/2 requests (hyper applies it to
+    /// HTTP/1.1 heads, and HTTP/2 has no field-count limit of its own).
+    max_headers: usize,
     /// `server.idle_timeout`, applied to upgraded tunnels.
     tunnel_idle: std::time::Duration,
 }
@@ -85,58 +88,79 @@ struct Identity {
     source: KeySource,
 }
 
+fn access_label(access: Option<Access>) -> AccessLabel {
+    match access {
+        None => AccessLabel::None,
+        Some(Access::ReadOnly) => AccessLabel::ReadOnly,
+        Some(Access::FullAccess) => AccessLabel::FullAccess,
+    }
+}
+
 impl Gateway {
     pub fn new(
         config: &Config,
         index: SharedIndex,
         metrics: Arc<Metrics>,
-    ) -> Result<Gateway, String> {
+    ) -> Result<Gateway, upstream::UpstreamError> {
         Ok(Gateway {
             index,
             upstream: Upstream::new(&config.upstream)?,
             metrics,
-            header: config.keys.header.clone(),
-            query_param: config.keys.query_param.clone(),
-            prefix: config.keys.prefix.clone(),
-            browser_full_access: config.policy.browser_full_access,
-            cors: config.cors.clone(),
+            settings: PolicySettings::from_config(config),
             forward_key: config.keys.forward_key,
             access_log: config.log.access_log,
+            max_headers: config.server.max_headers,
             tunnel_idle: config.server.idle_timeout,
         })
     }
 
-    /// Handles one request, start to response head.
-    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
+    /// Handles one request, start to response head. Any body will do: hyper's
+    /// for a real connection, an in-memory one in tests.
+    pub async fn handle<B>(&self, req: Request<B>, conn: &ConnInfo) -> Response<ProxyBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BodyError>,
+    {
         let started = Instant::now();
+        let origin = req.headers().get(ORIGIN).cloned();
+        let (outcome, access) = self.route(req, conn).await;
+        let (mut response, label) = match outcome {
+            Routed::Forwarded(response, label) => (response, label),
+            Routed::Answered(answer, request_headers) => {
+                (answer.response(&request_headers), answer.label())
+            }
+        };
+        respond::add_cors(&mut response, origin.as_ref(), self.settings.cors.as_ref());
+        self.metrics
+            .record_decision(label, access_label(access), started.elapsed().as_secs_f64());
+        response
+    }
+
+    /// Decides, logs a refusal, and forwards what is allowed.
+    async fn route<B>(&self, req: Request<B>, conn: &ConnInfo) -> (Routed<'_>, Option<Access>)
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BodyError>,
+    {
+        let answered =
+            |answer, req: Request<B>| Routed::Answered(answer, req.into_parts().0.headers);
+        if req.version() == Version::HTTP_2 && req.headers().len() > self.max_headers {
+            tracing::info!(decision = DecisionLabel::HeadersTooLarge.as_str(), headers = req.headers().len(), max_headers = self.max_headers, client.addr = %conn.peer, "request refused: too many header fields");
+            return (answered(Answer::HeadersTooLarge, req), None);
+        }
         // One snapshot for the request's whole life, whatever reloads meanwhile.
         let index = self.index.load();
         if !index.is_loaded() {
             // A database store not reached since start: refusing every key
             // as unknown would be wrong, so say "not yet" (like /readyz).
-            self.metrics.record_decision(
-                DecisionLabel::NotReady,
-                None,
-                started.elapsed().as_secs_f64(),
-            );
-            return reject::not_ready();
+            return (answered(Answer::NotReady, req), None);
         }
-        let settings = PolicySettings {
-            header: &self.header,
-            query_param: self.query_param.as_deref(),
-            prefix: &self.prefix,
-            browser_full_access: self.browser_full_access,
-            cors: self.cors.as_ref(),
-        };
         let head = RequestHead {
             method: req.method(),
             headers: req.headers(),
             query: req.uri().query(),
         };
-        let decision = policy::decide(head, &index, &settings, SystemTime::now());
-        let origin = req.headers().get(ORIGIN).cloned();
-
-        let (mut response, label, access) = match decision {
+        match policy::decide(head, &index, &self.settings, SystemTime::now()) {
             Decision::Allow {
                 key,
                 source,
@@ -157,16 +181,9 @@ impl Gateway {
                     access: key.access,
                     source,
                 };
-                let access = key.access;
                 drop(index);
-                match self.forward(req, conn, Some(identity)).await {
-                    Ok(response) => (response, label, Some(access)),
-                    Err(e) => (
-                        reject::error_response(e),
-                        DecisionLabel::from(e),
-                        Some(access),
-                    ),
-                }
+                let access = Some(identity.access);
+                (self.forward(req, conn, Some(identity), label).await, access)
             }
             Decision::Deny { rejection, key } => {
                 tracing::info!(
@@ -178,60 +195,50 @@ impl Gateway {
                     client.addr = %conn.peer,
                     "request denied"
                 );
-                (
-                    reject::rejection_response(rejection),
-                    DecisionLabel::from(rejection),
-                    key.map(|k| k.access),
-                )
+                let access = key.map(|k| k.access);
+                drop(index);
+                (answered(Answer::Rejected(rejection), req), access)
             }
             Decision::Preflight(Preflight::Forward) => {
                 drop(index);
-                match self.forward(req, conn, None).await {
-                    Ok(response) => (response, DecisionLabel::Preflight, None),
-                    Err(e) => (reject::error_response(e), DecisionLabel::from(e), None),
-                }
-            }
-            Decision::Preflight(Preflight::Answer) => match &self.cors {
-                Some(cors) => (
-                    reject::preflight_response(req.headers(), cors),
-                    DecisionLabel::Preflight,
-                    None,
-                ),
-                None => (
-                    reject::error_response(ProxyError::BadTarget),
-                    DecisionLabel::Preflight,
-                    None,
-                ),
-            },
-            Decision::Preflight(Preflight::Deny(rejection)) => {
-                tracing::info!(decision = rejection.code(), method = %req.method(), client.addr = %conn.peer, "preflight denied");
                 (
-                    reject::rejection_response(rejection),
-                    DecisionLabel::from(rejection),
+                    self.forward(req, conn, None, DecisionLabel::Preflight)
+                        .await,
                     None,
                 )
             }
-        };
-        reject::add_cors(&mut response, origin.as_ref(), self.cors.as_ref());
-        self.metrics
-            .record_decision(label, access, started.elapsed().as_secs_f64());
-        response
+            Decision::Preflight(Preflight::Answer(cors)) => {
+                (answered(Answer::Preflight(cors), req), None)
+            }
+            Decision::Preflight(Preflight::Deny(rejection)) => {
+                tracing::info!(decision = rejection.code(), method = %req.method(), client.addr = %conn.peer, "preflight denied");
+                drop(index);
+                (answered(Answer::Rejected(rejection), req), None)
+            }
+        }
     }
 
-    /// Forwards a request upstream and returns the upstream's response head
-    /// with its body streaming through.
-    async fn forward(
+    /// Forwards a request upstream: the upstream's response head with its
+    /// body streaming through, counted under `label`; or the answer to a
+    /// failure.
+    async fn forward<B>(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<B>,
         conn: &ConnInfo,
         identity: Option<Identity>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+        label: DecisionLabel,
+    ) -> Routed<'_>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BodyError>,
+    {
         let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
 
         let mut path_and_query = parts.uri.path_and_query().cloned();
-        if let (Some(id), Some(param), false) = (&identity, &self.query_param, self.forward_key)
+        if let (Some(id), Some(param), false) =
+            (&identity, &self.settings.query_param, self.forward_key)
             && id.source == KeySource::Query
         {
             path_and_query = strip_query(path_and_query, param);
@@ -245,36 +252,33 @@ impl Gateway {
         {
             parts.headers.insert(HOST, v);
         }
-        parts.uri = self.upstream.target(path_and_query)?;
-        let none = HeaderValue::from_static("");
+        parts.uri = match self.upstream.target(path_and_query) {
+            Ok(uri) => uri,
+            Err(e) => return Routed::Answered(Answer::Failed(e), parts.headers),
+        };
         let caller = Caller {
             peer: &conn.peer_ip,
             tls: conn.tls,
-            key_id: identity.as_ref().map_or(&none, |i| &i.id),
-            access: identity.as_ref().map_or(Access::ReadOnly, |i| i.access),
+            identity: identity.as_ref().map(|i| (&i.id, i.access)),
             remove_key: match (&identity, self.forward_key) {
-                (Some(i), false) => Some((i.source, &self.header)),
+                (Some(i), false) => Some(i.source),
                 _ => None,
             },
+            key_header: &self.settings.header,
+            forward_key: self.forward_key,
         };
         headers::rewrite_request(&mut parts.headers, &caller, upgrade);
-        if identity.is_none() {
-            // A forwarded preflight: no identity to vouch for, and no key
-            // (unchecked, since preflights need none) goes to the backend.
-            parts.headers.remove(headers::KEY_ID);
-            parts.headers.remove(headers::KEY_ACCESS);
-            if !self.forward_key {
-                headers::remove_unchecked_keys(&mut parts.headers, &self.header);
-            }
-        }
         parts.version = Version::HTTP_11;
 
+        let body = body.map_err(Into::into).boxed_unsync();
         let mut response = match self.upstream.send(Request::from_parts(parts, body)).await {
             Ok(r) => r,
             Err((error, kind)) => {
                 self.metrics.upstream_error(kind);
                 tracing::warn!(kind = kind.as_str(), client.addr = %conn.peer, "upstream request failed");
-                return Err(error);
+                // The request's headers went upstream with it; a failure
+                // answer needs none of them.
+                return Routed::Answered(Answer::Failed(error), http::HeaderMap::new());
             }
         };
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -296,11 +300,22 @@ impl Gateway {
         }
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, switching);
-        Ok(Response::from_parts(
-            parts,
-            ProxyBody::upstream(body, self.metrics.clone(), self.upstream.read_timeout()),
-        ))
+        Routed::Forwarded(
+            Response::from_parts(
+                parts,
+                ProxyBody::upstream(body, self.metrics.clone(), self.upstream.read_timeout()),
+            ),
+            label,
+        )
     }
+}
+
+/// Where a request ended: forwarded (the upstream's response, counted under
+/// the label), or answered by the gateway (with the request's headers, which
+/// a preflight answer reads).
+enum Routed<'a> {
+    Forwarded(Response<ProxyBody>, DecisionLabel),
+    Answered(Answer<'a>, http::HeaderMap),
 }
 
 fn strip_query(
@@ -317,3 +332,6 @@ fn strip_query(
     };
     rebuilt.parse().ok().or(Some(pq))
 }
+
+#[cfg(test)]
+mod tests;

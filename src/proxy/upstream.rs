@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -22,9 +23,25 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::sync::oneshot;
 
-use super::reject::ProxyError;
+use super::body::BodyError;
+use super::respond::ProxyError;
 use crate::config::UpstreamConfig;
 use crate::metrics::UpstreamErrorKind;
+
+/// A request body on its way upstream, whatever it came from.
+pub type RequestBody = UnsyncBoxBody<Bytes, BodyError>;
+
+/// The upstream cannot be set up from the config (its TLS, its CA file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamError(pub String);
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UpstreamError {}
 
 /// The backend every allowed request goes to.
 pub struct Upstream {
@@ -36,12 +53,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, String> {
+    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, UpstreamError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(cfg.connect_timeout));
-        let tls = client_tls(cfg)?;
+        let tls = client_tls(cfg).map_err(UpstreamError)?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -56,10 +73,10 @@ impl Upstream {
         let (scheme, authority) = match (cfg.url.scheme(), cfg.url.authority()) {
             (Some(s), Some(a)) => (s.clone(), a.clone()),
             _ => {
-                return Err(format!(
+                return Err(UpstreamError(format!(
                     "upstream.url {} needs a scheme and a host",
                     cfg.url
-                ));
+                )));
             }
         };
         Ok(Upstream {
@@ -91,7 +108,7 @@ impl Upstream {
     /// without a body), so that a long upload is not cut as a slow upstream.
     pub async fn send(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, (ProxyError, UpstreamErrorKind)> {
         let (sent_tx, sent_rx) = oneshot::channel();
         let req = req.map(|inner| SentBody {
@@ -116,7 +133,7 @@ impl Upstream {
 /// The client's request body on its way upstream; says when it is done
 /// (fully sent, failed, or dropped by the client connection).
 pub struct SentBody {
-    inner: Incoming,
+    inner: RequestBody,
     sent: Option<oneshot::Sender<()>>,
 }
 
@@ -130,12 +147,12 @@ impl SentBody {
 
 impl Body for SentBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if matches!(polled, Poll::Ready(None | Some(Err(_)))) {

@@ -30,8 +30,8 @@ use super::snapshot::LocalSnapshot;
 use super::{Hangup, Publisher, Report};
 use crate::keys::{KeyHash, KeyIndex, StoreSnapshot};
 use crate::metrics::unix_ms;
-use crate::store::postgres::{self, PgStore, schema};
 use crate::store::StoreError;
+use crate::store::postgres::{self, PgStore, schema};
 
 /// Longest wait for a connection (on top of the URL's connect_timeout).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

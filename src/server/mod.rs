@@ -23,12 +23,12 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_rustls::TlsAcceptor;
 
-use activity::Activity;
+use activity::{Activity, InFlight};
 use io::{ClientIo, Stream, sniff_h2};
 
 use crate::config::ServerConfig;
 use crate::metrics::{Health, Metrics};
-use crate::proxy::{ConnInfo, Gateway, ProxyBody};
+use crate::proxy::{BodyError, ConnInfo, Gateway, ProxyBody};
 
 /// How a shutdown ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,6 @@ pub enum Drain {
 
 struct Shared {
     gateway: Arc<Gateway>,
-    max_headers: usize,
     metrics: Arc<Metrics>,
     tls: Option<TlsAcceptor>,
     h1: http1::Builder,
@@ -75,7 +74,6 @@ pub async fn run(
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
     let shared = Arc::new(Shared {
         gateway,
-        max_headers: config.max_headers,
         metrics,
         tls: tls.map(TlsAcceptor::from),
         h1,
@@ -131,36 +129,54 @@ pub async fn run(
 #[derive(Clone)]
 struct ConnService {
     gateway: Arc<Gateway>,
-    /// hyper applies it to HTTP/1.1 heads; HTTP/2 has no field-count limit
-    /// there (only `max_header_list_size`, in bytes), so it is applied here.
-    max_headers: usize,
     activity: Arc<Activity>,
     info: ConnInfo,
 }
 
-type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ServedBody>, Infallible>> + Send>>;
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
-    type Response = Response<ProxyBody>;
+    type Response = Response<ServedBody>;
     type Error = Infallible;
     type Future = ResponseFuture;
 
     fn call(&self, req: Request<Incoming>) -> ResponseFuture {
-        if req.version() == Version::HTTP_2 && req.headers().len() > self.max_headers {
-            let response = crate::proxy::reject::json_error(
-                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "headers_too_large",
-                "too many header fields",
-            );
-            return Box::pin(async move { Ok(response) });
-        }
         let gateway = self.gateway.clone();
         let busy = self.activity.begin(req.version() == Version::HTTP_2);
         let info = self.info.clone();
         Box::pin(async move {
             let response = gateway.handle(req, &info).await;
-            Ok(response.map(|b| b.with_busy(busy)))
+            Ok(response.map(|body| ServedBody { body, _busy: busy }))
         })
+    }
+}
+
+/// A response body on its way to the client, holding the request's
+/// in-flight mark for as long as it is being sent, so that the connection
+/// counts as busy (an idle timeout must not cut a long download).
+pub struct ServedBody {
+    body: ProxyBody,
+    _busy: InFlight,
+}
+
+impl http_body::Body for ServedBody {
+    type Data = bytes::Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BodyError>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -229,7 +245,6 @@ async fn serve_connection(
     let io = TokioIo::new(ClientIo::new(stream, replay, activity.clone()));
     let service = ConnService {
         gateway: shared.gateway.clone(),
-        max_headers: shared.max_headers,
         activity: activity.clone(),
         info: ConnInfo::new(peer, is_tls).with_slot(slot),
     };

@@ -385,14 +385,18 @@ mod tests {
             );
         }
         // The CA file is read when connecting, not when the URL is parsed.
-        let store =
-            PgStore::from_url("postgres://u:s3cret@db/k?sslmode=require&sslrootcert=/nonexistent/ca.pem")
-                .unwrap_or_else(|e| panic!("{e}"));
+        let store = PgStore::from_url(
+            "postgres://u:s3cret@db/k?sslmode=require&sslrootcert=/nonexistent/ca.pem",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let e = store
             .tls
             .as_ref()
             .map(|t| t.connector().err().unwrap_or_default())
             .unwrap_or_default();
-        assert!(e.contains("/nonexistent/ca.pem") && !e.contains("s3cret"), "{e}");
+        assert!(
+            e.contains("/nonexistent/ca.pem") && !e.contains("s3cret"),
+            "{e}"
+        );
     }
 }

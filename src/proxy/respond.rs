@@ -1,6 +1,8 @@
-//! The gateway's own responses: every rejection and every proxy error mapped
-//! to a status and a JSON body `{"error": code, "message": ...}` here, in one
-//! exhaustive match each; and the CORS headers those responses carry.
+//! Every response the gateway writes itself, in one place: an `Answer`
+//! (a policy refusal, a forwarding failure, "not ready", too many headers, an
+//! allowed preflight) becomes its status, its JSON body `{"error": code,
+//! "message": ...}` and its metric label here, in one exhaustive match each;
+//! plus the CORS headers every response to a listed origin carries.
 
 use std::time::Duration;
 
@@ -9,7 +11,66 @@ use http::{HeaderMap, Response, StatusCode};
 
 use super::body::ProxyBody;
 use crate::config::CorsConfig;
+use crate::metrics::DecisionLabel;
 use crate::policy::{Rejection, origin_listed};
+
+/// A response the gateway writes itself instead of forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer<'a> {
+    /// A policy refusal: rows 1 to 6 of the decision table, or a preflight
+    /// the gateway refuses.
+    Rejected(Rejection),
+    /// Forwarding failed (502, 504, or a target that cannot be forwarded).
+    Failed(ProxyError),
+    /// No key index loaded yet (a database store not reached since start).
+    NotReady,
+    /// More header fields than `server.max_headers` (HTTP/2: hyper answers
+    /// an HTTP/1.1 head over the limit itself, before the gateway sees it).
+    HeadersTooLarge,
+    /// An allowed CORS preflight, answered from this `[cors]`.
+    Preflight(&'a CorsConfig),
+}
+
+impl Answer<'_> {
+    /// The `decision` label this answer is counted under.
+    pub const fn label(&self) -> DecisionLabel {
+        match self {
+            Answer::Rejected(r) => r.label(),
+            Answer::Failed(e) => e.label(),
+            Answer::NotReady => DecisionLabel::NotReady,
+            Answer::HeadersTooLarge => DecisionLabel::HeadersTooLarge,
+            Answer::Preflight(_) => DecisionLabel::Preflight,
+        }
+    }
+
+    /// The response; `request` is the request's headers (a preflight
+    /// echoes the headers it asked for).
+    pub fn response(self, request: &HeaderMap) -> Response<ProxyBody> {
+        match self {
+            Answer::Rejected(r) => rejection_response(r),
+            Answer::Failed(e) => {
+                let (status, code, message) = e.parts();
+                json_error(status, code, message)
+            }
+            Answer::NotReady => {
+                let mut r = json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_ready",
+                    "the gateway has not loaded its keys yet; retry shortly",
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                r
+            }
+            Answer::HeadersTooLarge => json_error(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                "too many header fields",
+            ),
+            Answer::Preflight(cors) => preflight_response(request, cors),
+        }
+    }
+}
 
 /// An operational failure while forwarding (not a policy outcome).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +85,15 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// The `decision` label; its text is the wire code.
+    pub const fn label(self) -> DecisionLabel {
+        match self {
+            ProxyError::Unavailable => DecisionLabel::UpstreamUnavailable,
+            ProxyError::Timeout => DecisionLabel::UpstreamTimeout,
+            ProxyError::BadTarget => DecisionLabel::BadRequest,
+        }
+    }
+
     const fn parts(self) -> (StatusCode, &'static str, &'static str) {
         match self {
             ProxyError::Unavailable => (
@@ -52,7 +122,7 @@ struct ErrorBody<'a> {
 }
 
 /// A JSON error response.
-pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
     // Serialising two strings into a Vec cannot fail.
     let body = serde_json::to_vec(&ErrorBody {
         error: code,
@@ -70,19 +140,7 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Pro
     r
 }
 
-/// 503 before the first key index is loaded.
-pub fn not_ready() -> Response<ProxyBody> {
-    let mut r = json_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "not_ready",
-        "the gateway has not loaded its keys yet; retry shortly",
-    );
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    r
-}
-
-pub fn rejection_response(r: Rejection) -> Response<ProxyBody> {
+fn rejection_response(r: Rejection) -> Response<ProxyBody> {
     let mut resp = json_error(r.status(), r.code(), r.message());
     if r.status() == StatusCode::UNAUTHORIZED {
         resp.headers_mut()
@@ -91,13 +149,8 @@ pub fn rejection_response(r: Rejection) -> Response<ProxyBody> {
     resp
 }
 
-pub fn error_response(e: ProxyError) -> Response<ProxyBody> {
-    let (status, code, message) = e.parts();
-    json_error(status, code, message)
-}
-
 /// The gateway's answer to an allowed CORS preflight: 204, only safe methods.
-pub fn preflight_response(request: &HeaderMap, cors: &CorsConfig) -> Response<ProxyBody> {
+fn preflight_response(request: &HeaderMap, cors: &CorsConfig) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::empty());
     *r.status_mut() = StatusCode::NO_CONTENT;
     let h = r.headers_mut();
@@ -158,7 +211,8 @@ mod tests {
 
     #[test]
     fn rejections_are_json_with_code_and_message() {
-        let r = rejection_response(Rejection::InvalidKey(InvalidReason::Unknown));
+        let r = Answer::Rejected(Rejection::InvalidKey(InvalidReason::Unknown))
+            .response(&HeaderMap::new());
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(
             r.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
@@ -170,23 +224,43 @@ mod tests {
     }
 
     #[test]
-    fn proxy_errors_map_to_502_504_400() {
-        assert_eq!(
-            error_response(ProxyError::Unavailable).status(),
-            StatusCode::BAD_GATEWAY
-        );
-        assert_eq!(
-            error_response(ProxyError::Timeout).status(),
-            StatusCode::GATEWAY_TIMEOUT
-        );
-        assert_eq!(
-            body_of(error_response(ProxyError::Timeout))["error"],
-            "upstream_timeout"
-        );
-        assert_eq!(
-            error_response(ProxyError::BadTarget).status(),
-            StatusCode::BAD_REQUEST
-        );
+    fn own_answers_have_their_status_code_and_label() {
+        let cors = CorsConfig {
+            allowed_origins: vec!["https://shop.example.com".into()],
+            max_age: Duration::from_secs(60),
+        };
+        let none = HeaderMap::new();
+        for (answer, status, code) in [
+            (
+                Answer::Failed(ProxyError::Unavailable),
+                502,
+                Some("upstream_unavailable"),
+            ),
+            (
+                Answer::Failed(ProxyError::Timeout),
+                504,
+                Some("upstream_timeout"),
+            ),
+            (
+                Answer::Failed(ProxyError::BadTarget),
+                400,
+                Some("bad_request"),
+            ),
+            (Answer::NotReady, 503, Some("not_ready")),
+            (Answer::HeadersTooLarge, 431, Some("headers_too_large")),
+            (Answer::Preflight(&cors), 204, None),
+        ] {
+            let label = answer.label().as_str();
+            let r = answer.response(&none);
+            assert_eq!(r.status().as_u16(), status, "{answer:?}");
+            match code {
+                Some(code) => {
+                    assert_eq!(body_of(r)["error"], code, "{answer:?}");
+                    assert_eq!(label, code, "{answer:?}");
+                }
+                None => assert_eq!(label, "preflight"),
+            }
+        }
     }
 
     #[test]
@@ -195,7 +269,7 @@ mod tests {
             allowed_origins: vec!["https://shop.example.com".into()],
             max_age: Duration::from_secs(60),
         };
-        let mut r = rejection_response(Rejection::BrowserFullAccess);
+        let mut r = Answer::Rejected(Rejection::BrowserFullAccess).response(&HeaderMap::new());
         add_cors(
             &mut r,
             Some(&HeaderValue::from_static("https://evil.example")),
