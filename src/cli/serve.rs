@@ -81,14 +81,14 @@ async fn run_gateway(
     let tls = match &config.server.tls {
         None => None,
         Some(files) => {
-            let resolver = tls::CertResolver::load(files).map_err(CliError::user)?;
+            let resolver = tls::CertResolver::load(files)?;
             let (watched, reloaded) = (files.clone(), resolver.clone());
             let watcher = CertWatcher::new(
                 vec![files.cert.clone(), files.key.clone()],
-                Box::new(move || reloaded.reload(&watched)),
+                Box::new(move || Ok(reloaded.reload(&watched)?)),
             );
             tokio::spawn(watcher.watch(hangup.clone()));
-            Some(tls::server_config(resolver).map_err(CliError::user)?)
+            Some(tls::server_config(resolver)?)
         }
     };
     let gateway = Arc::new(Gateway::new(&config, index, metrics.clone())?);

@@ -185,6 +185,9 @@ impl Pipeline {
     }
 }
 
+/// Method, headers, status, and the error code or the key id seen upstream.
+type Row<'a> = (Method, Vec<(&'a str, &'a str)>, u16, &'a str);
+
 #[tokio::test]
 async fn the_decision_table_end_to_end_in_process() {
     let p = pipeline("").await;
@@ -193,8 +196,7 @@ async fn the_decision_table_end_to_end_in_process() {
     let malformed = format!("{}x", &ro[..ro.len() - 1]);
     let twice = [("x-api-key", ro.as_str()), ("authorization", "Bearer x")];
     let bearer = format!("Bearer {fa}");
-    // (method, headers, status, error code, or the key id seen upstream)
-    let rows: Vec<(Method, Vec<(&str, &str)>, u16, &str)> = vec![
+    let rows: Vec<Row> = vec![
         (Method::GET, vec![], 401, "missing_key"),
         (
             Method::GET,

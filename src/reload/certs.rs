@@ -9,7 +9,7 @@ use super::fingerprint::Fingerprint;
 use super::{Hangup, POLL_INTERVAL};
 
 /// Loads the certificate again; on error the current one must stay.
-pub type Reload = Box<dyn FnMut() -> Result<(), String> + Send>;
+pub type Reload = Box<dyn FnMut() -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send>;
 
 pub struct CertWatcher {
     files: Vec<PathBuf>,

@@ -12,6 +12,19 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::TlsFiles;
 
+/// A certificate or key that cannot be used, worded for an operator (the
+/// option, the file, what is wrong).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsError(String);
+
+impl std::fmt::Display for TlsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TlsError {}
+
 /// Serves whatever certificate was loaded last.
 #[derive(Debug)]
 pub struct CertResolver {
@@ -19,14 +32,14 @@ pub struct CertResolver {
 }
 
 impl CertResolver {
-    pub fn load(files: &TlsFiles) -> Result<Arc<CertResolver>, String> {
+    pub fn load(files: &TlsFiles) -> Result<Arc<CertResolver>, TlsError> {
         Ok(Arc::new(CertResolver {
             current: ArcSwap::from_pointee(load_certified_key(files)?),
         }))
     }
 
     /// Loads the files again; on error the current certificate stays.
-    pub fn reload(&self, files: &TlsFiles) -> Result<(), String> {
+    pub fn reload(&self, files: &TlsFiles) -> Result<(), TlsError> {
         self.current.store(Arc::new(load_certified_key(files)?));
         Ok(())
     }
@@ -38,7 +51,11 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-fn load_certified_key(files: &TlsFiles) -> Result<CertifiedKey, String> {
+fn load_certified_key(files: &TlsFiles) -> Result<CertifiedKey, TlsError> {
+    load_files(files).map_err(TlsError)
+}
+
+fn load_files(files: &TlsFiles) -> Result<CertifiedKey, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("server.tls.cert {}: {e}", files.cert.display()))?;
@@ -59,12 +76,12 @@ fn load_certified_key(files: &TlsFiles) -> Result<CertifiedKey, String> {
 }
 
 /// The rustls server config around a resolver.
-pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| format!("TLS setup: {e}"))?
+    .map_err(|e| TlsError(format!("TLS setup: {e}")))?
     .with_no_client_auth()
     .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

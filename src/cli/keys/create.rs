@@ -1,0 +1,118 @@
+//! `keygate keys create`: a new key, its secret printed once.
+
+use std::io::Write;
+use std::time::SystemTime;
+
+use serde_json::json;
+
+use super::{Target, key_json};
+use crate::cli::CliError;
+use crate::config::parse_duration;
+use crate::keys::record::{latest_time, normalize_origin, parse_time, validate_name};
+use crate::keys::{Access, KeyHash, KeyId, KeyRecord, KeySetError, token};
+use crate::store::{Store, StoreError};
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn create(
+    t: &Target,
+    out: &mut impl Write,
+    name: String,
+    access: Access,
+    expires: Option<String>,
+    expires_in: Option<String>,
+    origins: Vec<String>,
+    json: bool,
+) -> Result<(), CliError> {
+    validate_name(&name).map_err(CliError::user)?;
+    let now = SystemTime::now();
+    let expires = match (expires, expires_in) {
+        (Some(date), _) => {
+            Some(parse_time(&date).map_err(|e| CliError::user(format!("--expires: {e}")))?)
+        }
+        (None, Some(d)) => {
+            let d = parse_duration(&d).map_err(|e| CliError::user(format!("--expires-in: {e}")))?;
+            Some(now.checked_add(d).unwrap_or_else(latest_time))
+        }
+        (None, None) => None,
+    };
+    if expires.is_some_and(|e| e <= now) {
+        return Err(CliError::user("--expires is in the past"));
+    }
+    if expires.is_some_and(|e| e > latest_time()) {
+        return Err(CliError::user("the expiry must be before the year 10000"));
+    }
+    let origins = origins
+        .iter()
+        .map(|o| normalize_origin(o).map_err(|e| CliError::user(format!("--origin: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (record, secret) = create_key(&t.store, t.prefix(), name, access, expires, origins, now)?;
+    if json {
+        let mut v = key_json(&record);
+        v["key"] = json!(secret);
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(
+            out,
+            "Created {} key {} ({:?}).",
+            record.access, record.id, record.name
+        )?;
+        writeln!(out)?;
+        writeln!(out, "    {secret}")?;
+        writeln!(out)?;
+        writeln!(
+            out,
+            "Store this key now: it is shown only this once (keygate keeps only its hash)."
+        )?;
+        if access == Access::FullAccess {
+            writeln!(
+                out,
+                "It is a full-access key: use it from backend systems only, never in a browser or an app."
+            )?;
+        }
+        writeln!(out, "Code to use it: keygate keys snippet {}", record.id)?;
+    }
+    Ok(())
+}
+
+/// Generates a secret and stores a new key under a fresh id; returns the
+/// record and the secret (which exists nowhere else from here on).
+pub(crate) fn create_key(
+    store: &Store,
+    prefix: &str,
+    name: String,
+    access: Access,
+    expires: Option<SystemTime>,
+    origins: Vec<String>,
+    now: SystemTime,
+) -> Result<(KeyRecord, String), CliError> {
+    let secret = token::generate(prefix)
+        .map_err(|e| CliError::user(format!("the OS random number generator failed: {e}")))?;
+    let hash = KeyHash::of(secret.as_bytes());
+    let record = store.modify_keys(&[], |keys, revoked| {
+        let id = loop {
+            let id = KeyId::generate()
+                .map_err(|e| StoreError::Key(KeySetError::Randomness(e.to_string())))?;
+            if !keys.contains_id(&id) {
+                break id;
+            }
+        };
+        if revoked.contains(&hash) {
+            // 178 random bits never collide; this guards against a broken RNG.
+            return Err(StoreError::Key(KeySetError::DuplicateHash {
+                existing_id: "a revoked key".into(),
+            }));
+        }
+        let record = KeyRecord {
+            id,
+            name,
+            access,
+            hash,
+            created: now,
+            expires,
+            origins,
+        };
+        keys.add(record.clone())?;
+        Ok(record)
+    })?;
+    Ok((record, secret))
+}

@@ -1,0 +1,208 @@
+//! `keygate keys ...`: the argument shapes, the store they act on, and one
+//! file per subcommand (create, show for list/show, update, delete, import;
+//! snippet is a few lines here).
+
+mod create;
+mod delete;
+mod import;
+mod show;
+mod update;
+
+pub(crate) use create::create_key;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::{CliError, snippet};
+use crate::config::{Config, StoreLocation};
+use crate::keys::record::format_time;
+use crate::keys::{Access, KeyRecord};
+use crate::store::Store;
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// Config file [default: $KEYGATE_CONFIG, else config/keygate.toml]
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    /// Key store to use instead of the config's: a file, or a postgres:// URL
+    #[arg(long, value_name = "FILE|URL", global = true)]
+    store: Option<PathBuf>,
+    #[command(subcommand)]
+    command: KeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key; its secret is printed once, here, and never again.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = parse_access)]
+        access: Access,
+        /// Expiry: a date (2027-01-31) or an RFC 3339 time
+        #[arg(long, conflicts_with = "expires_in")]
+        expires: Option<String>,
+        /// Expiry from now: 90d, 12h, ...
+        #[arg(long)]
+        expires_in: Option<String>,
+        /// Browser origin allowed to use the key (repeatable)
+        #[arg(long = "origin", value_name = "URL")]
+        origins: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (never secrets or hashes).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one key.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rename a key or change its access.
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_parser = parse_access)]
+        access: Option<Access>,
+        /// Allow upgrading read-only to full-access
+        #[arg(long)]
+        force: bool,
+    },
+    /// Delete a key, irreversibly: its hash is added to the revocation list.
+    Delete {
+        id: String,
+        /// Do not ask for confirmation
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Print ready-to-paste code calling the API through the gateway with a key.
+    Snippet {
+        id: String,
+        /// The gateway's URL as clients see it [default: from the config's listen address]
+        #[arg(long, value_name = "URL")]
+        gateway_url: Option<String>,
+    },
+    /// Import existing secrets: lines "secret<TAB>access<TAB>name"; only hashes are stored.
+    Import {
+        /// The file to import, or - for standard input
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_access(s: &str) -> Result<Access, String> {
+    s.parse()
+}
+
+/// What a keys command works on.
+struct Target {
+    store: Store,
+    config: Option<Config>,
+}
+
+impl Target {
+    fn prefix(&self) -> &str {
+        self.config
+            .as_ref()
+            .map_or("kg", |c| c.keys.prefix.as_str())
+    }
+}
+
+fn target(args: &KeysArgs) -> Result<Target, CliError> {
+    let config_path = super::config_path(args.config.as_deref());
+    let config = match (&args.store, &args.config) {
+        // --store alone: use the config only if it is there (for the prefix and header).
+        (Some(_), None) => config_path
+            .exists()
+            .then(|| super::load_config(&config_path))
+            .transpose()?,
+        _ => Some(super::load_config(&config_path)?),
+    };
+    let location = match (&args.store, &config) {
+        (Some(path), _) => match path.to_str() {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                StoreLocation::Postgres(url.to_string())
+            }
+            _ => StoreLocation::File(path.clone()),
+        },
+        (None, Some(c)) => c.keys.store.clone(),
+        (None, None) => {
+            return Err(CliError::user(
+                "no key store: pass --store FILE or --config FILE",
+            ));
+        }
+    };
+    let store = Store::open(&location).map_err(|e| match args.store {
+        Some(_) => CliError::user(e.to_string().replace("keys.store", "--store")),
+        None => CliError::from(e),
+    })?;
+    Ok(Target { store, config })
+}
+
+pub fn run(args: KeysArgs) -> Result<(), CliError> {
+    let t = target(&args)?;
+    let mut out = std::io::stdout().lock();
+    match args.command {
+        KeysCommand::Create {
+            name,
+            access,
+            expires,
+            expires_in,
+            origins,
+            json,
+        } => create::create(
+            &t, &mut out, name, access, expires, expires_in, origins, json,
+        ),
+        KeysCommand::List { json } => show::list(&t, &mut out, json),
+        KeysCommand::Show { id, json } => show::show(&t, &mut out, &id, json),
+        KeysCommand::Update {
+            id,
+            name,
+            access,
+            force,
+        } => update::update(&t, &mut out, &id, name, access, force),
+        KeysCommand::Delete { id, yes } => delete::delete(&t, &mut out, &id, yes),
+        KeysCommand::Snippet { id, gateway_url } => {
+            let record = find(&t, &id)?;
+            let url =
+                gateway_url.unwrap_or_else(|| snippet::default_gateway_url(t.config.as_ref()));
+            let header = t
+                .config
+                .as_ref()
+                .map_or("x-api-key", |c| c.keys.header.as_str());
+            write!(out, "{}", snippet::render(&record, &url, header))?;
+            Ok(())
+        }
+        KeysCommand::Import { file, json } => import::import(&t, &mut out, &file, json),
+    }
+}
+
+fn key_json(r: &KeyRecord) -> serde_json::Value {
+    json!({
+        "id": r.id.as_str(),
+        "name": r.name,
+        "access": r.access.as_str(),
+        "created": format_time(r.created),
+        "expires": r.expires.map(format_time),
+        "origins": r.origins,
+    })
+}
+
+fn load(t: &Target) -> Result<crate::keys::KeySet, CliError> {
+    Ok(t.store.load()?.keys)
+}
+
+fn find(t: &Target, id: &str) -> Result<KeyRecord, CliError> {
+    t.store
+        .find(id)?
+        .ok_or_else(|| CliError::user(format!("no key with id {id:?} in {}", t.store.label())))
+}
