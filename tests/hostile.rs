@@ -285,6 +285,7 @@ async fn a_stalled_stderr_never_stalls_requests() {
         line.clear();
         assert!(stderr.read_line(&mut line).unwrap() > 0, "gateway exited");
     }
+    let pid = child.id();
     let _child = Process(child);
     let addr_of = |name: &str| -> std::net::SocketAddr {
         let rest = &line[line.find(name).unwrap() + name.len()..];
@@ -293,18 +294,23 @@ async fn a_stalled_stderr_never_stalls_requests() {
     let (addr, ops) = (addr_of("client.addr="), addr_of("ops.addr="));
 
     // More denials (one log line each) than the 16,384-line queue, the
-    // pipe and the writer's buffer can hold together.
+    // pipe and the writer's buffer can hold together; each with a 16 KiB
+    // path, which a log line carries cut to 256 bytes, in a queue bounded
+    // at 4 MiB.
+    let path = format!("/{}", "p".repeat(16 * 1024));
+    let rss_before = rss_kib(pid);
     let started = Instant::now();
     let flood = async {
         let mut tasks = Vec::new();
         for _ in 0..16 {
+            let path = path.clone();
             tasks.push(tokio::spawn(async move {
                 let client = hyper_util::client::legacy::Client::builder(
                     hyper_util::rt::TokioExecutor::new(),
                 )
                 .build_http::<http_body_util::Full<bytes::Bytes>>();
                 for _ in 0..1250 {
-                    let req = http::Request::get(format!("http://{addr}/"))
+                    let req = http::Request::get(format!("http://{addr}{path}"))
                         .header("x-api-key", "kg_unknownunknownunknownunknownun000000")
                         .body(http_body_util::Full::default())
                         .unwrap();
@@ -322,9 +328,18 @@ async fn a_stalled_stderr_never_stalls_requests() {
         .await
         .expect("requests stalled behind the log");
     let dropped = metric(ops, "keygate_log_lines_dropped_total").await;
+    let rss_after = rss_kib(pid);
     eprintln!(
-        "20,000 denials with stderr unread: {:?}; {dropped} log lines dropped",
+        "20,000 denials with 16 KiB paths, stderr unread: {:?}; {dropped} log lines dropped; RSS {rss_before} KiB -> {rss_after} KiB",
         started.elapsed()
+    );
+    // The bound (README, "Memory"): the log queue holds at most 4 MiB; with
+    // the 16 connections' buffers and the allocator's slack, the process
+    // grows by well under 24 MiB. Unbounded, 16,384 queued lines of 16 KiB
+    // would be some 270 MiB.
+    assert!(
+        rss_after < rss_before + 24 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
     );
     assert!(
         dropped > 0.0,

@@ -16,7 +16,7 @@ pub fn run(args: &ConfigArg) -> Result<(), CliError> {
         crate::server::tls::CertResolver::load(tls)
             .map_err(|e| CliError::user(format!("{}: {e}", path.display())))?;
     }
-    crate::proxy::upstream::Upstream::new(&config.upstream)
+    crate::proxy::upstream::Upstream::new(&config.upstream, config.server.body_timeout)
         .map_err(|e| CliError::user(format!("{}: {e}", path.display())))?;
     let store = Store::open(&config.keys.store)
         .map_err(|e| CliError::user(format!("{}: {e}", path.display())))?;

@@ -4,18 +4,25 @@
 //! gather for 2 ms, and writes it all at once. Under a flood of denials that
 //! is one wake-up and one syscall per batch instead of one per line.
 //!
-//! The channel is bounded. When it is full (stderr stalled: a stuck log
-//! shipper, a full pipe) a line is dropped and counted rather than making a
-//! request wait on the log: a sidecar must keep serving. The writer reports
-//! how many were lost in a line of its own once it can write again, and
-//! `keygate_log_lines_dropped_total` counts them. `flush` drains the queue
-//! before the process exits.
+//! The queue is bounded in bytes (`QUEUE_BYTES`) as well as in lines: a
+//! denial line carries the request's path (cut to 256 bytes by
+//! `proxy::LogPath`), and a stalled stderr must not let a client fill memory. When
+//! it is full (a stuck log shipper, a full pipe) a line is dropped and
+//! counted rather than making a request wait on the log: a sidecar must keep
+//! serving. The writer reports how many were lost in a line of its own once
+//! it can write again, and `keygate_log_lines_dropped_total` counts them.
+//!
+//! The writer takes stderr's lock only while it writes a batch, never for
+//! its whole life: `main` prints the last `keygate: ...` line on stderr too.
+//! `flush` drains the queue before the process exits, waiting at most
+//! `FLUSH_WAIT` so that a stderr nobody reads cannot stop the exit.
 
 use std::io::{IsTerminal, Write};
 use std::str::FromStr;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::Duration;
 
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
@@ -24,10 +31,15 @@ use tracing_subscriber::prelude::*;
 use super::CliError;
 use crate::config::{LogConfig, LogFormat};
 
-/// Lines queued at most before a logging thread waits for the writer.
+/// Lines queued at most.
 const QUEUE: usize = 16 * 1024;
+/// Bytes queued at most: with every line at its longest (a cut path plus
+/// the other fields, well under 2 KiB) the queue stays within this.
+pub const QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// How long the writer lets lines accumulate after the first of a batch.
-const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
+const BATCH_WINDOW: Duration = Duration::from_millis(2);
+/// Longest wait for the queue to drain at exit.
+const FLUSH_WAIT: Duration = Duration::from_secs(1);
 
 enum Message {
     Line(Vec<u8>),
@@ -38,6 +50,9 @@ static SINK: OnceLock<SyncSender<Message>> = OnceLock::new();
 
 /// Lines dropped because the queue was full, since start.
 pub static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes of the lines in the queue now.
+static QUEUED: AtomicUsize = AtomicUsize::new(0);
 
 /// Sets up `tracing`: level from `RUST_LOG` or the config; a second call in
 /// one process keeps the first setup.
@@ -75,20 +90,23 @@ pub fn init(log: &LogConfig) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Waits until every line logged so far is written.
+/// Waits until every line logged so far is written, or `FLUSH_WAIT`.
 pub fn flush() {
     if let Some(tx) = SINK.get() {
         let (done_tx, done_rx) = sync_channel(1);
-        if tx.send(Message::Flush(done_tx)).is_ok() {
-            let _ = done_rx.recv();
+        if tx.try_send(Message::Flush(done_tx)).is_ok() {
+            let _ = done_rx.recv_timeout(FLUSH_WAIT);
         }
     }
 }
 
 fn write_lines(rx: Receiver<Message>) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr().lock());
+    // `Stderr`, not a `StderrLock`: each flush of the buffer takes the lock
+    // for its write only.
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
     let handle = |m: Message, out: &mut std::io::BufWriter<_>| match m {
         Message::Line(line) => {
+            QUEUED.fetch_sub(line.len(), Ordering::Relaxed);
             let _ = out.write_all(&line);
         }
         Message::Flush(done) => {
@@ -140,9 +158,20 @@ impl Write for Line {
 
 impl Drop for Line {
     fn drop(&mut self) {
-        if !self.buf.is_empty() {
-            let line = Message::Line(std::mem::take(&mut self.buf));
-            if let Err(std::sync::mpsc::TrySendError::Full(_)) = self.tx.try_send(line) {
+        let len = self.buf.len();
+        if len == 0 {
+            return;
+        }
+        // Reserve the bytes first; give them back if the line is not queued.
+        if QUEUED.fetch_add(len, Ordering::Relaxed) + len > QUEUE_BYTES {
+            QUEUED.fetch_sub(len, Ordering::Relaxed);
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let line = Message::Line(std::mem::take(&mut self.buf));
+        if let Err(e) = self.tx.try_send(line) {
+            QUEUED.fetch_sub(len, Ordering::Relaxed);
+            if matches!(e, std::sync::mpsc::TrySendError::Full(_)) {
                 DROPPED.fetch_add(1, Ordering::Relaxed);
             }
         }

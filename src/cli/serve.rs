@@ -38,6 +38,9 @@ pub fn serve(
         .build()
         .map_err(|e| CliError::user(format!("cannot start the runtime: {e}")))?;
     let result = rt.block_on(run_gateway(config, on_ready));
+    // Tasks still running (watchers, a SIGHUP listener, a blocking stat)
+    // must not hold the exit, above all after a failed start.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
     logging::flush();
     result
 }
@@ -111,7 +114,7 @@ async fn run_gateway(
         sync.spawn(hangup)
             .map_err(|e| CliError::user(format!("cannot start the key store sync: {e}")))?;
     }
-    tracing::info!(client.addr = %client_addr, ops.addr = %ops_addr, tls = config.server.tls.is_some(), upstream = %config.upstream.url, "keygate listening");
+    tracing::info!(client.addr = %client_addr, ops.addr = %ops_addr, tls = config.server.tls.is_some(), upstream = %redacted_url(&config.upstream.url), "keygate listening");
     on_ready(client_addr, ops_addr);
 
     let shutdown = async {
@@ -137,4 +140,32 @@ async fn run_gateway(
         }
     }
     Ok(())
+}
+
+/// A URL for the log: any userinfo (`user:password@`) replaced by `***@`.
+fn redacted_url(url: &http::Uri) -> String {
+    match url.authority() {
+        Some(a) if a.as_str().contains('@') => {
+            let host = a.as_str().rsplit_once('@').map_or("", |(_, h)| h);
+            format!("{}://***@{host}", url.scheme_str().unwrap_or("http"))
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn userinfo_never_reaches_the_log() {
+        let url: http::Uri = "http://user:pw@backend:3000"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(redacted_url(&url), "http://***@backend:3000");
+        let url: http::Uri = "https://backend:3000"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(redacted_url(&url), "https://backend:3000/");
+    }
 }

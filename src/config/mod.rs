@@ -57,6 +57,31 @@ pub struct ServerConfig {
     pub max_headers: usize,
     pub max_connections: usize,
     pub drain_timeout: Duration,
+    /// Longest silence of a client in the middle of a request body.
+    pub body_timeout: Duration,
+    pub h2: Http2Limits,
+}
+
+/// What one HTTP/2 connection may hold: streams at once, and the flow
+/// control windows that bound what a client can make the gateway buffer
+/// (receive side) plus the send buffer per stream (send side). See the
+/// README's memory bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Limits {
+    pub max_concurrent_streams: u32,
+    pub stream_window_bytes: u32,
+    pub connection_window_bytes: u32,
+    pub send_buffer_bytes: usize,
+}
+
+impl Http2Limits {
+    /// The most request and response body bytes one connection can hold
+    /// buffered in the gateway: the connection's receive window plus every
+    /// stream's send buffer.
+    pub fn buffered_bytes(&self) -> u64 {
+        u64::from(self.connection_window_bytes)
+            + u64::from(self.max_concurrent_streams) * self.send_buffer_bytes as u64
+    }
 }
 
 /// PEM files for the client-facing TLS listener.

@@ -67,6 +67,11 @@ pub struct RawServer {
     pub max_headers: Option<usize>,
     pub max_connections: Option<usize>,
     pub drain_timeout: Option<DurationStr>,
+    pub body_timeout: Option<DurationStr>,
+    pub h2_max_concurrent_streams: Option<u32>,
+    pub h2_stream_window_bytes: Option<u32>,
+    pub h2_connection_window_bytes: Option<u32>,
+    pub h2_send_buffer_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,8 +9,8 @@ use http::{HeaderName, Uri};
 
 use super::raw::RawConfig;
 use super::{
-    Config, CorsConfig, KeysConfig, LogConfig, MetricsConfig, PolicyConfig, ServerConfig,
-    StoreLocation, TlsFiles, UpstreamConfig,
+    Config, CorsConfig, Http2Limits, KeysConfig, LogConfig, MetricsConfig, PolicyConfig,
+    ServerConfig, StoreLocation, TlsFiles, UpstreamConfig,
 };
 use crate::keys::record::normalize_origin;
 use crate::keys::token;
@@ -21,6 +21,26 @@ fn resolve(base: &Path, p: &str) -> PathBuf {
         p.to_path_buf()
     } else {
         base.join(p)
+    }
+}
+
+fn positive_u32(name: &str, v: Option<u32>, default: u32) -> Result<u32, String> {
+    match v {
+        Some(0) => Err(format!("{name} must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    }
+}
+
+/// An HTTP/2 flow-control window: RFC 9113 allows 65,535 bytes (what a peer
+/// may send before the first update) up to 2^31 - 1.
+fn window(name: &str, v: Option<u32>, default: u32) -> Result<u32, String> {
+    match v {
+        None => Ok(default),
+        Some(n) if (65_535..=0x7fff_ffff).contains(&n) => Ok(n),
+        Some(n) => Err(format!(
+            "{name} must be between 65535 and 2147483647 bytes, found {n}"
+        )),
     }
 }
 
@@ -68,10 +88,40 @@ pub(super) fn validate(
         max_headers: positive("server.max_headers", s.max_headers, 100)?,
         max_connections: positive("server.max_connections", s.max_connections, 10_000)?,
         drain_timeout: s.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        body_timeout: s.body_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        h2: Http2Limits {
+            max_concurrent_streams: positive_u32(
+                "server.h2_max_concurrent_streams",
+                s.h2_max_concurrent_streams,
+                32,
+            )?,
+            stream_window_bytes: window(
+                "server.h2_stream_window_bytes",
+                s.h2_stream_window_bytes,
+                64 * 1024,
+            )?,
+            connection_window_bytes: window(
+                "server.h2_connection_window_bytes",
+                s.h2_connection_window_bytes,
+                256 * 1024,
+            )?,
+            send_buffer_bytes: positive(
+                "server.h2_send_buffer_bytes",
+                s.h2_send_buffer_bytes,
+                16 * 1024,
+            )?,
+        },
     };
+    if server.h2.connection_window_bytes < server.h2.stream_window_bytes {
+        return Err(format!(
+            "server.h2_connection_window_bytes ({}) must be at least server.h2_stream_window_bytes ({})",
+            server.h2.connection_window_bytes, server.h2.stream_window_bytes
+        ));
+    }
     for (name, d) in [
         ("server.header_read_timeout", server.header_read_timeout),
         ("server.idle_timeout", server.idle_timeout),
+        ("server.body_timeout", server.body_timeout),
     ] {
         if d.is_zero() {
             return Err(format!("{name} must be more than zero"));

@@ -62,6 +62,8 @@ decision_labels! {
     UpstreamTimeout => "upstream_timeout",
     /// The request target could not be forwarded: 400.
     BadRequest => "bad_request",
+    /// The client sent no body byte for `server.body_timeout`: 408.
+    RequestTimeout => "request_timeout",
     /// No key index loaded yet (a database store not reached since start): 503.
     NotReady => "not_ready",
     /// More header fields than `server.max_headers` (HTTP/2; hyper answers

@@ -10,29 +10,20 @@
 //! read, and it is armed only when a read would block, so a body that
 //! streams without pause costs no timer at all.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::stall::Stall;
+use crate::metrics::{Metrics, UpstreamErrorKind};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
-
-use crate::metrics::{Metrics, UpstreamErrorKind};
 
 enum Inner {
     Upstream(Incoming, Stall),
     Bytes(Option<Bytes>),
-}
-
-/// The silence timer of an upstream body.
-struct Stall {
-    limit: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
-    armed: bool,
 }
 
 /// Why an upstream body was cut: it stayed silent for `read_timeout`.
@@ -74,13 +65,8 @@ impl ProxyBody {
 
     /// An upstream body, streamed through; cut after `read_timeout` of silence.
     pub fn upstream(body: Incoming, metrics: Arc<Metrics>, read_timeout: Duration) -> Self {
-        let stall = Stall {
-            limit: read_timeout,
-            timer: None,
-            armed: false,
-        };
         ProxyBody {
-            inner: Inner::Upstream(body, stall),
+            inner: Inner::Upstream(body, Stall::new(read_timeout)),
             metrics: Some(metrics),
         }
     }
@@ -99,39 +85,21 @@ impl Body for ProxyBody {
             Inner::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Inner::Upstream(body, stall) => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(frame) => {
-                    stall.armed = false;
+                    stall.progressed();
                     if let (Some(Err(_)), Some(m)) = (&frame, &this.metrics) {
                         m.upstream_error(UpstreamErrorKind::Protocol);
                     }
                     Poll::Ready(frame.map(|r| r.map_err(BodyError::from)))
                 }
                 Poll::Pending => {
-                    if !stall.armed {
-                        stall.armed = true;
-                        let now = Instant::now();
-                        // An absurd timeout saturates instead of overflowing.
-                        let deadline = now
-                            .checked_add(stall.limit)
-                            .unwrap_or(now + Duration::from_secs(86_400 * 365));
-                        match &mut stall.timer {
-                            Some(t) => t.as_mut().reset(deadline),
-                            None => {
-                                stall.timer = Some(Box::pin(tokio::time::sleep_until(deadline)))
-                            }
-                        }
-                    }
-                    let fired = stall
-                        .timer
-                        .as_mut()
-                        .is_some_and(|t| t.as_mut().poll(cx).is_ready());
-                    if !fired {
+                    if !stall.waiting(cx) {
                         return Poll::Pending;
                     }
                     if let Some(m) = &this.metrics {
                         m.upstream_error(UpstreamErrorKind::Timeout);
                     }
-                    tracing::warn!(timeout = ?stall.limit, "upstream went silent mid-body; response cut");
-                    Poll::Ready(Some(Err(Box::new(UpstreamStalled(stall.limit)))))
+                    tracing::warn!(timeout = ?stall.limit(), "upstream went silent mid-body; response cut");
+                    Poll::Ready(Some(Err(Box::new(UpstreamStalled(stall.limit())))))
                 }
             },
         }

@@ -9,7 +9,9 @@
 
 mod body;
 pub mod headers;
+mod log_path;
 pub mod respond;
+mod stall;
 mod tunnel;
 pub mod upstream;
 
@@ -25,6 +27,7 @@ use tokio::time::Instant;
 
 pub use body::{BodyError, ProxyBody};
 use headers::Caller;
+pub use log_path::LogPath;
 pub use respond::{Answer, ProxyError};
 use upstream::Upstream;
 
@@ -104,7 +107,7 @@ impl Gateway {
     ) -> Result<Gateway, upstream::UpstreamError> {
         Ok(Gateway {
             index,
-            upstream: Upstream::new(&config.upstream)?,
+            upstream: Upstream::new(&config.upstream, config.server.body_timeout)?,
             metrics,
             settings: PolicySettings::from_config(config),
             forward_key: config.keys.forward_key,
@@ -172,9 +175,9 @@ impl Gateway {
                     DecisionLabel::Allowed
                 };
                 if reported {
-                    tracing::warn!(decision = label.as_str(), key.id = key.id(), method = %req.method(), path = req.uri().path(), client.addr = %conn.peer, "full-access key used from a browser (report-only mode: forwarded)");
+                    tracing::warn!(decision = label.as_str(), key.id = key.id(), method = %req.method(), path = %LogPath(req.uri().path()), client.addr = %conn.peer, "full-access key used from a browser (report-only mode: forwarded)");
                 } else if self.access_log {
-                    tracing::info!(decision = label.as_str(), key.id = key.id(), method = %req.method(), path = req.uri().path(), client.addr = %conn.peer, "request allowed");
+                    tracing::info!(decision = label.as_str(), key.id = key.id(), method = %req.method(), path = %LogPath(req.uri().path()), client.addr = %conn.peer, "request allowed");
                 }
                 let identity = Identity {
                     id: key.id_header.clone(),
@@ -191,7 +194,7 @@ impl Gateway {
                     reason = rejection.detail(),
                     key.id = key.map(|k| k.id()),
                     method = %req.method(),
-                    path = req.uri().path(),
+                    path = %LogPath(req.uri().path()),
                     client.addr = %conn.peer,
                     "request denied"
                 );
@@ -273,12 +276,19 @@ impl Gateway {
         let body = body.map_err(Into::into).boxed_unsync();
         let mut response = match self.upstream.send(Request::from_parts(parts, body)).await {
             Ok(r) => r,
-            Err((error, kind)) => {
-                self.metrics.upstream_error(kind);
-                tracing::warn!(kind = kind.as_str(), client.addr = %conn.peer, "upstream request failed");
+            Err(failed) => {
+                match failed.kind {
+                    Some(kind) => {
+                        self.metrics.upstream_error(kind);
+                        tracing::warn!(kind = kind.as_str(), client.addr = %conn.peer, "upstream request failed");
+                    }
+                    None => {
+                        tracing::info!(decision = failed.error.label().as_str(), client.addr = %conn.peer, "client went silent mid-body; request cut")
+                    }
+                }
                 // The request's headers went upstream with it; a failure
                 // answer needs none of them.
-                return Routed::Answered(Answer::Failed(error), http::HeaderMap::new());
+                return Routed::Answered(Answer::Failed(failed.error), http::HeaderMap::new());
             }
         };
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;

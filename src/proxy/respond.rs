@@ -82,6 +82,8 @@ pub enum ProxyError {
     Timeout,
     /// The request target cannot be forwarded (e.g. `OPTIONS *`).
     BadTarget,
+    /// The client went silent mid-body for `server.body_timeout`.
+    RequestTimeout,
 }
 
 impl ProxyError {
@@ -91,6 +93,7 @@ impl ProxyError {
             ProxyError::Unavailable => DecisionLabel::UpstreamUnavailable,
             ProxyError::Timeout => DecisionLabel::UpstreamTimeout,
             ProxyError::BadTarget => DecisionLabel::BadRequest,
+            ProxyError::RequestTimeout => DecisionLabel::RequestTimeout,
         }
     }
 
@@ -110,6 +113,11 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 "the request target cannot be forwarded",
+            ),
+            ProxyError::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "no request body byte arrived in time",
             ),
         }
     }
@@ -245,6 +253,11 @@ mod tests {
                 Answer::Failed(ProxyError::BadTarget),
                 400,
                 Some("bad_request"),
+            ),
+            (
+                Answer::Failed(ProxyError::RequestTimeout),
+                408,
+                Some("request_timeout"),
             ),
             (Answer::NotReady, 503, Some("not_ready")),
             (Answer::HeadersTooLarge, 431, Some("headers_too_large")),

@@ -1,8 +1,21 @@
 //! The upstream: a pooled, kept-alive hyper client (plain HTTP or HTTPS via
 //! rustls), with the connect and response timeouts from the config, and the
 //! classification of its failures into 502/504 and metric kinds.
+//!
+//! The bounds on a forwarded request, stage by stage:
+//! - `connect_timeout` covers the TCP connect and the TLS handshake;
+//! - `response_timeout` runs from forwarding until the response head, but
+//!   only while the upstream owes the next step: it is restarted each time
+//!   the upstream accepts a piece of the request body, and paused while the
+//!   gateway waits for the client's next piece. So an upstream that stops
+//!   reading the body is cut (504), while a slow upload that keeps moving is
+//!   not;
+//! - `server.body_timeout` bounds the client's silence mid-body (408, or a
+//!   closed connection if the response has started).
 
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -21,12 +34,16 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::body::BodyError;
 use super::respond::ProxyError;
+use super::stall::Stall;
 use crate::config::UpstreamConfig;
 use crate::metrics::UpstreamErrorKind;
+
+/// Bytes one upstream connection buffers at most in each direction.
+pub const UPSTREAM_BUFFER_BYTES: usize = 64 * 1024;
 
 /// A request body on its way upstream, whatever it came from.
 pub type RequestBody = UnsyncBoxBody<Bytes, BodyError>;
@@ -45,15 +62,26 @@ impl std::error::Error for UpstreamError {}
 
 /// The backend every allowed request goes to.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, SentBody>,
+    client: Client<BoundedConnector, SentBody>,
     scheme: Scheme,
     authority: Authority,
     response_timeout: Duration,
     read_timeout: Duration,
+    body_timeout: Duration,
+}
+
+/// Why a forwarded request failed: what to answer, and what to count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendError {
+    pub error: ProxyError,
+    /// The upstream's failure, for `keygate_upstream_errors_total`; `None`
+    /// when the client was at fault (silent mid-body).
+    pub kind: Option<UpstreamErrorKind>,
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, UpstreamError> {
+    /// `body_timeout` is `server.body_timeout`: the client's silence mid-body.
+    pub fn new(cfg: &UpstreamConfig, body_timeout: Duration) -> Result<Upstream, UpstreamError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -69,7 +97,14 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(cfg.pool_idle_timeout)
             .pool_max_idle_per_host(cfg.pool_max_idle)
-            .build(connector);
+            // What one upstream connection may buffer of a request body the
+            // upstream is slow to take (and of a response head): part of
+            // the memory bound per request in the README.
+            .http1_max_buf_size(UPSTREAM_BUFFER_BYTES)
+            .build(BoundedConnector {
+                inner: connector,
+                limit: cfg.connect_timeout,
+            });
         let (scheme, authority) = match (cfg.url.scheme(), cfg.url.authority()) {
             (Some(s), Some(a)) => (s.clone(), a.clone()),
             _ => {
@@ -85,6 +120,7 @@ impl Upstream {
             authority,
             response_timeout: cfg.response_timeout,
             read_timeout: cfg.read_timeout,
+            body_timeout,
         })
     }
 
@@ -103,47 +139,105 @@ impl Upstream {
         self.read_timeout
     }
 
-    /// Sends a request and waits for the response head. `response_timeout`
-    /// starts once the request body has been sent (at once for a request
-    /// without a body), so that a long upload is not cut as a slow upstream.
-    pub async fn send(
-        &self,
-        req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, (ProxyError, UpstreamErrorKind)> {
-        let (sent_tx, sent_rx) = oneshot::channel();
+    /// Sends a request and waits for the response head, within the bounds
+    /// described at the top of this file.
+    pub async fn send(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, SendError> {
+        let progress = Arc::new(Progress::new());
         let req = req.map(|inner| SentBody {
             inner,
-            sent: Some(sent_tx),
+            progress: progress.clone(),
+            silence: Stall::new(self.body_timeout),
         });
-        let timeout = async {
-            let _ = sent_rx.await;
-            tokio::time::sleep(self.response_timeout).await;
-        };
+        let fail = |error, kind| SendError { error, kind };
         tokio::select! {
             result = self.client.request(req) => match result {
                 Ok(resp) => Ok(resp),
-                Err(e) if e.is_connect() => Err((ProxyError::Unavailable, UpstreamErrorKind::Connect)),
-                Err(_) => Err((ProxyError::Unavailable, UpstreamErrorKind::Protocol)),
+                Err(_) if progress.client_timed_out.load(Ordering::Acquire) => {
+                    Err(fail(ProxyError::RequestTimeout, None))
+                }
+                Err(e) if e.is_connect() => Err(fail(ProxyError::Unavailable, Some(UpstreamErrorKind::Connect))),
+                Err(_) => Err(fail(ProxyError::Unavailable, Some(UpstreamErrorKind::Protocol))),
             },
-            () = timeout => Err((ProxyError::Timeout, UpstreamErrorKind::Timeout)),
+            () = progress.response_overdue(self.response_timeout) => {
+                Err(fail(ProxyError::Timeout, Some(UpstreamErrorKind::Timeout)))
+            }
         }
     }
 }
 
-/// The client's request body on its way upstream; says when it is done
-/// (fully sent, failed, or dropped by the client connection).
+/// Where a forwarded request stands, shared by its body (which moves it on)
+/// and the response timer (which reads it).
+struct Progress {
+    started: Instant,
+    /// One of the `AWAITING_*` states below.
+    state: AtomicU8,
+    /// Milliseconds after `started` when `state` was last set.
+    since_ms: AtomicU64,
+    client_timed_out: AtomicBool,
+}
+
+/// The upstream owes the next step: take the body or send the head.
+const AWAITING_UPSTREAM: u8 = 0;
+/// The gateway waits for the client's next piece of the body.
+const AWAITING_CLIENT: u8 = 1;
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            started: Instant::now(),
+            state: AtomicU8::new(AWAITING_UPSTREAM),
+            since_ms: AtomicU64::new(0),
+            client_timed_out: AtomicBool::new(false),
+        }
+    }
+
+    fn set(&self, state: u8) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.since_ms.store(ms, Ordering::Relaxed);
+        self.state.store(state, Ordering::Release);
+    }
+
+    /// Resolves once the upstream has owed the next step for `limit`. While
+    /// the client owes it, the clock stops (the body timer bounds that);
+    /// nothing wakes this future on a change, it looks again at its own
+    /// deadlines, so a request costs one timer, not one per body chunk.
+    async fn response_overdue(&self, limit: Duration) {
+        loop {
+            let state = self.state.load(Ordering::Acquire);
+            let since = Duration::from_millis(self.since_ms.load(Ordering::Relaxed));
+            if state == AWAITING_CLIENT {
+                tokio::time::sleep(limit).await;
+                continue;
+            }
+            let deadline = self.started + since + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// The client's request body on its way upstream: records each step in the
+/// request's `Progress`, and ends with an error when the client stays silent
+/// for `server.body_timeout` mid-body.
 pub struct SentBody {
     inner: RequestBody,
-    sent: Option<oneshot::Sender<()>>,
+    progress: Arc<Progress>,
+    silence: Stall,
 }
 
-impl SentBody {
-    fn mark_sent(&mut self) {
-        if let Some(tx) = self.sent.take() {
-            let _ = tx.send(());
-        }
+/// The client sent no body byte for `server.body_timeout`.
+#[derive(Debug)]
+pub struct ClientSilent(Duration);
+
+impl std::fmt::Display for ClientSilent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the client sent no body byte for {:?}", self.0)
     }
 }
+
+impl std::error::Error for ClientSilent {}
 
 impl Body for SentBody {
     type Data = Bytes;
@@ -154,11 +248,27 @@ impl Body for SentBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            this.mark_sent();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.silence.progressed();
+                // A piece (or the end) handed over: the upstream owes the
+                // next step, from now.
+                this.progress.set(AWAITING_UPSTREAM);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => {
+                if this.progress.state.load(Ordering::Relaxed) != AWAITING_CLIENT {
+                    this.progress.set(AWAITING_CLIENT);
+                }
+                if !this.silence.waiting(cx) {
+                    return Poll::Pending;
+                }
+                this.progress
+                    .client_timed_out
+                    .store(true, Ordering::Release);
+                Poll::Ready(Some(Err(Box::new(ClientSilent(this.silence.limit())))))
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -170,9 +280,47 @@ impl Body for SentBody {
     }
 }
 
-impl Drop for SentBody {
-    fn drop(&mut self) {
-        self.mark_sent();
+/// The connector with `connect_timeout` around all of it: TCP connect and,
+/// for an `https://` upstream, the TLS handshake (hyper's own connect
+/// timeout covers only the first).
+#[derive(Clone)]
+struct BoundedConnector {
+    inner: HttpsConnector<HttpConnector>,
+    limit: Duration,
+}
+
+/// The connection (TCP and TLS) was not up within `connect_timeout`.
+#[derive(Debug)]
+struct ConnectTimedOut(Duration);
+
+impl std::fmt::Display for ConnectTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no connection to the upstream within {:?}", self.0)
+    }
+}
+
+impl std::error::Error for ConnectTimedOut {}
+
+type Connection = <HttpsConnector<HttpConnector> as tower_service::Service<Uri>>::Response;
+
+impl tower_service::Service<Uri> for BoundedConnector {
+    type Response = Connection;
+    type Error = BodyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Connection, BodyError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BodyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(result) => result,
+                Err(_) => Err(Box::new(ConnectTimedOut(limit)) as BodyError),
+            }
+        })
     }
 }
 

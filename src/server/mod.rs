@@ -70,8 +70,14 @@ pub async fn run(
         // answers 431 before the head is even complete.
         .max_buf_size(config.max_header_bytes.max(8192) + 16 * 1024);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
+    // Flow control bounds what a client can make the gateway buffer per
+    // connection (README, "Memory").
     h2.timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(config.h2.max_concurrent_streams)
+        .initial_stream_window_size(config.h2.stream_window_bytes)
+        .initial_connection_window_size(config.h2.connection_window_bytes)
+        .max_send_buf_size(config.h2.send_buffer_bytes);
     let shared = Arc::new(Shared {
         gateway,
         metrics,
