@@ -208,6 +208,85 @@ fn import_stores_hashes_and_is_all_or_nothing() {
 }
 
 #[test]
+fn import_errors_never_echo_a_secret_even_with_swapped_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = keygate::keys::token::generate("kg").unwrap();
+    // Columns in the wrong order, three ways.
+    let lines = format!(
+        "read-only\t{secret}\tShop A\nShop B\tread-only\t{secret}x\nfull-access\tERP\t{secret}y\n"
+    );
+    std::fs::write(dir.path().join("swapped.tsv"), lines).unwrap();
+    let out = keys(dir.path(), &["import", "swapped.tsv"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_line(&out);
+    assert!(err.contains("3 bad line(s)"), "{err}");
+    assert!(
+        !err.contains(&secret[3..]),
+        "a secret reached stderr: {err}"
+    );
+    assert!(
+        !dir.path().join("keys.toml").exists(),
+        "something was imported"
+    );
+}
+
+#[test]
+fn origins_are_stored_as_browsers_send_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let created: serde_json::Value = serde_json::from_str(&ok(keys(
+        dir.path(),
+        &[
+            "create",
+            "--name",
+            "shop",
+            "--access",
+            "read-only",
+            "--origin",
+            "https://Shop.Example.com:443",
+            "--origin",
+            "https://bücher.example",
+            "--json",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(
+        created["origins"],
+        serde_json::json!(["https://shop.example.com", "https://xn--bcher-kva.example"])
+    );
+    for bad in [
+        "https://shop.example.com/path",
+        "shop.example.com",
+        "https://a b",
+    ] {
+        let out = keys(
+            dir.path(),
+            &[
+                "create",
+                "--name",
+                "x",
+                "--access",
+                "read-only",
+                "--origin",
+                bad,
+            ],
+        );
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        assert!(stderr_line(&out).contains("--origin"), "{bad}");
+    }
+    // A hand-edited store with a malformed origin: file, line and field.
+    let store = std::fs::read_to_string(dir.path().join("keys.toml")).unwrap();
+    let broken = store.replace("https://shop.example.com", "https://shop.example.com/x");
+    std::fs::write(dir.path().join("keys.toml"), broken).unwrap();
+    let out = keys(dir.path(), &["list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_line(&out);
+    assert!(
+        err.contains("keys.toml:") && err.contains("origins"),
+        "{err}"
+    );
+}
+
+#[test]
 fn import_of_100k_lines_is_one_write() {
     let dir = tempfile::tempdir().unwrap();
     let lines: String = (0..100_000)
@@ -420,9 +499,18 @@ fn a_read_only_folder_on_create_fails_cleanly_and_leaves_the_store_as_it_was() {
     // Root ignores permission bits, so as root the CLI runs as `nobody`,
     // owning the store in a folder it cannot write to.
     let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    // The lock file (made by the first create) is handed over too, so that
+    // the run gets past the lock to the step this test is about: the
+    // temporary file the new store is written to.
+    let lock = dir.path().join(".keys.toml.lock");
+    assert!(lock.exists());
     let setup = if root {
         let _ = Command::new("chown")
-            .args(["65534:65534", store.to_str().unwrap()])
+            .args([
+                "65534:65534",
+                store.to_str().unwrap(),
+                lock.to_str().unwrap(),
+            ])
             .status();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
         "exec setpriv --reuid=65534 --regid=65534 --clear-groups \"$0\" keys --store keys.toml \"$@\""
@@ -438,6 +526,11 @@ fn a_read_only_folder_on_create_fails_cleanly_and_leaves_the_store_as_it_was() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = stderr_line(&out);
-    assert!(err.contains("Permission denied"), "{err}");
+    assert!(
+        err.contains("cannot create")
+            && err.contains(".keys.toml.tmp.")
+            && err.contains("Permission denied"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&store).unwrap(), before);
 }

@@ -86,14 +86,14 @@ fn migrations_are_idempotent_and_check_reports_the_schema() {
     );
     let outs = format!("{}{}", a.stdout, b.stdout);
     assert!(
-        outs.contains("schema migrated from version 0 to 1"),
+        outs.contains("schema migrated from version 0 to 2"),
         "{outs}"
     );
     assert!(
-        outs.contains("schema already at version 1 (current): nothing to do"),
+        outs.contains("schema already at version 2 (current): nothing to do"),
         "{outs}"
     );
-    assert_eq!(db.query_text("SELECT count(*) FROM keygate_schema"), "1");
+    assert_eq!(db.query_text("SELECT count(*) FROM keygate_schema"), "2");
 
     let again = keygate(&["migrate", "--config", config]);
     assert!(again.stdout.contains("nothing to do"), "{}", again.stdout);
@@ -102,7 +102,7 @@ fn migrations_are_idempotent_and_check_reports_the_schema() {
     assert!(
         check
             .stdout
-            .contains("schema version 1 (current); 0 key(s)"),
+            .contains("schema version 2 (current); 0 key(s)"),
         "{}",
         check.stdout
     );
@@ -636,6 +636,44 @@ async fn a_bad_row_does_not_stop_the_fleet() {
     until_ready(&fresh).await;
     assert_eq!(status(&fresh, "GET", &good).await, 200);
     assert_eq!(status(&fresh, "GET", &bad).await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_null_inside_origins_refuses_that_key_only() {
+    let db = TestDb::migrated();
+    let upstream = TestUpstream::start().await;
+    let (bad_id, bad) = create_key(&db, "read-only");
+    // The schema refuses the row...
+    let refused = db.exec_err(&format!(
+        "UPDATE keygate_keys SET origins = ARRAY[NULL]::text[] WHERE id = '{bad_id}'"
+    ));
+    assert!(
+        refused.contains("keygate_keys_origins_no_null"),
+        "{refused}"
+    );
+    let gw = PgGateway::start(&db.url(), &upstream.url(), "1s");
+    until_status(&gw, "GET", &bad, 200).await;
+    // ...but a row written before schema version 2 may hold one.
+    db.exec("ALTER TABLE keygate_keys DROP CONSTRAINT keygate_keys_origins_no_null");
+    db.exec(&format!(
+        "UPDATE keygate_keys SET origins = ARRAY['https://shop.example', NULL] WHERE id = '{bad_id}'"
+    ));
+    // That key is refused (fail closed), and later changes still arrive.
+    until_status(&gw, "GET", &bad, 401).await;
+    let (_, good) = create_key(&db, "read-only");
+    until_status(&gw, "GET", &good, 200).await;
+    assert!(
+        gw.output().contains("origins: a NULL element"),
+        "{}",
+        gw.output()
+    );
+    // The CLI reports the row instead of failing on it.
+    let list = keygate(&["keys", "list", "--store", &db.url()]);
+    assert!(
+        list.stderr.contains("origins: a NULL element"),
+        "{}",
+        list.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -80,9 +80,20 @@ fn parse_line(raw: &str, prefix: &str) -> Result<(KeyHash, Access, String), Stri
         return Err("expected three tab-separated fields: secret, access, name".to_string());
     };
     token::check(secret.as_bytes(), prefix).map_err(|e| format!("secret: {e}"))?;
-    let access: Access = access.trim().parse()?;
+    // Never the field itself in a message: with the columns swapped, it
+    // would be the secret.
+    let access: Access = access.trim().parse().map_err(|_| {
+        "the second field must be the access, read-only or full-access (are the columns in the order secret, access, name?)".to_string()
+    })?;
     let name = name.trim();
-    validate_name(name)?;
+    validate_name(name).map_err(|e| format!("the third field (name): {e}"))?;
+    if name.starts_with(prefix) && token::check(name.as_bytes(), prefix).is_ok() {
+        // Stored as a name, a secret would sit in the store in clear text.
+        return Err(
+            "the third field (name) is an API key: are the columns in the order secret, access, name?"
+                .to_string(),
+        );
+    }
     Ok((KeyHash::of(secret.as_bytes()), access, name.to_string()))
 }
 
@@ -123,5 +134,24 @@ mod tests {
             errs.iter()
                 .all(|e| !e.message.contains("ok-") && !e.message.contains("kg_short"))
         );
+    }
+
+    #[test]
+    fn swapped_columns_never_echo_the_secret() {
+        let secret = token::generate("kg").unwrap_or_else(|e| panic!("{e}"));
+        for line in [
+            format!("read-only\t{secret}\tShop"),
+            format!("Shop\tread-only\t{secret}\n"),
+            format!("read-only\tShop\t{secret}"),
+            secret.clone(),
+        ] {
+            let errs = parse_import(&line, "kg", SystemTime::UNIX_EPOCH, ids())
+                .err()
+                .unwrap_or_default();
+            assert!(!errs.is_empty(), "{line} was accepted");
+            for e in errs {
+                assert!(!e.message.contains(&secret[3..20]), "{}", e.message);
+            }
+        }
     }
 }

@@ -70,24 +70,35 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Validates and normalises a browser origin: `scheme://host[:port]`, no path,
-/// lowercased the way browsers serialise the `Origin` header.
+/// Validates and normalises a browser origin, `scheme://host[:port]`, the
+/// way the URL standard serialises it and browsers send it in `Origin`:
+/// scheme and host lower-cased, the scheme's default port dropped, an
+/// internationalised host in its ASCII (punycode) form. So
+/// `https://Shop.Example:443` and `https://shop.example` are one origin.
 pub fn normalize_origin(origin: &str) -> Result<String, String> {
-    let lower = origin.to_ascii_lowercase();
-    let rest = lower
-        .strip_prefix("https://")
-        .or_else(|| lower.strip_prefix("http://"))
-        .ok_or_else(|| format!("origin {origin:?} must start with https:// or http://"))?;
-    let valid_host = !rest.is_empty()
-        && rest
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
-    if !valid_host {
+    let shape = || {
+        format!("origin {origin:?} must be scheme://host[:port] with no path, as browsers send it")
+    };
+    let Some((scheme, rest)) = origin.split_once("://") else {
         return Err(format!(
-            "origin {origin:?} must be scheme://host[:port] with no path, as browsers send it"
+            "origin {origin:?} must start with https:// or http://"
+        ));
+    };
+    if !(scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("http")) {
+        return Err(format!(
+            "origin {origin:?} must start with https:// or http://"
         ));
     }
-    Ok(lower)
+    // A path (even "/"), a query, a fragment or credentials are never part
+    // of an origin.
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', '\\']) {
+        return Err(shape());
+    }
+    let url = url::Url::parse(origin).map_err(|e| format!("{}: {e}", shape()))?;
+    if url.host().is_none() {
+        return Err(shape());
+    }
+    Ok(url.origin().ascii_serialization())
 }
 
 /// Seconds from the epoch to 9999-12-31T23:59:59Z, the latest time RFC 3339
@@ -152,6 +163,26 @@ mod tests {
         assert!(normalize_origin("shop.example.com").is_err());
         assert!(normalize_origin("https://shop.example.com/").is_err());
         assert!(normalize_origin("https://").is_err());
+        // As the URL standard serialises them (and browsers send them).
+        for (given, normal) in [
+            ("https://shop.example:443", "https://shop.example"),
+            ("HTTP://Shop.Example:80", "http://shop.example"),
+            ("https://shop.example:8443", "https://shop.example:8443"),
+            ("https://bücher.example", "https://xn--bcher-kva.example"),
+            ("http://[::1]:3000", "http://[::1]:3000"),
+        ] {
+            assert_eq!(normalize_origin(given).as_deref(), Ok(normal), "{given}");
+        }
+        for bad in [
+            "https://user@shop.example",
+            "https://shop.example?x=1",
+            "https://shop.example#top",
+            "ftp://shop.example",
+            "https://shop example",
+            "https://shop.example:99999",
+        ] {
+            assert!(normalize_origin(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

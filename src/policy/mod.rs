@@ -16,6 +16,7 @@ pub use credentials::{Credential, KeySource};
 pub use rejection::{InvalidReason, Rejection};
 
 use crate::config::{BrowserFullAccess, Config, CorsConfig};
+use crate::keys::record::normalize_origin;
 use crate::keys::{Access, KeyEntry, KeyHash, KeyIndex, Lookup, token};
 
 /// `Sec-Fetch-Site`: sent by browsers on every request, unremovable by scripts.
@@ -94,11 +95,22 @@ pub fn is_browser(headers: &HeaderMap) -> bool {
     headers.contains_key(ORIGIN) || headers.contains_key(SEC_FETCH_SITE)
 }
 
-/// True when `origin` is one of `allowed` (already lowercased).
+/// True when `origin` is one of `allowed` (normalised by
+/// `normalize_origin`). Browsers send origins already in that form, so a
+/// byte comparison decides almost every request; anything else (a default
+/// port, upper case, a Unicode host from a non-browser client) is
+/// normalised the same way before it is refused.
 pub fn origin_listed(origin: &[u8], allowed: &[String]) -> bool {
-    allowed
+    if allowed
         .iter()
         .any(|a| a.as_bytes().eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    std::str::from_utf8(origin)
+        .ok()
+        .and_then(|o| normalize_origin(o).ok())
+        .is_some_and(|o| allowed.contains(&o))
 }
 
 /// Decides a request, rows 0 to 7 of SPEC's table, in order.

@@ -118,12 +118,18 @@ impl FileStore {
         };
         let mut file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .mode(0o600)
             .open(&path)
             .map_err(io_err)?;
-        file.write_all(storefile::revoked_line(record, SystemTime::now()).as_bytes())
-            .map_err(io_err)?;
+        // A hand edit may have left no final newline: the entry must not be
+        // glued onto the last line, or that revocation would be lost.
+        let mut line = storefile::revoked_line(record, SystemTime::now());
+        if !ends_with_newline(&mut file).map_err(io_err)? {
+            line.insert(0, '\n');
+        }
+        file.write_all(line.as_bytes()).map_err(io_err)?;
         file.sync_all().map_err(io_err)
     }
 
@@ -168,6 +174,18 @@ impl FileStore {
         })?;
         write_atomic(&self.path, &text)
     }
+}
+
+/// True for an empty file or one whose last byte is a newline.
+fn ends_with_newline(file: &mut File) -> io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    if file.metadata()?.len() == 0 {
+        return Ok(true);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
 }
 
 /// Writes `text` to `path` atomically with mode 0600: a temp file in the same
@@ -235,4 +253,38 @@ pub fn read_text(path: &Path) -> Result<String, StoreError> {
             format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()),
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{Access, KeyId};
+
+    fn record(id: &str) -> KeyRecord {
+        KeyRecord {
+            id: KeyId::parse(id).unwrap_or_else(|e| panic!("{e}")),
+            name: id.into(),
+            access: Access::ReadOnly,
+            hash: KeyHash::of(id.as_bytes()),
+            created: SystemTime::UNIX_EPOCH,
+            expires: None,
+            origins: vec![],
+        }
+    }
+
+    #[test]
+    fn a_revocation_after_a_hand_edit_without_final_newline_is_its_own_line() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = FileStore::new(dir.path().join("keys.toml"));
+        store
+            .modify(|keys, _| Ok(keys.add(record("second"))?))
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Revoked by hand, and saved without a final newline.
+        let by_hand = storefile::revoked_line(&record("first"), SystemTime::UNIX_EPOCH);
+        fs::write(store.revoked_path(), by_hand.trim_end()).unwrap_or_else(|e| panic!("{e}"));
+        store.delete("second").unwrap_or_else(|e| panic!("{e}"));
+        let revoked = store.load_revoked().unwrap_or_else(|e| panic!("{e}"));
+        assert!(revoked.contains(&KeyHash::of(b"first")), "{revoked:?}");
+        assert!(revoked.contains(&KeyHash::of(b"second")), "{revoked:?}");
+    }
 }

@@ -33,7 +33,7 @@ pub(crate) fn record(
     hash: &[u8],
     created: SystemTime,
     expires: Option<SystemTime>,
-    origins: Vec<String>,
+    origins: Vec<Option<String>>,
 ) -> Result<KeyRecord, String> {
     let at = |field: &str, e: String| format!("keygate_keys row id={id:?}: {field}: {e}");
     let key_id = KeyId::parse(id).map_err(|e| at("id", e))?;
@@ -47,9 +47,14 @@ pub(crate) fn record(
     if expires.is_some_and(|t| !in_range(t)) {
         return Err(at("expires", "must be between 1970 and 9999".into()));
     }
+    // A NULL inside the array (possible in rows written before schema
+    // version 2) refuses this row only.
     let origins = origins
         .iter()
-        .map(|o| normalize_origin(o))
+        .map(|o| match o {
+            Some(o) => normalize_origin(o),
+            None => Err("a NULL element".into()),
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| at("origins", e))?;
     Ok(KeyRecord {
@@ -325,7 +330,7 @@ mod tests {
             hash,
             UNIX_EPOCH,
             None,
-            origins.iter().map(|s| s.to_string()).collect(),
+            origins.iter().map(|s| Some(s.to_string())).collect(),
         )
     }
 

@@ -26,10 +26,22 @@ use crate::store::StoreError;
 pub const CHANNEL: &str = "keygate_changes";
 
 /// Migrations in order; `MIGRATIONS[i]` brings the schema to version `i + 1`.
-pub const MIGRATIONS: &[(&str, &str)] = &[("keys, revocations and the change counter", V1)];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    ("keys, revocations and the change counter", V1),
+    ("no NULL inside a key's origins", V2),
+];
 
 /// The schema version this build reads and writes.
 pub const CURRENT: i32 = MIGRATIONS.len() as i32;
+
+/// A NULL inside `origins` passed V1's checks and made every gateway's sync
+/// fail on the row. `NOT VALID`: rows already there are not checked (the
+/// gateways skip such a row, refusing only its key), every write from now on
+/// is.
+const V2: &str = r#"
+ALTER TABLE keygate_keys ADD CONSTRAINT keygate_keys_origins_no_null
+    CHECK (array_position(origins, NULL) IS NULL) NOT VALID;
+"#;
 
 const V1: &str = r#"
 CREATE TABLE keygate_state (
