@@ -246,10 +246,19 @@ async fn denials_to_listed_origins_carry_cors_headers_so_pages_can_read_them() {
 async fn without_cors_preflights_go_to_the_backend_unchanged() {
     let upstream = TestUpstream::start().await;
     let gw = TestGateway::start(&upstream.url());
+    // The preflight carries a key (a page's script may add one) and
+    // spoofed identity headers: none of them may reach the backend.
     let r = send(
         "OPTIONS",
         &gw.url("/p"),
-        &[("origin", SHOP), ("access-control-request-method", "POST")],
+        &[
+            ("origin", SHOP),
+            ("access-control-request-method", "POST"),
+            ("x-api-key", &gw.keys.full),
+            ("authorization", &format!("Bearer {}", gw.keys.read_only)),
+            ("x-keygate-key-id", "spoofed"),
+            ("x-keygate-access", "full-access"),
+        ],
         "",
     )
     .await;
@@ -258,6 +267,7 @@ async fn without_cors_preflights_go_to_the_backend_unchanged() {
     assert_eq!(seen.method, "OPTIONS");
     assert_eq!(seen.headers["access-control-request-method"], "POST");
     assert!(seen.headers.get("x-keygate-key-id").is_none());
+    assert!(seen.headers.get("x-keygate-access").is_none());
     // Preflights are not checked, so no key rides along to the backend.
     assert!(seen.headers.get("x-api-key").is_none());
     assert!(seen.headers.get("authorization").is_none());

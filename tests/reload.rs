@@ -62,19 +62,18 @@ async fn cli_create_downgrade_and_delete_take_effect_within_a_second() {
         created["id"].as_str().unwrap().to_string(),
         created["key"].as_str().unwrap().to_string(),
     );
+    // SPEC: in force within 1 s (polling every 250 ms plus the reload).
+    // `cargo bench --bench propagation` measures the distribution.
     let took = until_status(&gw, &key, "POST", 200).await;
-    assert!(took < Duration::from_millis(1500), "create took {took:?}");
+    assert!(took < Duration::from_secs(1), "create took {took:?}");
 
     cli(&gw, &["update", &id, "--access", "read-only"]);
     let took = until_status(&gw, &key, "POST", 403).await;
-    assert!(
-        took < Duration::from_millis(1500),
-        "downgrade took {took:?}"
-    );
+    assert!(took < Duration::from_secs(1), "downgrade took {took:?}");
 
     cli(&gw, &["delete", &id, "--yes"]);
     let took = until_status(&gw, &key, "GET", 401).await;
-    assert!(took < Duration::from_millis(1500), "delete took {took:?}");
+    assert!(took < Duration::from_secs(1), "delete took {took:?}");
 }
 
 #[tokio::test]

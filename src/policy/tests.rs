@@ -295,6 +295,35 @@ fn row5_pinned_origins() {
     assert_eq!(decide_str(get(&[("x-api-key", PINNED)])), "allowed:pinned");
 }
 
+#[test]
+fn row5_origins_compare_as_the_url_standard_serialises_them() {
+    // The store holds origins normalised; a key pinned to
+    // https://shop.example.com:443 holds https://shop.example.com, which is
+    // what browsers send.
+    assert_eq!(
+        normalize_origin("https://Shop.Example.com:443").as_deref(),
+        Ok("https://shop.example.com")
+    );
+    for sent in [
+        "https://shop.example.com:443",
+        "HTTPS://shop.example.com",
+        "https://shop.example.com:443",
+    ] {
+        assert_eq!(
+            decide_str(get(&[("x-api-key", PINNED), ("origin", sent)])),
+            "allowed:pinned",
+            "{sent}"
+        );
+    }
+    for sent in ["https://shop.example.com:8443", "http://shop.example.com"] {
+        assert_eq!(
+            decide_str(get(&[("x-api-key", PINNED), ("origin", sent)])),
+            "origin_not_allowed:pinned",
+            "{sent}"
+        );
+    }
+}
+
 // Row 6
 #[test]
 fn row6_read_only_keys_only_use_safe_methods() {
@@ -442,6 +471,41 @@ proptest! {
         let case = Case { method, headers: map, query, mode: BrowserFullAccess::Deny, cors: cors(), query_param: Some("api_key") };
         let out = run(&case, &index());
         prop_assert!(!out.starts_with("allowed") && !out.starts_with("reported"), "{}", out);
+    }
+    /// Every stored key, changed in exactly one way (a byte replaced,
+    /// inserted or removed, or the key cut short), wherever it is sent:
+    /// never allowed. Random bytes alone would almost never come near a key.
+    #[test]
+    fn a_stored_key_changed_in_one_place_is_never_allowed(
+        which in 0usize..4,
+        edit in 0u8..4,
+        at in any::<prop::sample::Index>(),
+        byte in 33u8..=126,
+        place in 0u8..3,
+    ) {
+        let stored = [ro_token(), FULL.to_string(), PINNED.to_string(), EXPIRED.to_string()];
+        let mut key = stored[which].clone().into_bytes();
+        let i = at.index(key.len());
+        match edit {
+            0 if key[i] != byte => key[i] = byte,
+            0 => key[i] = if byte == b'~' { b'!' } else { byte + 1 },
+            1 => key.insert(i, byte),
+            2 => { key.remove(i); }
+            _ => key.truncate(i),
+        }
+        let key = String::from_utf8(key).unwrap_or_default();
+        prop_assume!(!stored.contains(&key));
+        let bearer = format!("Bearer {key}");
+        let (headers, query) = match place {
+            0 => (vec![("x-api-key", key.as_str())], None),
+            1 => (vec![("authorization", bearer.as_str())], None),
+            _ => (vec![], Some(format!("api_key={key}"))),
+        };
+        let mut case = get(&headers);
+        case.query = query;
+        case.query_param = Some("api_key");
+        let out = run(&case, &index());
+        prop_assert!(!out.starts_with("allowed") && !out.starts_with("reported"), "{key:?} -> {out}");
     }
 }
 

@@ -163,6 +163,20 @@ impl TestGateway {
         }
     }
 
+    /// Waits (polling) until `needle` is in `count` lines of the output:
+    /// the last of several expected lines, not only the first, has arrived.
+    pub fn wait_for_lines(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.output().lines().filter(|l| l.contains(needle)).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "gateway never printed {needle:?} {count} times; output:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.0.id().to_string()])
