@@ -70,9 +70,30 @@ impl CliError {
 }
 
 impl fmt::Display for CliError {
+    /// One line, whatever the message holds: a newline becomes a space, any
+    /// other control character (a stray `\r` or form feed quoted from a
+    /// broken file) is escaped, so that it cannot split or garble the line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // One line, whatever the message holds.
-        f.write_str(&self.message.replace('\n', " "))
+        use fmt::Write;
+        for c in self.message.chars() {
+            match c {
+                '\n' => f.write_char(' ')?,
+                c if c.is_control() => write!(f, "{}", c.escape_debug())?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_is_one_line_of_printable_text() {
+        let e = CliError::user("keys.toml:3: bad (in `ur\rl\x0c`)\nsecond");
+        assert_eq!(e.to_string(), "keys.toml:3: bad (in `ur\\rl\\u{c}`) second");
     }
 }
 
