@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use super::fingerprint::Fingerprint;
-use super::{Hangup, POLL_INTERVAL};
+use super::{Hangup, poll_files};
 
 /// Loads the certificate again; on error the current one must stay.
 pub type Reload = Box<dyn FnMut() -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send>;
@@ -40,30 +40,13 @@ impl CertWatcher {
         }
     }
 
-    /// Polls the files and waits for SIGHUP until the task is dropped; file
-    /// access runs on the blocking pool.
-    pub async fn watch(mut self, mut hup: Hangup) {
-        let mut tick = tokio::time::interval(POLL_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let forced = tokio::select! {
-                _ = tick.tick() => false,
-                () = hup.recv() => true,
-            };
-            let joined = tokio::task::spawn_blocking(move || {
-                if forced || Fingerprint::of(&self.files) != self.seen {
-                    self.reload();
-                }
-                self
-            })
-            .await;
-            match joined {
-                Ok(me) => self = me,
-                Err(e) => {
-                    tracing::error!(error = %e, "certificate watch failed; certificate reload stops");
-                    return;
-                }
+    /// Polls the files and waits for SIGHUP until the task is dropped.
+    pub async fn watch(self, hup: Hangup) {
+        poll_files(self, hup, "certificate reload", |me, forced, _| {
+            if forced || Fingerprint::of(&me.files) != me.seen {
+                me.reload();
             }
-        }
+        })
+        .await;
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::fingerprint::Fingerprint;
-use super::{Hangup, Publisher, Report};
+use super::{Hangup, Publisher, Report, poll_files};
 use crate::keys::{KeyHash, KeyIndex, StoreSnapshot};
 use crate::store::{FileStore, StoreError, read_text};
 
@@ -167,34 +167,15 @@ impl FileWatcher {
     }
 
     /// Watches the files and SIGHUP until the task is dropped.
-    pub async fn watch(mut self, mut hup: Hangup) {
-        let mut tick = tokio::time::interval(POLL_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut polls = 0u32;
-        loop {
-            let forced = tokio::select! {
-                _ = tick.tick() => false,
-                () = hup.recv() => true,
-            };
-            polls = polls.wrapping_add(1);
+    pub async fn watch(self, hup: Hangup) {
+        poll_files(self, hup, "hot reload", |me, forced, polls| {
+            let stat_changed = Fingerprint::of(&me.store_files()) != me.store_seen;
             let content_due = polls.is_multiple_of(CONTENT_CHECK_EVERY);
-            let joined = tokio::task::spawn_blocking(move || {
-                let stat_changed = Fingerprint::of(&self.store_files()) != self.store_seen;
-                let changed = forced || stat_changed || (content_due && self.content_changed());
-                if changed {
-                    let cause = if forced { "sighup" } else { "file change" };
-                    let _ = self.reload(cause);
-                }
-                self
-            })
-            .await;
-            match joined {
-                Ok(me) => self = me,
-                Err(e) => {
-                    tracing::error!(error = %e, "reload task failed; hot reload stops");
-                    return;
-                }
+            if forced || stat_changed || (content_due && me.content_changed()) {
+                let cause = if forced { "sighup" } else { "file change" };
+                let _ = me.reload(cause);
             }
-        }
+        })
+        .await;
     }
 }

@@ -126,6 +126,40 @@ impl Publisher {
     }
 }
 
+/// Runs `look(state, forced, polls)` every `POLL_INTERVAL`, and at once on
+/// SIGHUP with `forced`, until the task is dropped. `look` runs on the
+/// blocking pool: it stats and reads files, which must never happen on a
+/// request worker.
+async fn poll_files<T: Send + 'static>(
+    mut state: T,
+    mut hup: Hangup,
+    what: &'static str,
+    look: fn(&mut T, bool, u32),
+) {
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut polls = 0u32;
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            () = hup.recv() => true,
+        };
+        polls = polls.wrapping_add(1);
+        let joined = tokio::task::spawn_blocking(move || {
+            look(&mut state, forced, polls);
+            state
+        })
+        .await;
+        match joined {
+            Ok(s) => state = s,
+            Err(e) => {
+                tracing::error!(error = %e, "{what} failed; it stops");
+                return;
+            }
+        }
+    }
+}
+
 fn counts(index: &KeyIndex) -> (usize, usize) {
     (
         index.count(Access::ReadOnly),

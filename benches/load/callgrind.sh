@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Instructions per request of a keygate binary, counted by callgrind: repeatable to about 1% on
+# this machine whatever else runs, where wall-clock figures move by 10-20% between runs.
+#
+#   benches/load/callgrind.sh BINARY [get|post|deny ...]     # default: get post deny
+#
+# One worker, one kept-alive connection, the harness's backend (built if missing) on 127.0.0.1.
+# Each mode runs the gateway under callgrind twice, with 300 and 1,300 requests, and prints
+# (I(1300) - I(300)) / 1000, so that start-up and shutdown cancel out. Needs valgrind and python3.
+# Every process it starts is stopped by PID; all traffic stays on 127.0.0.1.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+bin="$(realpath "$1")"; shift
+modes=("$@"); [ ${#modes[@]} -gt 0 ] || modes=(get post deny)
+command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+backend="$here/backend/target/release/kg-perf-backend"
+[ -x "$backend" ] || (cd "$here/backend" && cargo build --release --quiet)
+port=18190 ops=18191 up=18181
+d=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$d"; }
+trap cleanup EXIT
+"$backend" "127.0.0.1:$up" 1 >/dev/null 2>&1 & pids+=($!)
+cat >"$d/keygate.toml" <<TOML
+[server]
+listen = "127.0.0.1:$port"
+workers = 1
+[upstream]
+url = "http://127.0.0.1:$up"
+[keys]
+store = "keys.toml"
+[metrics]
+listen = "127.0.0.1:$ops"
+[log]
+level = "warn"
+TOML
+key=$("$bin" keys create --config "$d/keygate.toml" --name callgrind --access full-access --json \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+cat >"$d/requests.py" <<'PY'
+import http.client, sys
+port, n, mode, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+c = http.client.HTTPConnection("127.0.0.1", port)
+for _ in range(n):
+    if mode == "post":
+        c.request("POST", "/v1/things?x=1", body=b'{"points": 5, "member": "m-123", "reason": "purchase", "ref": "abc"}',
+                  headers={"X-Api-Key": key, "Content-Type": "application/json"})
+    else:
+        c.request("GET", "/v1/things?x=1", headers={"X-Api-Key": "kg_unknown_unknown_unknown" if mode == "deny" else key})
+    r = c.getresponse(); r.read()
+    assert r.status == (401 if mode == "deny" else 200), r.status
+PY
+total() { # mode n -> instructions
+  valgrind --tool=callgrind --callgrind-out-file="$d/cg.$2" "$bin" serve --config "$d/keygate.toml" 2>/dev/null &
+  local pid=$!; pids+=($pid)
+  for _ in $(seq 1 300); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  python3 "$d/requests.py" "$port" "$2" "$1" "$key"
+  kill -TERM "$pid"; wait "$pid" || true
+  awk '/^(summary|totals):/ {print $2; exit}' "$d/cg.$2"
+}
+for mode in "${modes[@]}"; do
+  a=$(total "$mode" 300); b=$(total "$mode" 1300)
+  echo "$(basename "$bin") $mode $(( (b - a) / 1000 )) instructions/request"
+done
