@@ -385,7 +385,12 @@ def exported() -> tuple[set[str], dict[str, set[str]]]:
     for h in re.findall(r'HistogramOpts::new\(\s*"(keygate_[a-z_]+)"', src):
         names |= {h + "_bucket", h + "_sum", h + "_count"}
     values = {
-        "decision": set(re.findall(r'DecisionLabel::\w+ => "([a-z_]+)"', src)),
+        # The labels are declared once, in the `decision_labels!` list.
+        "decision": set(re.findall(
+            r'^\s*[A-Z]\w* => "([a-z_]+)",',
+            (re.search(r"^decision_labels! \{(.*?)^\}", src, re.S | re.M) or [None, ""])[1],
+            re.M,
+        )),
         "kind": set(re.findall(r'UpstreamErrorKind::\w+ => "([a-z_]+)"', src)),
         "access": set(re.findall(r'"(none|read-only|full-access)"', src)),
         "result": set(re.findall(r'with_label_values\(&\["(success|failure)"\]\)', src)),
