@@ -57,27 +57,57 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The code of a file that ships: comments dropped, and nothing from a
-/// `#[cfg(test)]` item on (test modules sit at the end of their files) or in
-/// a `tests.rs` file.
+/// The code of a file that ships: comments dropped, `#[cfg(test)]` items
+/// (a `mod tests;` line, or a braced item up to its closing brace) left out,
+/// nothing of a `tests.rs` file, and grouped paths spelt out
+/// (`use std::{env, fs}` also reads as `std::env`, `std::fs`).
 fn shipped_code(path: &Path) -> String {
     if path.file_name().is_some_and(|n| n == "tests.rs") {
         return String::new();
     }
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{e}"));
     let mut code = String::new();
-    for line in text.lines() {
-        if line.trim_start().starts_with("#[cfg(test)]") {
-            break;
-        }
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
         let line = match line.find("//") {
             Some(i) => &line[..i],
             None => line,
         };
+        if line.trim_start().starts_with("#[cfg(test)]") {
+            // Skip the item: one line ending in `;`, or until braces balance.
+            let mut depth = 0i64;
+            for item in lines.by_ref() {
+                depth += item.matches('{').count() as i64 - item.matches('}').count() as i64;
+                if depth <= 0 && (item.trim_end().ends_with(';') || item.contains('}')) {
+                    break;
+                }
+            }
+            continue;
+        }
         code.push_str(line);
         code.push('\n');
     }
-    code
+    let expanded = spell_out_groups(&code);
+    code + &expanded
+}
+
+/// `crate::{a, b::c}` → `crate::a crate::b`; `std::{env, fs}` → `std::env std::fs`.
+fn spell_out_groups(code: &str) -> String {
+    let mut out = String::new();
+    for prefix in ["crate::", "std::"] {
+        let mut rest = code;
+        while let Some(i) = rest.find(&format!("{prefix}{{")) {
+            rest = &rest[i + prefix.len() + 1..];
+            let group = rest.split('}').next().unwrap_or_default();
+            for item in group.split(',') {
+                let first = item.trim().split("::").next().unwrap_or_default();
+                if !first.is_empty() {
+                    out.push_str(&format!("{prefix}{first}\n"));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Top-level module → (file, code) of every file in it.
@@ -202,6 +232,17 @@ fn the_checker_sees_a_forbidden_use() {
     assert!(uses("let x = crate::reload::POLL_INTERVAL;").contains("reload"));
     let commented = shipped_code_of("/// see crate::store\nfn f() {}\n");
     assert!(uses(&commented).is_empty());
+    // Grouped imports count, and so does code after a test item.
+    let grouped = shipped_code_of(
+        "use crate::{keys, store::FileStore};\nuse std::{env, fs};\n#[cfg(test)]\nfn t() {\n    crate::reload::x();\n}\nfn g() { crate::server::y(); }\n",
+    );
+    let used = uses(&grouped);
+    assert!(used.contains("keys") && used.contains("store"), "{used:?}");
+    assert!(
+        used.contains("server") && !used.contains("reload"),
+        "{used:?}"
+    );
+    assert!(grouped.contains("std::env") && grouped.contains("std::fs"));
 }
 
 fn shipped_code_of(text: &str) -> String {

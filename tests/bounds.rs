@@ -9,6 +9,8 @@ mod support;
 use support::*;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,11 +26,15 @@ async fn read_all(tcp: &mut TcpStream, limit: Duration) -> String {
 /// An upstream over raw TCP: `POST /never-read` gets its head read and then
 /// nothing, ever (the body is never read, no response comes); any other
 /// request (without a body) gets `200 ok`, on a kept-alive connection.
-async fn body_ignoring_upstream() -> SocketAddr {
+/// Counts the `/never-read` heads it has taken.
+async fn body_ignoring_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let stalled = Arc::new(AtomicUsize::new(0));
+    let counter = stalled.clone();
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
+            let counter = counter.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -40,6 +46,7 @@ async fn body_ignoring_upstream() -> SocketAddr {
                         }
                     }
                     if buf.starts_with(b"POST /never-read") {
+                        counter.fetch_add(1, Ordering::Relaxed);
                         // Hold the connection, read nothing more.
                         tokio::time::sleep(Duration::from_secs(60)).await;
                         return;
@@ -56,7 +63,7 @@ async fn body_ignoring_upstream() -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, stalled)
 }
 
 #[tokio::test]
@@ -125,7 +132,7 @@ async fn a_slow_upload_that_keeps_moving_outlasts_the_body_timeout() {
 
 #[tokio::test]
 async fn an_upstream_that_never_reads_the_body_is_cut_by_the_response_timeout() {
-    let upstream = body_ignoring_upstream().await;
+    let (upstream, _) = body_ignoring_upstream().await;
     let setup = Setup {
         upstream: "response_timeout = \"500ms\"".into(),
         ..Setup::default()
@@ -281,7 +288,7 @@ impl http_body::Body for Endless {
 async fn streaming_h2c_uploads_into_a_stalled_upstream_stay_within_the_memory_bound() {
     const CONNECTIONS: usize = 128;
     const STREAMS: usize = 4;
-    let upstream = body_ignoring_upstream().await;
+    let (upstream, stalled) = body_ignoring_upstream().await;
     let setup = Setup {
         upstream: "response_timeout = \"60s\"".into(),
         ..Setup::default()
@@ -312,12 +319,17 @@ async fn streaming_h2c_uploads_into_a_stalled_upstream_stay_within_the_memory_bo
         }
     }
     // Let every window fill, then let memory settle where it stays.
-    // (Uploads that never get an answer are not counted yet: decisions are
-    // counted with the response head.)
-    wait_for_metric(gw.ops, "keygate_connections_active", |v| {
-        v >= CONNECTIONS as f64
-    })
-    .await;
+    // Every upload has reached the upstream (which then reads nothing).
+    let started = Instant::now();
+    while stalled.load(Ordering::Relaxed) < CONNECTIONS * STREAMS {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "only {} of {} uploads reached the upstream",
+            stalled.load(Ordering::Relaxed),
+            CONNECTIONS * STREAMS
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Settled: no growth over half a second (at most 10 s).
     let mut rss = rss_kib(gw.pid());
     for _ in 0..20 {

@@ -187,3 +187,45 @@ impl<'a> MakeWriter<'a> for Sink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line of `len` bytes, formatted and handed over as the request path
+    /// does it.
+    fn log(tx: &SyncSender<Message>, len: usize) {
+        let mut line = Sink(tx.clone()).make_writer();
+        let _ = line.write_all(&vec![b'x'; len]);
+    }
+
+    #[test]
+    fn the_queue_holds_at_most_queue_bytes_whatever_the_line_count() {
+        let (tx, rx) = sync_channel(QUEUE);
+        let dropped = DROPPED.load(Ordering::Relaxed);
+        let mib = 1024 * 1024;
+        // Four lines of 1 MiB fill the byte budget, far below the line budget.
+        for _ in 0..QUEUE_BYTES / mib {
+            log(&tx, mib);
+        }
+        assert_eq!(DROPPED.load(Ordering::Relaxed), dropped);
+        log(&tx, mib);
+        log(&tx, 10);
+        assert_eq!(DROPPED.load(Ordering::Relaxed), dropped + 2);
+        // As the writer takes lines, room comes back.
+        let mut taken = 0;
+        while let Ok(Message::Line(line)) = rx.try_recv() {
+            QUEUED.fetch_sub(line.len(), Ordering::Relaxed);
+            taken += 1;
+        }
+        assert_eq!(taken, QUEUE_BYTES / mib);
+        log(&tx, mib);
+        assert_eq!(DROPPED.load(Ordering::Relaxed), dropped + 2);
+        if let Ok(Message::Line(line)) = rx.try_recv() {
+            QUEUED.fetch_sub(line.len(), Ordering::Relaxed);
+            assert_eq!(line.len(), mib);
+        } else {
+            panic!("the line after the drain was not queued");
+        }
+    }
+}

@@ -58,6 +58,7 @@ pub fn parse_import(
                             created: now,
                             expires: None,
                             origins: vec![],
+                            previous: None,
                         });
                         out.lines.push(line);
                     }
@@ -87,7 +88,11 @@ fn parse_line(raw: &str, prefix: &str) -> Result<(KeyHash, Access, String), Stri
     })?;
     let name = name.trim();
     validate_name(name).map_err(|e| format!("the third field (name): {e}"))?;
-    if name.starts_with(prefix) && token::check(name.as_bytes(), prefix).is_ok() {
+    let token_like = name.len() >= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if token_like || (name.starts_with(prefix) && token::check(name.as_bytes(), prefix).is_ok()) {
         // Stored as a name, a secret would sit in the store in clear text.
         return Err(
             "the third field (name) is an API key: are the columns in the order secret, access, name?"

@@ -97,6 +97,7 @@ fn record(
         created: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         expires,
         origins: origins.iter().map(|o| o.to_string()).collect(),
+        previous: None,
     }
 }
 
@@ -123,6 +124,7 @@ async fn pipeline(extra: &str) -> Pipeline {
     let index = KeyIndex::build(&StoreSnapshot {
         keys,
         revoked: HashSet::from([KeyHash::of(revoked.as_bytes())]),
+        revoked_later: Default::default(),
     });
     let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("{e}")));
     let gateway = Gateway::new(
@@ -193,7 +195,9 @@ async fn the_decision_table_end_to_end_in_process() {
     let p = pipeline("").await;
     let (ro, fa, pinned, expired, revoked) =
         (&p.read_only, &p.full, &p.pinned, &p.expired, &p.revoked);
-    let malformed = format!("{}x", &ro[..ro.len() - 1]);
+    // The last character changed (to anything but itself).
+    let last = if ro.ends_with('x') { "y" } else { "x" };
+    let malformed = format!("{}{last}", &ro[..ro.len() - 1]);
     let twice = [("x-api-key", ro.as_str()), ("authorization", "Bearer x")];
     let bearer = format!("Bearer {fa}");
     let rows: Vec<Row> = vec![

@@ -87,17 +87,18 @@ impl Publisher {
             self.metrics.store_changes_applied(n);
         }
         self.health.set_loaded();
-        let s = report.stats.unwrap_or_default();
+        // A file store's reload knows its diff; a database load does not.
+        let s = report.stats;
         tracing::info!(
             result = "success",
             cause = report.cause,
             store = report.store,
             version = report.version,
-            keys = s.keys.max(counts.0 + counts.1),
-            added = s.added,
-            removed = s.removed,
-            changed = s.changed,
-            revoked = s.revoked,
+            keys = s.map_or(counts.0 + counts.1, |s| s.keys),
+            added = s.map(|s| s.added),
+            removed = s.map(|s| s.removed),
+            changed = s.map(|s| s.changed),
+            revoked = s.map(|s| s.revoked),
             duration_ms = report.took.as_millis() as u64,
             "key store loaded"
         );
