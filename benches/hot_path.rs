@@ -46,6 +46,7 @@ fn keyset(n: usize) -> (KeySet, String) {
                 created: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
                 expires: None,
                 origins: vec![],
+                previous: None,
             }
         })
         .collect();
@@ -77,6 +78,7 @@ fn bench_decide(c: &mut Criterion) {
         let index = KeyIndex::build(&StoreSnapshot {
             keys,
             revoked: Default::default(),
+            revoked_later: Default::default(),
         });
         let allowed = headers(&probe);
         let unknown = headers(&token::generate("kg").unwrap());
@@ -119,6 +121,7 @@ fn bench_index_build(c: &mut Criterion) {
                 black_box(KeyIndex::build(&StoreSnapshot {
                     keys,
                     revoked: Default::default(),
+                    revoked_later: Default::default(),
                 }))
             })
         });
@@ -135,6 +138,7 @@ fn one_key(i: usize) -> KeyRecord {
         created: UNIX_EPOCH,
         expires: None,
         origins: vec![],
+        previous: None,
     }
 }
 
@@ -144,6 +148,7 @@ fn bench_index_apply(c: &mut Criterion) {
     let base = KeyIndex::build(&StoreSnapshot {
         keys,
         revoked: Default::default(),
+        revoked_later: Default::default(),
     });
     // 4000 earlier changes: the overlay is near its fold threshold (4096).
     let mut full = base.apply(&IndexDelta::default());

@@ -123,6 +123,7 @@ async fn run() {
                     created: SystemTime::now(),
                     expires: None,
                     origins: vec![],
+                    previous: None,
                 };
                 change(&store, move |s| {
                     s.modify(|keys, _| Ok(keys.add(record)?)).unwrap();

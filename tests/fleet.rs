@@ -86,14 +86,14 @@ fn migrations_are_idempotent_and_check_reports_the_schema() {
     );
     let outs = format!("{}{}", a.stdout, b.stdout);
     assert!(
-        outs.contains("schema migrated from version 0 to 2"),
+        outs.contains("schema migrated from version 0 to 3"),
         "{outs}"
     );
     assert!(
-        outs.contains("schema already at version 2 (current): nothing to do"),
+        outs.contains("schema already at version 3 (current): nothing to do"),
         "{outs}"
     );
-    assert_eq!(db.query_text("SELECT count(*) FROM keygate_schema"), "2");
+    assert_eq!(db.query_text("SELECT count(*) FROM keygate_schema"), "3");
 
     let again = keygate(&["migrate", "--config", config]);
     assert!(again.stdout.contains("nothing to do"), "{}", again.stdout);
@@ -102,7 +102,7 @@ fn migrations_are_idempotent_and_check_reports_the_schema() {
     assert!(
         check
             .stdout
-            .contains("schema version 2 (current); 0 key(s)"),
+            .contains("schema version 3 (current); 0 key(s)"),
         "{}",
         check.stdout
     );
@@ -223,11 +223,12 @@ fn every_keys_command_works_against_postgres_and_stores_hashes_only() {
 fn the_database_enforces_the_rules_for_hand_written_sql_too() {
     let db = TestDb::migrated();
     let (id, _) = create_key(&db, "read-only");
-    // A hash never changes; revocations are permanent; no TRUNCATE.
+    // A hash changes only by rotation (its old one revoked); revocations
+    // are permanent; no TRUNCATE.
     let e = db.exec_err(&format!(
         "UPDATE keygate_keys SET hash = decode(repeat('00', 32), 'hex') WHERE id = '{id}'"
     ));
-    assert!(e.contains("cannot change"), "{e}");
+    assert!(e.contains("changes only by rotation"), "{e}");
     db.exec(&format!("DELETE FROM keygate_keys WHERE id = '{id}'"));
     assert_eq!(
         db.query_text("SELECT count(*) FROM keygate_revoked"),

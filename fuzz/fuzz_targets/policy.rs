@@ -27,6 +27,7 @@ fn index() -> &'static KeyIndex {
                 created: SystemTime::UNIX_EPOCH,
                 expires: None,
                 origins: if i == 0 { vec!["https://shop.example.com".into()] } else { vec![] },
+                previous: None,
             })
             .collect();
         let keys = KeySet::from_records(records).expect("valid set");

@@ -102,6 +102,7 @@ mod tests {
             created: UNIX_EPOCH,
             expires: None,
             origins: vec![],
+            previous: None,
         }
     }
 

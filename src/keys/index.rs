@@ -25,6 +25,12 @@ pub struct KeyEntry {
     pub access: Access,
     pub expires: Option<SystemTime>,
     pub origins: Box<[String]>,
+    /// From this time the hash is refused as revoked (`invalid_key`, unlike
+    /// `expires`): the end of a rotated secret's grace period, or a
+    /// revocation listed for a time still to come.
+    pub not_after: Option<SystemTime>,
+    /// This is a rotated key's previous secret (counted apart in metrics).
+    pub previous: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -76,13 +82,15 @@ pub struct KeyIndex {
 pub struct IndexDelta {
     pub upserts: Vec<super::KeyRecord>,
     pub revoked: Vec<KeyHash>,
+    /// Hashes revoked from a time still to come (a rotated secret's grace).
+    pub revoked_later: Vec<(KeyHash, SystemTime)>,
     /// Keys to drop (not revoke): rows a gateway could not read.
     pub removed: Vec<KeyHash>,
 }
 
 impl IndexDelta {
     pub fn len(&self) -> usize {
-        self.upserts.len() + self.revoked.len() + self.removed.len()
+        self.upserts.len() + self.revoked.len() + self.revoked_later.len() + self.removed.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -90,15 +98,32 @@ impl IndexDelta {
     }
 }
 
-/// Ids are `[a-z0-9_]`, always a valid header value.
-fn entry(r: &super::KeyRecord) -> Option<KeyEntry> {
+/// The entries a record puts in the index: its secret's, and a previous
+/// secret's until its grace ends. `later` gives a hash's revocation time to
+/// come, if any. Ids are `[a-z0-9_]`, always a valid header value.
+fn entries(
+    r: &super::KeyRecord,
+    later: impl Fn(&KeyHash) -> Option<SystemTime>,
+) -> Option<(KeyEntry, Option<(KeyHash, KeyEntry)>)> {
     let id_header = HeaderValue::from_str(r.id.as_str()).ok()?;
-    Some(KeyEntry {
+    let current = KeyEntry {
         id_header,
         access: r.access,
         expires: r.expires,
         origins: r.origins.clone().into_boxed_slice(),
-    })
+        not_after: later(&r.hash),
+        previous: false,
+    };
+    let previous = r.previous.map(|p| {
+        let until = later(&p.hash).map_or(p.until, |t| t.min(p.until));
+        let entry = KeyEntry {
+            not_after: Some(until),
+            previous: true,
+            ..current.clone()
+        };
+        (p.hash, entry)
+    });
+    Some((current, previous))
 }
 
 impl KeyEntry {
@@ -109,24 +134,33 @@ impl KeyEntry {
 }
 
 impl KeyIndex {
-    /// Builds the index. Revoked hashes win over store entries.
+    /// Builds the index. Revoked hashes win over store entries; a hash
+    /// revoked from a time to come works until then.
     pub fn build(snapshot: &StoreSnapshot) -> Self {
         let mut map = HashMap::with_capacity_and_hasher(
             snapshot.keys.len() + snapshot.revoked.len(),
             DigestState::default(),
         );
         let (mut read_only, mut full_access, mut revoked_in_store) = (0, 0, 0);
+        let later = |h: &KeyHash| snapshot.revoked_later.get(h).copied();
         for r in snapshot.keys.records() {
+            let Some((current, previous)) = entries(r, later) else {
+                continue;
+            };
+            if let Some((hash, e)) = previous
+                && !snapshot.revoked.contains(&hash)
+            {
+                map.insert(hash, Slot::Active(e));
+            }
             if snapshot.revoked.contains(&r.hash) {
                 revoked_in_store += 1;
                 continue;
             }
-            let Some(e) = entry(r) else { continue };
             match r.access {
                 Access::ReadOnly => read_only += 1,
                 Access::FullAccess => full_access += 1,
             }
-            map.insert(r.hash, Slot::Active(e));
+            map.insert(r.hash, Slot::Active(current));
         }
         for h in &snapshot.revoked {
             map.insert(*h, Slot::Revoked);
@@ -146,17 +180,43 @@ impl KeyIndex {
     /// hash stays refused.
     pub fn apply(&self, delta: &IndexDelta) -> Self {
         let mut next = self.clone();
+        let later = |h: &KeyHash| {
+            delta
+                .revoked_later
+                .iter()
+                .filter(|(r, _)| r == h)
+                .map(|(_, t)| *t)
+                .min()
+        };
         for r in &delta.upserts {
+            let Some((current, previous)) = entries(r, later) else {
+                continue;
+            };
+            if let Some((hash, e)) = previous
+                && !matches!(next.slot(&hash), Some(Slot::Revoked))
+            {
+                // The rotated-away secret: no longer counted as a key.
+                next.uncount(&hash);
+                next.overlay.insert(hash, Slot::Active(e));
+            }
             if matches!(next.slot(&r.hash), Some(Slot::Revoked)) {
                 continue;
             }
-            let Some(e) = entry(r) else { continue };
             next.uncount(&r.hash);
             match r.access {
                 Access::ReadOnly => next.read_only += 1,
                 Access::FullAccess => next.full_access += 1,
             }
-            next.overlay.insert(r.hash, Slot::Active(e));
+            next.overlay.insert(r.hash, Slot::Active(current));
+        }
+        for (h, t) in &delta.revoked_later {
+            // A hash still in the index works until then; one that is not
+            // needs nothing (unknown until then, revoked after).
+            if let Some(Slot::Active(e)) = next.slot(h) {
+                let mut e = e.clone();
+                e.not_after = Some(e.not_after.map_or(*t, |n| n.min(*t)));
+                next.overlay.insert(*h, Slot::Active(e));
+            }
         }
         for h in &delta.removed {
             if matches!(next.slot(h), Some(Slot::Active(_))) {
@@ -194,6 +254,7 @@ impl KeyIndex {
     /// Removes an active key at `hash` from the counts (it is being replaced).
     fn uncount(&mut self, hash: &KeyHash) {
         match self.slot(hash) {
+            Some(Slot::Active(e)) if e.previous => {}
             Some(Slot::Active(e)) if e.access == Access::ReadOnly => {
                 self.read_only = self.read_only.saturating_sub(1);
             }
@@ -258,6 +319,7 @@ mod tests {
         StoreSnapshot {
             keys,
             revoked: revoke.iter().map(|s| KeyHash::of(s.as_bytes())).collect(),
+            revoked_later: Default::default(),
         }
     }
 
@@ -290,6 +352,7 @@ mod tests {
             created: UNIX_EPOCH,
             expires: None,
             origins: vec![],
+            previous: None,
         }
     }
 
@@ -301,6 +364,7 @@ mod tests {
     fn a_delta_adds_changes_and_revokes_without_touching_the_old_index() {
         let old = KeyIndex::build(&snapshot(&[]));
         let new = old.apply(&IndexDelta {
+            revoked_later: vec![],
             upserts: vec![
                 record("c", "sc", Access::ReadOnly),
                 // b downgraded
@@ -326,11 +390,13 @@ mod tests {
     #[test]
     fn revocation_is_final_against_later_upserts() {
         let idx = KeyIndex::build(&snapshot(&[])).apply(&IndexDelta {
+            revoked_later: vec![],
             upserts: vec![],
             revoked: vec![KeyHash::of(b"sa")],
             removed: vec![],
         });
         let idx = idx.apply(&IndexDelta {
+            revoked_later: vec![],
             upserts: vec![record("a", "sa", Access::ReadOnly)],
             revoked: vec![],
             removed: vec![],
@@ -344,6 +410,7 @@ mod tests {
         let mut idx = KeyIndex::build(&snapshot(&[]));
         for i in 0..5000 {
             idx = idx.apply(&IndexDelta {
+                revoked_later: vec![],
                 upserts: vec![record(&format!("k{i}"), &format!("s{i}"), Access::ReadOnly)],
                 ..IndexDelta::default()
             });
@@ -359,6 +426,7 @@ mod tests {
     #[test]
     fn a_removed_key_is_unknown_and_stays_so_through_a_fold() {
         let idx = KeyIndex::build(&snapshot(&[])).apply(&IndexDelta {
+            revoked_later: vec![],
             removed: vec![KeyHash::of(b"sa"), KeyHash::of(b"never-there")],
             ..IndexDelta::default()
         });
@@ -376,6 +444,7 @@ mod tests {
         ));
         // Fixed later: back in the index.
         let back = folded.apply(&IndexDelta {
+            revoked_later: vec![],
             upserts: vec![record("a", "sa", Access::ReadOnly)],
             ..IndexDelta::default()
         });
@@ -389,5 +458,47 @@ mod tests {
         assert!(!empty.is_loaded());
         assert!(empty.apply(&IndexDelta::default()).is_loaded());
         assert!(KeyIndex::build(&StoreSnapshot::default()).is_loaded());
+    }
+
+    #[test]
+    fn a_previous_secret_works_until_its_grace_ends_and_is_not_counted() {
+        let until = UNIX_EPOCH + std::time::Duration::from_secs(100);
+        let mut a = record("a", "new", Access::ReadOnly);
+        a.previous = Some(crate::keys::record::Previous {
+            hash: KeyHash::of(b"old"),
+            until,
+        });
+        let later = until + std::time::Duration::from_secs(50);
+        let keys = KeySet::from_records(vec![a, record("b", "sb", Access::FullAccess)])
+            .unwrap_or_else(|(_, e)| panic!("{e}"));
+        let idx = KeyIndex::build(&StoreSnapshot {
+            keys,
+            revoked: Default::default(),
+            // The current secret of "b" is on the list from `later`.
+            revoked_later: [(KeyHash::of(b"sb"), later)].into_iter().collect(),
+        });
+        assert!(matches!(idx.lookup(&KeyHash::of(b"new")),
+            Lookup::Found(e) if e.id() == "a" && !e.previous && e.not_after.is_none()));
+        assert!(matches!(idx.lookup(&KeyHash::of(b"old")),
+            Lookup::Found(e) if e.id() == "a" && e.previous && e.not_after == Some(until)));
+        assert!(matches!(idx.lookup(&KeyHash::of(b"sb")),
+            Lookup::Found(e) if e.not_after == Some(later)));
+        assert_eq!(counts(&idx), (1, 1));
+        // Pushed as a change (PostgreSQL): "b" rotates; its old secret
+        // becomes the previous one and leaves the counts.
+        let mut b = record("b", "sb2", Access::FullAccess);
+        b.previous = Some(crate::keys::record::Previous {
+            hash: KeyHash::of(b"sb"),
+            until,
+        });
+        let next = idx.apply(&IndexDelta {
+            upserts: vec![b],
+            revoked_later: vec![(KeyHash::of(b"sb"), until)],
+            ..IndexDelta::default()
+        });
+        assert!(matches!(next.lookup(&KeyHash::of(b"sb")),
+            Lookup::Found(e) if e.previous && e.not_after == Some(until)));
+        assert!(matches!(next.lookup(&KeyHash::of(b"sb2")), Lookup::Found(e) if !e.previous));
+        assert_eq!(counts(&next), (1, 1));
     }
 }

@@ -24,7 +24,14 @@ pub enum KeySetError {
 impl fmt::Display for KeySetError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KeySetError::NotFound(id) => write!(f, "no key with id {id:?}"),
+            // Only an id-shaped argument is repeated: a secret pasted where
+            // the id goes must not end up in a terminal's scrollback.
+            KeySetError::NotFound(id) if KeyId::parse(id).is_ok() => {
+                write!(f, "no key with id {id:?}")
+            }
+            KeySetError::NotFound(_) => f.write_str(
+                "no key with that id (ids are 1 to 32 of a-z, 0-9 and _; a key's secret is not its id)",
+            ),
             KeySetError::DuplicateId(id) => write!(f, "a key with id {id:?} already exists"),
             KeySetError::DuplicateHash { existing_id } => {
                 write!(f, "this secret is already stored as key {existing_id:?}")
@@ -65,13 +72,16 @@ impl KeySet {
             if !ids.insert(&r.id) {
                 return Err((i, KeySetError::DuplicateId(r.id.to_string())));
             }
-            if let Some(first) = hashes.insert(r.hash, &r.id) {
-                return Err((
-                    i,
-                    KeySetError::DuplicateHash {
-                        existing_id: first.to_string(),
-                    },
-                ));
+            // A previous secret counts too: one hash, one key.
+            for h in r.hashes() {
+                if let Some(first) = hashes.insert(h, &r.id) {
+                    return Err((
+                        i,
+                        KeySetError::DuplicateHash {
+                            existing_id: first.to_string(),
+                        },
+                    ));
+                }
             }
         }
         Ok(KeySet { records })
@@ -118,7 +128,11 @@ impl KeySet {
         if self.contains_id(&record.id) {
             return Err(KeySetError::DuplicateId(record.id.to_string()));
         }
-        if let Some(existing) = self.records.iter().find(|r| r.hash == record.hash) {
+        if let Some(existing) = self
+            .records
+            .iter()
+            .find(|r| r.hashes().any(|h| record.hashes().any(|n| n == h)))
+        {
             return Err(KeySetError::DuplicateHash {
                 existing_id: existing.id.to_string(),
             });
@@ -152,6 +166,46 @@ impl KeySet {
         Ok(record)
     }
 
+    /// Gives a key a new secret (its hash), keeping everything else. The
+    /// current secret becomes the previous one, accepted until `until`, or
+    /// not at all when `until` is `None` (no grace). Returns the hashes that
+    /// must go on the revocation list and from when: the current secret's
+    /// (from `until`, or `now`), and an earlier previous secret's (from
+    /// `now`: a key has at most one previous secret).
+    pub fn rotate(
+        &mut self,
+        id: &str,
+        new_hash: super::KeyHash,
+        until: Option<std::time::SystemTime>,
+        now: std::time::SystemTime,
+    ) -> Result<(KeyRecord, Vec<(super::KeyHash, std::time::SystemTime)>), KeySetError> {
+        if let Some(existing) = self
+            .records
+            .iter()
+            .find(|r| r.hashes().any(|h| h == new_hash))
+        {
+            return Err(KeySetError::DuplicateHash {
+                existing_id: existing.id.to_string(),
+            });
+        }
+        let record = self
+            .records
+            .iter_mut()
+            .find(|r| r.id.as_str() == id)
+            .ok_or_else(|| KeySetError::NotFound(id.to_string()))?;
+        let mut revoke = Vec::with_capacity(2);
+        if let Some(earlier) = record.previous.take() {
+            revoke.push((earlier.hash, now));
+        }
+        revoke.push((record.hash, until.unwrap_or(now)));
+        record.previous = until.map(|until| super::record::Previous {
+            hash: record.hash,
+            until,
+        });
+        record.hash = new_hash;
+        Ok((record.clone(), revoke))
+    }
+
     /// Removes a key, returning it (its hash goes to the revocation list).
     pub fn remove(&mut self, id: &str) -> Result<KeyRecord, KeySetError> {
         let pos = self
@@ -168,14 +222,48 @@ impl KeySet {
 #[derive(Debug, Clone, Default)]
 pub struct StoreSnapshot {
     pub keys: KeySet,
+    /// Hashes refused now.
     pub revoked: HashSet<super::KeyHash>,
+    /// Hashes on the revocation list from a time still to come: a rotated
+    /// key's previous secret, refused once its grace period ends.
+    pub revoked_later: std::collections::HashMap<super::KeyHash, std::time::SystemTime>,
+}
+
+impl StoreSnapshot {
+    /// Sorts revocation entries into those in force at `now` and those to
+    /// come. An entry with no time has always been in force.
+    pub fn with_revocations(
+        keys: KeySet,
+        entries: impl IntoIterator<Item = (super::KeyHash, Option<std::time::SystemTime>)>,
+        now: std::time::SystemTime,
+    ) -> Self {
+        let mut snapshot = StoreSnapshot {
+            keys,
+            ..StoreSnapshot::default()
+        };
+        for (hash, from) in entries {
+            match from {
+                Some(t) if t > now => {
+                    if !snapshot.revoked.contains(&hash) {
+                        let at = snapshot.revoked_later.entry(hash).or_insert(t);
+                        *at = (*at).min(t);
+                    }
+                }
+                _ => {
+                    snapshot.revoked_later.remove(&hash);
+                    snapshot.revoked.insert(hash);
+                }
+            }
+        }
+        snapshot
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::keys::KeyHash;
-    use std::time::UNIX_EPOCH;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn rec(id: &str, secret: &str, access: Access) -> KeyRecord {
         KeyRecord {
@@ -186,6 +274,7 @@ mod tests {
             created: UNIX_EPOCH,
             expires: None,
             origins: vec![],
+            previous: None,
         }
     }
 
@@ -303,5 +392,97 @@ mod tests {
             Err((1, KeySetError::DuplicateHash { .. }))
         ));
         assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn rotation_keeps_the_key_and_schedules_the_old_secrets_revocation() {
+        let mut keys = set();
+        let (now, hour) = (
+            UNIX_EPOCH + Duration::from_secs(1000),
+            Duration::from_secs(3600),
+        );
+        let (r, revoke) = keys
+            .rotate("a", KeyHash::of(b"s1b"), Some(now + hour), now)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (r.id.as_str(), r.access, r.hash),
+            ("a", Access::ReadOnly, KeyHash::of(b"s1b"))
+        );
+        assert_eq!(
+            r.previous.map(|p| (p.hash, p.until)),
+            Some((KeyHash::of(b"s1"), now + hour))
+        );
+        assert_eq!(revoke, vec![(KeyHash::of(b"s1"), now + hour)]);
+        assert_eq!(keys.get("a"), Some(&r));
+        // Again: the earlier previous secret ends now, the current one later.
+        let (r, revoke) = keys
+            .rotate("a", KeyHash::of(b"s1c"), Some(now + hour), now)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            revoke,
+            vec![(KeyHash::of(b"s1"), now), (KeyHash::of(b"s1b"), now + hour)]
+        );
+        assert_eq!(r.previous.map(|p| p.hash), Some(KeyHash::of(b"s1b")));
+        // No grace: the current secret ends now and no previous is kept.
+        let (r, revoke) = keys
+            .rotate("a", KeyHash::of(b"s1d"), None, now)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            revoke,
+            vec![(KeyHash::of(b"s1b"), now), (KeyHash::of(b"s1c"), now)]
+        );
+        assert_eq!(r.previous, None);
+        // A hash any key answers to cannot be the new one; unknown ids fail.
+        assert!(matches!(
+            keys.rotate("a", KeyHash::of(b"s2"), None, now),
+            Err(KeySetError::DuplicateHash { .. })
+        ));
+        assert_eq!(
+            keys.rotate("zz", KeyHash::of(b"new"), None, now).err(),
+            Some(KeySetError::NotFound("zz".into()))
+        );
+    }
+
+    #[test]
+    fn revocations_are_sorted_into_now_and_later() {
+        let now = UNIX_EPOCH + Duration::from_secs(1000);
+        let (past, future) = (now - Duration::from_secs(1), now + Duration::from_secs(1));
+        let s = StoreSnapshot::with_revocations(
+            set(),
+            [
+                (KeyHash::of(b"never-timed"), None),
+                (KeyHash::of(b"past"), Some(past)),
+                (KeyHash::of(b"future"), Some(future)),
+                (KeyHash::of(b"both"), Some(future)),
+                (KeyHash::of(b"both"), None),
+            ],
+            now,
+        );
+        let mut revoked: Vec<_> = s.revoked.iter().copied().collect();
+        revoked.sort_by_key(|h| h.to_hex());
+        let mut want = vec![
+            KeyHash::of(b"never-timed"),
+            KeyHash::of(b"past"),
+            KeyHash::of(b"both"),
+        ];
+        want.sort_by_key(|h| h.to_hex());
+        assert_eq!(revoked, want);
+        assert_eq!(s.revoked_later.len(), 1);
+        assert_eq!(s.revoked_later.get(&KeyHash::of(b"future")), Some(&future));
+    }
+
+    #[test]
+    fn a_previous_secret_counts_as_a_hash_of_its_key() {
+        let mut prev = rec("c", "s3", Access::ReadOnly);
+        prev.previous = Some(crate::keys::record::Previous {
+            hash: KeyHash::of(b"s1"),
+            until: UNIX_EPOCH,
+        });
+        let mut keys = set();
+        assert!(matches!(
+            keys.add(prev.clone()),
+            Err(KeySetError::DuplicateHash { .. })
+        ));
+        assert!(KeySet::from_records(vec![rec("a", "s1", Access::ReadOnly), prev]).is_err());
     }
 }

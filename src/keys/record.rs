@@ -55,6 +55,25 @@ pub struct KeyRecord {
     pub expires: Option<SystemTime>,
     /// Browser origins allowed for this key; empty means any.
     pub origins: Vec<String>,
+    /// After a rotation: the secret the key had before, still accepted
+    /// until the grace period ends.
+    pub previous: Option<Previous>,
+}
+
+/// A rotated key's previous secret (its hash) and the end of its grace
+/// period. The revocation list holds the same hash from the same time, so
+/// that neither a gateway nor an old copy of the store accepts it after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Previous {
+    pub hash: KeyHash,
+    pub until: SystemTime,
+}
+
+impl KeyRecord {
+    /// Every hash this key answers to: its secret's, and a previous one's.
+    pub fn hashes(&self) -> impl Iterator<Item = KeyHash> + '_ {
+        std::iter::once(self.hash).chain(self.previous.map(|p| p.hash))
+    }
 }
 
 /// Checks a key name: 1 to 200 characters of any script, no control characters

@@ -1,12 +1,13 @@
 //! The key store's TOML format: parsing with file-and-line errors, and rendering
 //! in a stable, hand-editable layout. Pure: text in, text out.
 
-use std::collections::HashSet;
 use std::fmt;
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use super::record::Previous;
 use super::record::{format_time, normalize_origin, parse_time, validate_name};
 use super::{KeyHash, KeyId, KeyRecord, KeySet};
 
@@ -30,6 +31,9 @@ const HEADER: &str = "\
 # Fields: id ([a-z0-9_]{1,32}), name, access (\"read-only\" | \"full-access\"),
 # hash, created and optional expires (quoted RFC 3339 times, or dates),
 # optional origins (browser origins allowed for the key, e.g. \"https://shop.example.com\").
+# After `keygate keys rotate`: previous_hash and rotating_until, the secret the key
+# had before and when it stops working (remove both to end the grace period at once;
+# keys.revoked lists that hash from that time in any case).
 # Deleting a key here does not revoke it: use `keygate keys delete`, which also
 # adds its hash to keys.revoked so that an old copy of this file cannot bring it back.
 ";
@@ -53,6 +57,10 @@ struct RawKey {
     expires: Option<Spanned<String>>,
     #[serde(default)]
     origins: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    previous_hash: Option<Spanned<String>>,
+    #[serde(default)]
+    rotating_until: Option<Spanned<String>>,
 }
 
 /// The 1-based line of a byte offset into `src` (TOML errors give offsets).
@@ -95,6 +103,25 @@ pub fn parse_store(src: &str) -> Result<KeySet, FileError> {
                     .collect::<Result<Vec<_>, _>>()
             })?,
         };
+        let previous = match (&k.previous_hash, &k.rotating_until) {
+            (None, None) => None,
+            (Some(h), Some(t)) => Some(Previous {
+                hash: field(src, "previous_hash", h, |s| KeyHash::from_hex(s))?,
+                until: field(src, "rotating_until", t, |s| parse_time(s))?,
+            }),
+            (Some(h), None) => {
+                return Err(FileError {
+                    line: line_of(src, h.span().start),
+                    message: "previous_hash needs rotating_until (when the previous secret stops working)".into(),
+                });
+            }
+            (None, Some(t)) => {
+                return Err(FileError {
+                    line: line_of(src, t.span().start),
+                    message: "rotating_until needs previous_hash".into(),
+                });
+            }
+        };
         records.push(KeyRecord {
             id: field(src, "id", &k.id, |s| KeyId::parse(s))?,
             name: field(src, "name", &k.name, |s| {
@@ -108,6 +135,7 @@ pub fn parse_store(src: &str) -> Result<KeySet, FileError> {
                 Some(e) => Some(field(src, "expires", e, |s| parse_time(s))?),
             },
             origins,
+            previous,
         });
     }
     KeySet::from_records(records).map_err(|(i, e)| FileError {
@@ -132,6 +160,10 @@ struct OutKey<'a> {
     expires: Option<String>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     origins: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rotating_until: Option<String>,
 }
 
 /// Renders a store: the header comment, then one `[[keys]]` table per key in order.
@@ -148,6 +180,8 @@ pub fn render_store(set: &KeySet) -> Result<String, toml::ser::Error> {
                 created: format_time(r.created),
                 expires: r.expires.map(format_time),
                 origins: &r.origins,
+                previous_hash: r.previous.map(|p| p.hash.to_hex()),
+                rotating_until: r.previous.map(|p| format_time(p.until)),
             })
             .collect(),
     };
@@ -155,33 +189,33 @@ pub fn render_store(set: &KeySet) -> Result<String, toml::ser::Error> {
     Ok(format!("{HEADER}\n{body}"))
 }
 
-/// Parses a revocation list: one hash per line as its first word; blank lines
-/// and `#` comments ignored. The rest of a line (id, time) is for people.
-pub fn parse_revoked(src: &str) -> Result<HashSet<KeyHash>, FileError> {
-    let mut set = HashSet::new();
+/// Parses a revocation list: one hash per line as its first word, then the
+/// key's id and the time the revocation takes effect (RFC 3339; the
+/// deletion time for a deleted key, the end of the grace period for a
+/// rotated secret). A line without a readable time is in force from always.
+/// Blank lines and `#` comments are ignored.
+pub fn parse_revoked(src: &str) -> Result<Vec<(KeyHash, Option<SystemTime>)>, FileError> {
+    let mut list = Vec::new();
     for (i, line) in src.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let word = line.split_whitespace().next().unwrap_or_default();
+        let mut words = line.split_whitespace();
+        let word = words.next().unwrap_or_default();
         let hash = KeyHash::from_hex(word).map_err(|e| FileError {
             line: i + 1,
             message: format!("hash: {e}"),
         })?;
-        set.insert(hash);
+        let from = words.nth(1).and_then(|t| parse_time(t).ok());
+        list.push((hash, from));
     }
-    Ok(set)
+    Ok(list)
 }
 
-/// One revocation list line for a deleted key.
-pub fn revoked_line(record: &KeyRecord, at: std::time::SystemTime) -> String {
-    format!(
-        "{} {} {}\n",
-        record.hash.to_hex(),
-        record.id,
-        format_time(at)
-    )
+/// One revocation list line: `hash`, refused from `at`.
+pub fn revoked_line(hash: &KeyHash, id: &KeyId, at: SystemTime) -> String {
+    format!("{} {} {}\n", hash.to_hex(), id, format_time(at))
 }
 
 #[cfg(test)]
@@ -309,12 +343,52 @@ expires = "2027-11-01T00:00:00Z"
     }
 
     #[test]
+    fn a_rotated_key_round_trips_and_needs_both_fields() {
+        let rotated = format!(
+            "{GOOD}previous_hash = \"{}\"\nrotating_until = \"2026-12-01T00:00:00Z\"\n",
+            KeyHash::of(b"old").to_hex()
+        );
+        let set = parse_store(&rotated).unwrap_or_else(|e| panic!("{e}"));
+        let erp = set.get("erp").unwrap_or_else(|| panic!("missing"));
+        assert_eq!(
+            erp.previous,
+            Some(Previous {
+                hash: KeyHash::of(b"old"),
+                until: parse_time("2026-12-01").unwrap_or_else(|e| panic!("{e}")),
+            })
+        );
+        let text = render_store(&set).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parse_store(&text), Ok(set));
+        let half = format!("{GOOD}rotating_until = \"2026-12-01\"\n");
+        assert!(err(&half).message.contains("needs previous_hash"));
+        // A previous secret may not be another key's secret.
+        let clash = format!(
+            "{GOOD}previous_hash = \"{:0>64}\"\nrotating_until = \"2026-12-01\"\n",
+            "1"
+        );
+        assert!(
+            err(&clash).message.contains("already stored"),
+            "{:?}",
+            err(&clash)
+        );
+    }
+
+    #[test]
     fn revoked_list_parses_and_reports_lines() {
         let h = KeyHash::of(b"x").to_hex();
-        let set = parse_revoked(&format!(
-            "# deleted keys\n\n{h} key_a 2026-11-01T00:00:00Z\n"
-        ));
-        assert_eq!(set.map(|s| s.len()), Ok(1));
+        let list = parse_revoked(&format!(
+            "# deleted keys\n\n{h} key_a 2026-11-01T00:00:00Z\n{h}\n{h} key_b someday\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let from = parse_time("2026-11-01T00:00:00Z").ok();
+        assert_eq!(
+            list,
+            vec![
+                (KeyHash::of(b"x"), from),
+                (KeyHash::of(b"x"), None),
+                (KeyHash::of(b"x"), None)
+            ]
+        );
         let e = parse_revoked(&format!("{h}\nnot-a-hash\n")).err();
         assert_eq!(e.map(|e| e.line), Some(2));
     }

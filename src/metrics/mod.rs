@@ -140,6 +140,7 @@ pub struct Metrics {
     /// the database is away.
     store_last_sync_ms: AtomicU64,
     log_dropped: IntCounter,
+    previous_secret_requests: IntCounter,
     /// Where the dropped-lines count lives (the log writer's own counter).
     log_dropped_source: Option<&'static AtomicU64>,
     /// Two scrapes at once must not both add the same difference.
@@ -257,6 +258,12 @@ impl Metrics {
         )?;
         reg(Box::new(log_dropped.clone()))?;
 
+        let previous_secret_requests = IntCounter::new(
+            "keygate_previous_secret_requests_total",
+            "Allowed requests that used a rotated key's previous secret (in its grace period).",
+        )?;
+        reg(Box::new(previous_secret_requests.clone()))?;
+
         #[cfg(target_os = "linux")]
         reg(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -278,6 +285,7 @@ impl Metrics {
             store_sync_lag,
             store_last_sync_ms: AtomicU64::new(0),
             log_dropped,
+            previous_secret_requests,
             log_dropped_source: None,
             log_dropped_sync: std::sync::Mutex::new(()),
         })
@@ -288,6 +296,11 @@ impl Metrics {
         let i = decision.index();
         self.decisions[i][access as usize].inc();
         self.durations[i].observe(seconds);
+    }
+
+    /// An allowed request used a rotated key's previous secret.
+    pub fn previous_secret_request(&self) {
+        self.previous_secret_requests.inc();
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
@@ -394,6 +407,7 @@ mod tests {
             "keygate_store_changes_applied_total 0",
             "keygate_store_sync_lag_seconds 0",
             "keygate_log_lines_dropped_total 0",
+            "keygate_previous_secret_requests_total 0",
         ] {
             assert!(text.contains(name), "missing {name}");
         }

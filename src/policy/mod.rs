@@ -148,6 +148,11 @@ pub fn decide<'k, 's>(
         Lookup::Unknown => return deny(Rejection::InvalidKey(InvalidReason::Unknown)),
         Lookup::Revoked => return deny(Rejection::InvalidKey(InvalidReason::Revoked)),
     };
+    // A rotated-away secret past its grace, or a revocation that has come
+    // into force since the index was built: refused like any revoked key.
+    if key.not_after.is_some_and(|t| t <= now) {
+        return deny(Rejection::InvalidKey(InvalidReason::Revoked));
+    }
     let deny_key = |rejection| Decision::Deny {
         rejection,
         key: Some(key),

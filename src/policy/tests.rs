@@ -27,6 +27,7 @@ fn record(id: &str, secret: &str, access: Access) -> KeyRecord {
         created: UNIX_EPOCH,
         expires: None,
         origins: vec![],
+        previous: None,
     }
 }
 
@@ -54,6 +55,7 @@ fn index() -> KeyIndex {
     KeyIndex::build(&StoreSnapshot {
         keys,
         revoked: [KeyHash::of(REVOKED.as_bytes())].into_iter().collect(),
+        revoked_later: Default::default(),
     })
 }
 
@@ -525,4 +527,40 @@ fn every_rejection_is_counted_under_its_own_code() {
     ] {
         assert_eq!(r.label().as_str(), r.code(), "{r:?}");
     }
+}
+
+#[test]
+fn a_previous_secret_is_allowed_until_its_grace_ends_then_invalid() {
+    let until = now() + Duration::from_secs(60);
+    let mut rotated = record("rot", "new-secret", Access::FullAccess);
+    rotated.previous = Some(crate::keys::record::Previous {
+        hash: KeyHash::of(b"old-secret"),
+        until,
+    });
+    let idx = KeyIndex::build(&StoreSnapshot {
+        keys: KeySet::from_records(vec![rotated]).unwrap_or_else(|(_, e)| panic!("{e}")),
+        ..StoreSnapshot::default()
+    });
+    let settings = PolicySettings {
+        header: HeaderName::from_static("x-api-key"),
+        query_param: None,
+        prefix: "kg".into(),
+        browser_full_access: BrowserFullAccess::Deny,
+        cors: None,
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert("x-api-key", HeaderValue::from_static("old-secret"));
+    let head = RequestHead {
+        method: &Method::POST,
+        headers: &headers,
+        query: None,
+    };
+    let at = |t| match decide(head, &idx, &settings, t) {
+        Decision::Allow { key, .. } => format!("allowed:{}:{}", key.id(), key.previous),
+        Decision::Deny { rejection, .. } => rejection.detail().to_string(),
+        Decision::Preflight(_) => "preflight".into(),
+    };
+    assert_eq!(at(until - Duration::from_secs(1)), "allowed:rot:true");
+    assert_eq!(at(until), "revoked");
+    assert_eq!(at(until + Duration::from_secs(3600)), "revoked");
 }

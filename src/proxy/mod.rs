@@ -179,6 +179,9 @@ impl Gateway {
                 } else if self.access_log {
                     tracing::info!(decision = label.as_str(), key.id = key.id(), method = %req.method(), path = %LogPath(req.uri().path()), client.addr = %conn.peer, "request allowed");
                 }
+                if key.previous {
+                    self.metrics.previous_secret_request();
+                }
                 let identity = Identity {
                     id: key.id_header.clone(),
                     access: key.access,

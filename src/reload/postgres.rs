@@ -207,7 +207,7 @@ impl PgSync {
         )
         .await
         .map_err(|_| self.timed_out("connect"))??;
-        schema::require_current(&client, &self.store).await?;
+        schema::require_readable(&client, &self.store).await?;
         client
             .batch_execute(&format!("LISTEN {}", schema::CHANNEL))
             .await

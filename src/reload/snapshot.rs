@@ -21,7 +21,8 @@ use crate::store::{FileStore, StoreError};
 pub(super) struct LocalSnapshot {
     file: FileStore,
     max_age: Duration,
-    keys: HashMap<KeyHash, KeyRecord>,
+    /// By id: a rotation changes a key's hash, not its id.
+    keys: HashMap<String, KeyRecord>,
     dirty: bool,
     /// A revocation is waiting: write without waiting for the interval.
     urgent: bool,
@@ -125,7 +126,7 @@ impl LocalSnapshot {
             .keys
             .records()
             .iter()
-            .map(|r| (r.hash, r.clone()))
+            .map(|r| (r.id.to_string(), r.clone()))
             .collect();
         self.dirty = true;
     }
@@ -133,10 +134,11 @@ impl LocalSnapshot {
     /// Mirrors a delta.
     pub fn mirror_delta(&mut self, delta: &IndexDelta) {
         for r in &delta.upserts {
-            self.keys.insert(r.hash, r.clone());
+            self.keys.insert(r.id.to_string(), r.clone());
         }
-        for h in delta.revoked.iter().chain(&delta.removed) {
-            self.keys.remove(h);
+        let gone: HashSet<&KeyHash> = delta.revoked.iter().chain(&delta.removed).collect();
+        if !gone.is_empty() {
+            self.keys.retain(|_, r| !gone.contains(&r.hash));
         }
         self.dirty = true;
         self.urgent |= !delta.revoked.is_empty() || !delta.removed.is_empty();

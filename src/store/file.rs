@@ -59,43 +59,88 @@ impl FileStore {
             path: self.path.clone(),
             error,
         })?;
-        let revoked = self.load_revoked()?;
-        Ok(StoreSnapshot { keys, revoked })
+        let revoked = self.load_revocations()?;
+        Ok(StoreSnapshot::with_revocations(
+            keys,
+            revoked,
+            SystemTime::now(),
+        ))
     }
 
-    pub fn load_revoked(&self) -> Result<HashSet<KeyHash>, StoreError> {
+    /// The revocation list: each hash and when it is refused from (`None`:
+    /// always). A missing list is empty.
+    pub fn load_revocations(&self) -> Result<Vec<(KeyHash, Option<SystemTime>)>, StoreError> {
         let path = self.revoked_path();
         match read_text(&path) {
             Ok(text) => {
                 storefile::parse_revoked(&text).map_err(|error| StoreError::Invalid { path, error })
             }
             Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                Ok(HashSet::new())
+                Ok(Vec::new())
             }
             Err(e) => Err(e),
         }
     }
 
+    /// Every hash on the revocation list, whenever it takes effect.
+    pub fn load_revoked(&self) -> Result<HashSet<KeyHash>, StoreError> {
+        Ok(self
+            .load_revocations()?
+            .into_iter()
+            .map(|(h, _)| h)
+            .collect())
+    }
+
     /// Applies `change` to the current keys under the lock and writes the
-    /// result. A missing store counts as empty here, so the first `create`
-    /// makes the file. Nothing is written if `change` fails.
+    /// result. `change` sees every hash on the revocation list, in force
+    /// now or later (none may be stored again). A missing store counts as
+    /// empty here, so the first `create` makes the file. Nothing is written
+    /// if `change` fails.
     pub fn modify<T>(
         &self,
         change: impl FnOnce(&mut KeySet, &HashSet<KeyHash>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let _lock = self.lock()?;
-        let mut snapshot = match self.load() {
+        let mut keys = match read_text(&self.path) {
             Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                StoreSnapshot {
-                    keys: KeySet::default(),
-                    revoked: self.load_revoked()?,
-                }
+                KeySet::default()
             }
-            other => other?,
+            text => storefile::parse_store(&text?).map_err(|error| StoreError::Invalid {
+                path: self.path.clone(),
+                error,
+            })?,
         };
-        let out = change(&mut snapshot.keys, &snapshot.revoked)?;
-        self.write(&snapshot.keys)?;
+        let revoked = self.load_revoked()?;
+        let out = change(&mut keys, &revoked)?;
+        self.write(&keys)?;
         Ok(out)
+    }
+
+    /// Gives key `id` the secret whose hash is `new_hash` (see
+    /// `KeySet::rotate`). The hashes it stops accepting go on the revocation
+    /// list first, each from its time, then the store is rewritten: a crash
+    /// between the two leaves the old secrets revoked, the safe side.
+    pub fn rotate(
+        &self,
+        id: &str,
+        new_hash: KeyHash,
+        until: Option<SystemTime>,
+        now: SystemTime,
+    ) -> Result<KeyRecord, StoreError> {
+        self.modify(|keys, revoked| {
+            if revoked.contains(&new_hash) {
+                return Err(StoreError::Key(crate::keys::KeySetError::DuplicateHash {
+                    existing_id: "a revoked key".into(),
+                }));
+            }
+            let (record, revoke) = keys.rotate(id, new_hash, until, now)?;
+            let lines: String = revoke
+                .iter()
+                .map(|(h, at)| storefile::revoked_line(h, &record.id, *at))
+                .collect();
+            self.append_revoked(&lines)?;
+            Ok(record)
+        })
     }
 
     /// Deletes a key: its hash is appended to the revocation list first, then
@@ -104,12 +149,19 @@ impl FileStore {
     pub fn delete(&self, id: &str) -> Result<KeyRecord, StoreError> {
         self.modify(|keys, _| {
             let removed = keys.remove(id)?;
-            self.append_revoked(&removed)?;
+            // A previous secret still in its grace goes with it, at once.
+            let now = SystemTime::now();
+            let lines: String = removed
+                .hashes()
+                .map(|h| storefile::revoked_line(&h, &removed.id, now))
+                .collect();
+            self.append_revoked(&lines)?;
             Ok(removed)
         })
     }
 
-    fn append_revoked(&self, record: &KeyRecord) -> Result<(), StoreError> {
+    /// Appends `lines` (whole revocation list lines) and syncs the file.
+    fn append_revoked(&self, lines: &str) -> Result<(), StoreError> {
         let path = self.revoked_path();
         let io_err = |source| StoreError::Io {
             path: path.clone(),
@@ -125,7 +177,7 @@ impl FileStore {
             .map_err(io_err)?;
         // A hand edit may have left no final newline: the entry must not be
         // glued onto the last line, or that revocation would be lost.
-        let mut line = storefile::revoked_line(record, SystemTime::now());
+        let mut line = lines.to_string();
         if !ends_with_newline(&mut file).map_err(io_err)? {
             line.insert(0, '\n');
         }
@@ -269,6 +321,7 @@ mod tests {
             created: SystemTime::UNIX_EPOCH,
             expires: None,
             origins: vec![],
+            previous: None,
         }
     }
 
@@ -280,7 +333,8 @@ mod tests {
             .modify(|keys, _| Ok(keys.add(record("second"))?))
             .unwrap_or_else(|e| panic!("{e}"));
         // Revoked by hand, and saved without a final newline.
-        let by_hand = storefile::revoked_line(&record("first"), SystemTime::UNIX_EPOCH);
+        let first = record("first");
+        let by_hand = storefile::revoked_line(&first.hash, &first.id, SystemTime::UNIX_EPOCH);
         fs::write(store.revoked_path(), by_hand.trim_end()).unwrap_or_else(|e| panic!("{e}"));
         store.delete("second").unwrap_or_else(|e| panic!("{e}"));
         let revoked = store.load_revoked().unwrap_or_else(|e| panic!("{e}"));

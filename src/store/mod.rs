@@ -139,6 +139,22 @@ impl Store {
         }
     }
 
+    /// Gives a key a new secret (its hash); the current one stays valid
+    /// until `until` (`None`: no grace), an earlier previous one ends now.
+    /// See `KeySet::rotate`.
+    pub fn rotate(
+        &self,
+        id: &str,
+        new_hash: KeyHash,
+        until: Option<std::time::SystemTime>,
+        now: std::time::SystemTime,
+    ) -> Result<KeyRecord, StoreError> {
+        match self {
+            Store::File(f) => f.rotate(id, new_hash, until, now),
+            Store::Postgres(p) => p.rotate(id, new_hash, until, now),
+        }
+    }
+
     /// Deletes a key and revokes its hash, irreversibly.
     pub fn delete(&self, id: &str) -> Result<KeyRecord, StoreError> {
         match self {

@@ -75,6 +75,7 @@ pub fn add_key(
         created: SystemTime::now(),
         expires,
         origins: origins.iter().map(|o| o.to_string()).collect(),
+        previous: None,
     };
     store.modify(|keys, _| Ok(keys.add(record)?)).unwrap();
     secret

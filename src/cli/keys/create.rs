@@ -110,6 +110,7 @@ pub(crate) fn create_key(
             created: now,
             expires,
             origins,
+            previous: None,
         };
         keys.add(record.clone())?;
         Ok(record)

@@ -5,6 +5,7 @@
 mod create;
 mod delete;
 mod import;
+mod rotate;
 mod show;
 mod update;
 
@@ -82,6 +83,16 @@ enum KeysCommand {
         /// Do not ask for confirmation
         #[arg(long)]
         yes: bool,
+    },
+    /// Give a key a new secret, printed once; the current one keeps working
+    /// until the grace period ends, then is refused and revoked.
+    Rotate {
+        id: String,
+        /// How long the current secret keeps working: 24h, 7d, 0s (not at all)
+        #[arg(long, default_value = "24h")]
+        grace: String,
+        #[arg(long)]
+        json: bool,
     },
     /// Print ready-to-paste code calling the API through the gateway with a key.
     Snippet {
@@ -171,6 +182,7 @@ pub fn run(args: KeysArgs) -> Result<(), CliError> {
             force,
         } => update::update(&t, &mut out, &id, name, access, force),
         KeysCommand::Delete { id, yes } => delete::delete(&t, &mut out, &id, yes),
+        KeysCommand::Rotate { id, grace, json } => rotate::rotate(&t, &mut out, &id, &grace, json),
         KeysCommand::Snippet { id, gateway_url } => {
             let record = find(&t, &id)?;
             let url =
@@ -194,6 +206,7 @@ fn key_json(r: &KeyRecord) -> serde_json::Value {
         "created": format_time(r.created),
         "expires": r.expires.map(format_time),
         "origins": r.origins,
+        "rotating_until": r.previous.map(|p| format_time(p.until)),
     })
 }
 
@@ -202,7 +215,8 @@ fn load(t: &Target) -> Result<crate::keys::KeySet, CliError> {
 }
 
 fn find(t: &Target, id: &str) -> Result<KeyRecord, CliError> {
-    t.store
-        .find(id)?
-        .ok_or_else(|| CliError::user(format!("no key with id {id:?} in {}", t.store.label())))
+    t.store.find(id)?.ok_or_else(|| {
+        let missing = crate::keys::KeySetError::NotFound(id.to_string());
+        CliError::user(format!("{missing} in {}", t.store.label()))
+    })
 }

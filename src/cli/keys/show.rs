@@ -71,5 +71,13 @@ pub(super) fn show(t: &Target, out: &mut impl Write, id: &str, json: bool) -> Re
         "hash:     {} (BLAKE3, fingerprint)",
         r.hash.fingerprint()
     )?;
+    if let Some(p) = r.previous {
+        writeln!(
+            out,
+            "rotating: the previous secret ({}) works until {}",
+            p.hash.fingerprint(),
+            format_time(p.until)
+        )?;
+    }
     Ok(())
 }

@@ -246,6 +246,21 @@ impl PgStore {
         })
     }
 
+    /// Rotates a key (see `rows::rotate`).
+    pub fn rotate(
+        &self,
+        id: &str,
+        new_hash: KeyHash,
+        until: Option<std::time::SystemTime>,
+        now: std::time::SystemTime,
+    ) -> Result<KeyRecord, StoreError> {
+        self.block_on(async {
+            let mut client = self.connect("keygate-cli", None).await?;
+            schema::require_current(&client, self).await?;
+            rows::rotate(&mut client, self, id, new_hash, until, now).await
+        })
+    }
+
     /// Applies `change` to the current keys in one transaction and writes
     /// what changed. Writers take `SHARE ROW EXCLUSIVE` on the keys table,
     /// which conflicts with itself but not with the gateways' reads: two
@@ -278,6 +293,7 @@ impl PgStore {
                             StoreError::Database(format!("{}: keygate_keys: {e}", self.label))
                         })?,
                         revoked: HashSet::new(),
+                        revoked_later: Default::default(),
                     }
                 }
             };

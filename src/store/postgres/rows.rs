@@ -10,11 +10,12 @@ use tokio_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 
 use super::{PgStore, db_err};
-use crate::keys::record::{latest_time, normalize_origin, validate_name};
+use crate::keys::record::{Previous, latest_time, normalize_origin, validate_name};
 use crate::keys::{IndexDelta, KeyHash, KeyId, KeyRecord, KeySet, StoreSnapshot};
 use crate::store::StoreError;
 
-const KEY_COLUMNS: &str = "id, name, access, hash, created, expires, origins";
+const KEY_COLUMNS: &str =
+    "id, name, access, hash, created, expires, origins, previous_hash, rotating_until";
 /// Rows per bulk insert statement (an import of 100k keys is 20 statements).
 const INSERT_CHUNK: usize = 5000;
 
@@ -26,6 +27,7 @@ pub struct Changes {
 }
 
 /// Builds a record from one row's columns, checking each.
+#[allow(clippy::too_many_arguments)] // one per column of the row
 pub(crate) fn record(
     id: &str,
     name: String,
@@ -34,6 +36,7 @@ pub(crate) fn record(
     created: SystemTime,
     expires: Option<SystemTime>,
     origins: Vec<Option<String>>,
+    previous: Option<(&[u8], SystemTime)>,
 ) -> Result<KeyRecord, String> {
     let at = |field: &str, e: String| format!("keygate_keys row id={id:?}: {field}: {e}");
     let key_id = KeyId::parse(id).map_err(|e| at("id", e))?;
@@ -57,6 +60,18 @@ pub(crate) fn record(
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| at("origins", e))?;
+    let previous = match previous {
+        None => None,
+        Some((hash, until)) => {
+            if !in_range(until) {
+                return Err(at("rotating_until", "must be between 1970 and 9999".into()));
+            }
+            Some(Previous {
+                hash: KeyHash::from_slice(hash).map_err(|e| at("previous_hash", e))?,
+                until,
+            })
+        }
+    };
     Ok(KeyRecord {
         id: key_id,
         name,
@@ -65,6 +80,7 @@ pub(crate) fn record(
         created,
         expires,
         origins,
+        previous,
     })
 }
 
@@ -113,6 +129,13 @@ async fn key_rows(
             row.try_get(4).map_err(err)?,
             row.try_get(5).map_err(err)?,
             row.try_get(6).map_err(err)?,
+            match (
+                row.try_get::<_, Option<&[u8]>>(7).map_err(err)?,
+                row.try_get::<_, Option<SystemTime>>(8).map_err(err)?,
+            ) {
+                (Some(h), Some(t)) => Some((h, t)),
+                _ => None,
+            },
         );
         match (checked, bad) {
             (Ok(r), _) => out.records.push(r),
@@ -135,17 +158,68 @@ async fn revoked_rows(
     store: &PgStore,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
-) -> Result<Vec<KeyHash>, StoreError> {
+) -> Result<Vec<(KeyHash, SystemTime)>, StoreError> {
     let err = |e| db_err(store, "read the revocation list", &e);
     let rows = client.query(sql, params).await.map_err(err)?;
     rows.iter()
         .map(|row| {
             let bytes: &[u8] = row.try_get(0).map_err(err)?;
-            KeyHash::from_slice(bytes).map_err(|e| {
+            let at: SystemTime = row.try_get(1).map_err(err)?;
+            let hash = KeyHash::from_slice(bytes).map_err(|e| {
                 StoreError::Database(format!("{}: keygate_revoked: hash: {e}", store.label()))
-            })
+            })?;
+            Ok((hash, at))
         })
         .collect()
+}
+
+/// Rotates key `id` in one transaction (see `KeySet::rotate`): the hashes it
+/// stops accepting are revoked first, each from its time (an existing
+/// revocation only moves sooner), then the row takes the new hash.
+pub(super) async fn rotate(
+    client: &mut tokio_postgres::Client,
+    store: &PgStore,
+    id: &str,
+    new_hash: KeyHash,
+    until: Option<SystemTime>,
+    now: SystemTime,
+) -> Result<KeyRecord, StoreError> {
+    let err = |e| db_err(store, "rotate the key", &e);
+    let tx = client.transaction().await.map_err(err)?;
+    tx.batch_execute(
+        "SET LOCAL lock_timeout = '15s';
+         LOCK TABLE keygate_keys IN SHARE ROW EXCLUSIVE MODE",
+    )
+    .await
+    .map_err(err)?;
+    let mut keys = KeySet::from_records(load_ids(&tx, store, &[id]).await?)
+        .map_err(|(_, e)| StoreError::Database(format!("{}: keygate_keys: {e}", store.label())))?;
+    let (record, revoke) = keys.rotate(id, new_hash, until, now)?;
+    for (hash, at) in &revoke {
+        tx.execute(
+            "INSERT INTO keygate_revoked (hash, id, revoked_at) VALUES ($1, $2, $3)
+             ON CONFLICT (hash) DO UPDATE
+             SET revoked_at = LEAST(keygate_revoked.revoked_at, EXCLUDED.revoked_at)",
+            &[&&hash.as_bytes()[..], &record.id.as_str(), at],
+        )
+        .await
+        .map_err(err)?;
+    }
+    let previous_hash = record.previous.map(|p| p.hash.as_bytes().to_vec());
+    let until = record.previous.map(|p| p.until);
+    tx.execute(
+        "UPDATE keygate_keys SET hash = $2, previous_hash = $3, rotating_until = $4 WHERE id = $1",
+        &[
+            &record.id.as_str(),
+            &&record.hash.as_bytes()[..],
+            &previous_hash,
+            &until,
+        ],
+    )
+    .await
+    .map_err(err)?;
+    tx.commit().await.map_err(err)?;
+    Ok(record)
 }
 
 /// The keys with these ids (those that exist).
@@ -201,12 +275,19 @@ pub async fn load_snapshot(
     .records;
     let keys = KeySet::from_records(records)
         .map_err(|(_, e)| StoreError::Database(format!("{}: keygate_keys: {e}", store.label())))?;
-    let revoked: HashSet<KeyHash> =
-        revoked_rows(client, store, "SELECT hash FROM keygate_revoked", &[])
-            .await?
-            .into_iter()
-            .collect();
-    Ok((StoreSnapshot { keys, revoked }, version))
+    let revoked = revoked_rows(
+        client,
+        store,
+        "SELECT hash, revoked_at FROM keygate_revoked",
+        &[],
+    )
+    .await?
+    .into_iter()
+    .map(|(h, t)| (h, Some(t)));
+    Ok((
+        StoreSnapshot::with_revocations(keys, revoked, SystemTime::now()),
+        version,
+    ))
 }
 
 /// What changed after version `since`: keys inserted or updated (whole rows)
@@ -231,17 +312,21 @@ pub async fn load_changes(
         BadRows::Skip,
     )
     .await?;
-    let revoked = revoked_rows(
+    let now = SystemTime::now();
+    let (revoked, revoked_later): (Vec<_>, Vec<_>) = revoked_rows(
         client,
         store,
-        "SELECT hash FROM keygate_revoked WHERE version > $1",
+        "SELECT hash, revoked_at FROM keygate_revoked WHERE version > $1",
         &[&since],
     )
-    .await?;
+    .await?
+    .into_iter()
+    .partition(|(_, at)| *at <= now);
     Ok(Changes {
         delta: IndexDelta {
             upserts: rows.records,
-            revoked,
+            revoked: revoked.into_iter().map(|(h, _)| h).collect(),
+            revoked_later,
             removed: rows.refused,
         },
         version,
@@ -331,6 +416,7 @@ mod tests {
             UNIX_EPOCH,
             None,
             origins.iter().map(|s| Some(s.to_string())).collect(),
+            None,
         )
     }
 
@@ -378,6 +464,7 @@ mod tests {
             UNIX_EPOCH,
             None,
             vec![],
+            None,
         );
         assert!(e.is_err_and(|e| e.contains(": name:")));
     }

@@ -29,6 +29,7 @@ pub const CHANNEL: &str = "keygate_changes";
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("keys, revocations and the change counter", V1),
     ("no NULL inside a key's origins", V2),
+    ("rotation: a previous secret with a grace period", V3),
 ];
 
 /// The schema version this build reads and writes.
@@ -41,6 +42,73 @@ pub const CURRENT: i32 = MIGRATIONS.len() as i32;
 const V2: &str = r#"
 ALTER TABLE keygate_keys ADD CONSTRAINT keygate_keys_origins_no_null
     CHECK (array_position(origins, NULL) IS NULL) NOT VALID;
+"#;
+
+/// Rotation. A key may carry its previous secret's hash until
+/// `rotating_until`; the revocation list holds that hash from that time
+/// (`revoked_at` may lie in the future). The rules stay in the database:
+/// a key's hash changes only if its old hash is revoked in the same
+/// transaction (so no old secret comes back), a previous hash leaves the
+/// row only revoked, no hash is ever two keys', and a revocation may move
+/// earlier (a second rotation, a deletion during the grace) but never later
+/// and never away.
+const V3: &str = r#"
+ALTER TABLE keygate_keys
+    ADD COLUMN previous_hash bytea UNIQUE CHECK (octet_length(previous_hash) = 32),
+    ADD COLUMN rotating_until timestamptz
+        CHECK (rotating_until BETWEEN '1970-01-01T00:00:00Z' AND '9999-12-31T23:59:59Z'),
+    ADD CONSTRAINT keygate_keys_rotation_whole
+        CHECK ((previous_hash IS NULL) = (rotating_until IS NULL));
+
+CREATE OR REPLACE FUNCTION keygate_keys_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    stamped bigint := keygate_tx_version();
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO keygate_revoked (hash, id) VALUES (OLD.hash, OLD.id)
+            ON CONFLICT (hash) DO UPDATE
+            SET revoked_at = LEAST(keygate_revoked.revoked_at, EXCLUDED.revoked_at);
+        IF OLD.previous_hash IS NOT NULL THEN
+            INSERT INTO keygate_revoked (hash, id) VALUES (OLD.previous_hash, OLD.id)
+                ON CONFLICT (hash) DO UPDATE
+                SET revoked_at = LEAST(keygate_revoked.revoked_at, EXCLUDED.revoked_at);
+        END IF;
+        RETURN OLD;
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.hash <> OLD.hash
+        AND NOT EXISTS (SELECT 1 FROM keygate_revoked WHERE hash = OLD.hash) THEN
+        RAISE EXCEPTION 'keygate: the hash of key % changes only by rotation, with its old hash revoked', OLD.id;
+    END IF;
+    IF TG_OP = 'UPDATE' AND OLD.previous_hash IS NOT NULL
+        AND OLD.previous_hash IS DISTINCT FROM NEW.previous_hash
+        AND NOT EXISTS (SELECT 1 FROM keygate_revoked WHERE hash = OLD.previous_hash) THEN
+        RAISE EXCEPTION 'keygate: the previous secret of key % leaves it only revoked', OLD.id;
+    END IF;
+    IF (TG_OP = 'INSERT' OR NEW.hash <> OLD.hash)
+        AND EXISTS (SELECT 1 FROM keygate_revoked WHERE hash = NEW.hash) THEN
+        RAISE EXCEPTION 'keygate: key % has the hash of a deleted (revoked) key', NEW.id;
+    END IF;
+    IF EXISTS (SELECT 1 FROM keygate_keys WHERE id <> NEW.id
+               AND (previous_hash = NEW.hash OR hash = NEW.previous_hash)) THEN
+        RAISE EXCEPTION 'keygate: key % has a hash another key answers to', NEW.id;
+    END IF;
+    NEW.version := stamped;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION keygate_revoked_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.hash = OLD.hash AND NEW.id = OLD.id
+        AND NEW.revoked_at <= OLD.revoked_at THEN
+        NEW.version := keygate_tx_version();
+        RETURN NEW;
+    END IF;
+    IF TG_OP <> 'INSERT' THEN
+        RAISE EXCEPTION 'keygate: revocations are permanent (one may only take effect sooner)';
+    END IF;
+    NEW.version := keygate_tx_version();
+    RETURN NEW;
+END $$;
 "#;
 
 const V1: &str = r#"
@@ -166,7 +234,36 @@ pub async fn version(client: &impl GenericClient, store: &PgStore) -> Result<i32
     row.try_get(0).map_err(err)
 }
 
-/// Refuses a database whose schema is not the one this build knows.
+/// The oldest schema a gateway of this build reads (its queries name the
+/// columns version 3 added).
+pub const READS_FROM: i32 = 3;
+
+/// For a gateway, which only reads: accepts `READS_FROM` up to any newer
+/// version (with a warning), since every migration after version 3 must
+/// keep older readers working (added columns and tables, looser or new
+/// constraints, never a renamed or dropped column). So the database can be
+/// migrated first and the fleet rolled afterwards.
+pub async fn require_readable(
+    client: &impl GenericClient,
+    store: &PgStore,
+) -> Result<(), StoreError> {
+    match version(client, store).await? {
+        v if v > CURRENT => {
+            tracing::warn!(
+                store = store.label(),
+                schema = v,
+                known = CURRENT,
+                "the key store's schema is newer than this keygate knows; reading it as version {CURRENT}: upgrade keygate"
+            );
+            Ok(())
+        }
+        v if v >= READS_FROM => Ok(()),
+        _ => require_current(client, store).await,
+    }
+}
+
+/// Refuses a database whose schema is not the one this build knows (the
+/// CLI, which writes).
 pub async fn require_current(
     client: &impl GenericClient,
     store: &PgStore,

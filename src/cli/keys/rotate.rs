@@ -1,0 +1,53 @@
+//! `keygate keys rotate`: a new secret for a key, printed once; the current
+//! secret keeps working until the grace period ends.
+
+use std::io::Write;
+use std::time::SystemTime;
+
+use serde_json::json;
+
+use super::{Target, key_json};
+use crate::cli::CliError;
+use crate::config::parse_duration;
+use crate::keys::record::{format_time, latest_time};
+use crate::keys::{KeyHash, token};
+
+pub(super) fn rotate(
+    t: &Target,
+    out: &mut impl Write,
+    id: &str,
+    grace: &str,
+    json: bool,
+) -> Result<(), CliError> {
+    let grace = parse_duration(grace).map_err(|e| CliError::user(format!("--grace: {e}")))?;
+    let now = SystemTime::now();
+    let until = (!grace.is_zero()).then(|| now.checked_add(grace).unwrap_or_else(latest_time));
+    let secret = token::generate(t.prefix())
+        .map_err(|e| CliError::user(format!("the OS random number generator failed: {e}")))?;
+    let record = t
+        .store
+        .rotate(id, KeyHash::of(secret.as_bytes()), until, now)?;
+    if json {
+        let mut v = key_json(&record);
+        v["key"] = json!(secret);
+        writeln!(out, "{v}")?;
+        return Ok(());
+    }
+    writeln!(out, "Rotated key {} ({:?}).", record.id, record.name)?;
+    writeln!(out)?;
+    writeln!(out, "    {secret}")?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Store this key now: it is shown only this once (keygate keeps only its hash)."
+    )?;
+    match record.previous {
+        Some(p) => writeln!(
+            out,
+            "The previous secret works until {}, then is refused: replace it everywhere before then.",
+            format_time(p.until)
+        )?,
+        None => writeln!(out, "The previous secret no longer works.")?,
+    }
+    Ok(())
+}
