@@ -6,7 +6,8 @@
 //! - `index_apply/<case>`: one pushed change (PostgreSQL store) applied to a
 //!   1M-key index, with an empty overlay and with one about to be folded;
 //!   `decide/allowed_overlay/1000000`: a lookup that misses a full overlay;
-//! - `metrics/record_decision`: counting one request.
+//! - `metrics/record_decision`: counting one request;
+//! - `usage/record_*`: counting one allowed request's use of its key.
 //!
 //! Run: `cargo bench --bench hot_path` (add `-- decide` to pick some).
 
@@ -213,6 +214,19 @@ fn bench_metrics(c: &mut Criterion) {
                 AccessLabel::ReadOnly,
                 black_box(0.000_3),
             )
+        })
+    });
+    // The usage count of an allowed request: the same second (a load and an
+    // add), and a new second (a load, a store and an add).
+    let usage = keygate::keys::UsageTable::default().for_key("k");
+    c.bench_function("usage/record_same_second", |b| {
+        b.iter(|| usage.record(black_box(1_800_000_000)))
+    });
+    let mut t = 1_800_000_000u64;
+    c.bench_function("usage/record_new_second", |b| {
+        b.iter(|| {
+            t += 1;
+            usage.record(black_box(t))
         })
     });
 }

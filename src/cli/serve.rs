@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::keys::KeyIndex;
 use crate::metrics::{Health, Metrics, serve_ops};
 use crate::proxy::Gateway;
-use crate::reload::{CertWatcher, FileWatcher, Hangup, PgSync, Publisher};
+use crate::reload::{CertWatcher, FileWatcher, Hangup, PgSync, Publisher, UsageFile};
 use crate::server::{self, Drain, tls};
 use crate::store::Store;
 
@@ -64,10 +64,12 @@ async fn run_gateway(
     // error). A database store is loaded by its sync task: until it is,
     // /readyz says 503 and requests get 503 not_ready, and the gateway keeps
     // trying, since the database may simply come up after it.
-    let (mut file_watcher, mut pg_sync) = (None, None);
+    let (mut file_watcher, mut pg_sync, mut usage_file) = (None, None, None);
     match Store::open(&config.keys.store)? {
         Store::File(store) => {
             metrics.store_connected(true);
+            // Usage persisted by an earlier run counts on from where it was.
+            usage_file = Some(UsageFile::open(store.clone(), publisher.usage()));
             let mut watcher = FileWatcher::new(store, publisher);
             watcher.reload("start")?;
             file_watcher = Some(watcher);
@@ -110,6 +112,10 @@ async fn run_gateway(
     if let Some(watcher) = file_watcher {
         tokio::spawn(watcher.watch(hangup.clone()));
     }
+    let mut usage_at_exit = usage_file.as_ref().map(UsageFile::last_write);
+    if let Some(usage) = usage_file {
+        tokio::spawn(usage.run());
+    }
     if let Some(sync) = pg_sync {
         sync.spawn(hangup)
             .map_err(|e| CliError::user(format!("cannot start the key store sync: {e}")))?;
@@ -138,6 +144,12 @@ async fn run_gateway(
         Drain::CutOff(n) => {
             tracing::warn!(connections = n, drain_timeout = ?config.server.drain_timeout, "shutdown: drain timeout cut off connections")
         }
+    }
+    // What was counted since the last periodic write survives the restart.
+    if let Some(usage) = usage_at_exit.as_mut()
+        && let Err(e) = usage.flush()
+    {
+        tracing::warn!(error = %e, "cannot write key usage at shutdown");
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use http::HeaderValue;
 
 use super::hash::DigestState;
-use super::{Access, KeyHash, StoreSnapshot};
+use super::{Access, KeyHash, KeyUsage, StoreSnapshot, UsageTable};
 
 /// What the request path needs to know about a key; built once per reload so
 /// that a request allocates nothing to name its key to the backend.
@@ -31,6 +31,8 @@ pub struct KeyEntry {
     pub not_after: Option<SystemTime>,
     /// This is a rotated key's previous secret (counted apart in metrics).
     pub previous: bool,
+    /// The key's use, shared with every other index of this process.
+    pub usage: Arc<KeyUsage>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +76,8 @@ pub struct KeyIndex {
     revoked_in_store: usize,
     /// False only for the placeholder before the first successful load.
     loaded: bool,
+    /// The counters every index of this process shares (see `usage`).
+    usage: Arc<UsageTable>,
 }
 
 /// Changes pushed by a store since the index was built: keys added or
@@ -104,6 +108,7 @@ impl IndexDelta {
 fn entries(
     r: &super::KeyRecord,
     later: impl Fn(&KeyHash) -> Option<SystemTime>,
+    usage: &UsageTable,
 ) -> Option<(KeyEntry, Option<(KeyHash, KeyEntry)>)> {
     let id_header = HeaderValue::from_str(r.id.as_str()).ok()?;
     let current = KeyEntry {
@@ -113,6 +118,7 @@ fn entries(
         origins: r.origins.clone().into_boxed_slice(),
         not_after: later(&r.hash),
         previous: false,
+        usage: usage.for_key(r.id.as_str()),
     };
     let previous = r.previous.map(|p| {
         let until = later(&p.hash).map_or(p.until, |t| t.min(p.until));
@@ -134,9 +140,15 @@ impl KeyEntry {
 }
 
 impl KeyIndex {
-    /// Builds the index. Revoked hashes win over store entries; a hash
-    /// revoked from a time to come works until then.
+    /// Builds the index with usage counters of its own (tools and tests).
     pub fn build(snapshot: &StoreSnapshot) -> Self {
+        Self::build_with_usage(snapshot, Arc::default())
+    }
+
+    /// Builds the index. Revoked hashes win over store entries; a hash
+    /// revoked from a time to come works until then. Entries count their
+    /// use in `usage`, shared with the indexes before and after this one.
+    pub fn build_with_usage(snapshot: &StoreSnapshot, usage: Arc<UsageTable>) -> Self {
         let mut map = HashMap::with_capacity_and_hasher(
             snapshot.keys.len() + snapshot.revoked.len(),
             DigestState::default(),
@@ -144,7 +156,7 @@ impl KeyIndex {
         let (mut read_only, mut full_access, mut revoked_in_store) = (0, 0, 0);
         let later = |h: &KeyHash| snapshot.revoked_later.get(h).copied();
         for r in snapshot.keys.records() {
-            let Some((current, previous)) = entries(r, later) else {
+            let Some((current, previous)) = entries(r, later, &usage) else {
                 continue;
             };
             if let Some((hash, e)) = previous
@@ -172,7 +184,13 @@ impl KeyIndex {
             full_access,
             revoked_in_store,
             loaded: true,
+            usage,
         }
+    }
+
+    /// The usage counters this index's entries count in.
+    pub fn usage(&self) -> &Arc<UsageTable> {
+        &self.usage
     }
 
     /// A new index with `delta` applied; `self` is untouched (requests in
@@ -189,7 +207,7 @@ impl KeyIndex {
                 .min()
         };
         for r in &delta.upserts {
-            let Some((current, previous)) = entries(r, later) else {
+            let Some((current, previous)) = entries(r, later, &self.usage) else {
                 continue;
             };
             if let Some((hash, e)) = previous

@@ -11,9 +11,11 @@ mod keyset;
 pub mod record;
 pub mod storefile;
 pub mod token;
+mod usage;
 
 pub use hash::KeyHash;
 pub use id::KeyId;
 pub use index::{IndexDelta, KeyEntry, KeyIndex, Lookup, SharedIndex};
 pub use keyset::{KeySet, KeySetError, KeyUpdate, StoreSnapshot};
 pub use record::{Access, KeyRecord};
+pub use usage::{KeyUsage, UsageSample, UsageTable};

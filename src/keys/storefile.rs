@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::record::Previous;
 use super::record::{format_time, normalize_origin, parse_time, validate_name};
-use super::{KeyHash, KeyId, KeyRecord, KeySet};
+use super::{KeyHash, KeyId, KeyRecord, KeySet, UsageSample};
 
 /// A problem in a store or revocation file, with the 1-based line it is on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +213,62 @@ pub fn parse_revoked(src: &str) -> Result<Vec<(KeyHash, Option<SystemTime>)>, Fi
     Ok(list)
 }
 
+/// Renders `keys.usage`: one line per key, `id last_used requests`, the
+/// time in RFC 3339 or `-` for never.
+pub fn render_usage(samples: &[(String, UsageSample)]) -> String {
+    let mut out = String::from(
+        "# keygate key usage, written by the gateway: id, last allowed request, allowed requests.\n",
+    );
+    for (id, s) in samples {
+        let last = s.last_used.map_or_else(
+            || "-".to_string(),
+            |t| format_time(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t)),
+        );
+        out.push_str(&format!("{id} {last} {}\n", s.requests));
+    }
+    out
+}
+
+/// Parses `keys.usage` (see `render_usage`).
+pub fn parse_usage(src: &str) -> Result<Vec<(String, UsageSample)>, FileError> {
+    let mut out = Vec::new();
+    for (i, line) in src.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |what: &str| FileError {
+            line: i + 1,
+            message: format!("expected `id last_used requests`: {what}"),
+        };
+        let mut words = line.split_whitespace();
+        let (Some(id), Some(last), Some(requests)) = (words.next(), words.next(), words.next())
+        else {
+            return Err(bad("too few fields"));
+        };
+        let id = KeyId::parse(id).map_err(|_| bad("not a key id"))?;
+        let last_used = match last {
+            "-" => None,
+            t => Some(
+                parse_time(t)
+                    .ok()
+                    .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                    .ok_or_else(|| bad("not a time"))?
+                    .as_secs(),
+            ),
+        };
+        let requests = requests.parse().map_err(|_| bad("not a count"))?;
+        out.push((
+            id.to_string(),
+            UsageSample {
+                last_used,
+                requests,
+            },
+        ));
+    }
+    Ok(out)
+}
+
 /// One revocation list line: `hash`, refused from `at`.
 pub fn revoked_line(hash: &KeyHash, id: &KeyId, at: SystemTime) -> String {
     format!("{} {} {}\n", hash.to_hex(), id, format_time(at))
@@ -371,6 +427,29 @@ expires = "2027-11-01T00:00:00Z"
             "{:?}",
             err(&clash)
         );
+    }
+
+    #[test]
+    fn usage_round_trips_and_reports_lines() {
+        let samples = vec![
+            (
+                "a".to_string(),
+                UsageSample {
+                    last_used: Some(1_800_000_000),
+                    requests: 7,
+                },
+            ),
+            (
+                "b".to_string(),
+                UsageSample {
+                    last_used: None,
+                    requests: 0,
+                },
+            ),
+        ];
+        assert_eq!(parse_usage(&render_usage(&samples)), Ok(samples));
+        assert_eq!(parse_usage("a - 1\nB - 1\n").err().map(|e| e.line), Some(2));
+        assert_eq!(parse_usage("a soon 1\n").err().map(|e| e.line), Some(1));
     }
 
     #[test]

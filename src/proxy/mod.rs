@@ -17,7 +17,7 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HOST, ORIGIN};
@@ -163,7 +163,8 @@ impl Gateway {
             headers: req.headers(),
             query: req.uri().query(),
         };
-        match policy::decide(head, &index, &self.settings, SystemTime::now()) {
+        let now = SystemTime::now();
+        match policy::decide(head, &index, &self.settings, now) {
             Decision::Allow {
                 key,
                 source,
@@ -182,6 +183,8 @@ impl Gateway {
                 if key.previous {
                     self.metrics.previous_secret_request();
                 }
+                key.usage
+                    .record(now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
                 let identity = Identity {
                     id: key.id_header.clone(),
                     access: key.access,

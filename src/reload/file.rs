@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::fingerprint::Fingerprint;
 use super::{Hangup, Publisher, Report, poll_files};
-use crate::keys::{KeyHash, KeyIndex, StoreSnapshot};
+use crate::keys::{KeyHash, StoreSnapshot};
 use crate::store::{FileStore, StoreError, read_text};
 
 /// How often the watcher looks at the files.
@@ -98,7 +98,7 @@ impl FileWatcher {
         }
         self.revoked_seen.extend(snapshot.revoked.iter().copied());
         snapshot.revoked.clone_from(&self.revoked_seen);
-        let index = KeyIndex::build(&snapshot);
+        let index = self.publisher.build(&snapshot);
         let stats = self.diff(&snapshot);
         let label = store.path().display().to_string();
         self.publisher.full(

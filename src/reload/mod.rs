@@ -17,6 +17,7 @@ pub mod file;
 mod fingerprint;
 pub mod postgres;
 mod snapshot;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -26,8 +27,9 @@ use tokio::sync::watch;
 pub use certs::CertWatcher;
 pub use file::{FileWatcher, POLL_INTERVAL, ReloadStats};
 pub use postgres::PgSync;
+pub use usage::UsageFile;
 
-use crate::keys::{Access, KeyIndex, SharedIndex};
+use crate::keys::{Access, KeyIndex, SharedIndex, StoreSnapshot, UsageTable};
 use crate::metrics::{Health, Metrics, unix_ms};
 use crate::store::StoreError;
 
@@ -67,6 +69,16 @@ impl Publisher {
     /// The index requests see now.
     pub fn current(&self) -> Arc<KeyIndex> {
         self.index.load_full()
+    }
+
+    /// The usage counters every index of this process shares.
+    pub fn usage(&self) -> Arc<UsageTable> {
+        self.index.load().usage().clone()
+    }
+
+    /// Builds an index of `snapshot` counting in this process's usage table.
+    pub fn build(&self, snapshot: &StoreSnapshot) -> KeyIndex {
+        KeyIndex::build_with_usage(snapshot, self.usage())
     }
 
     pub fn is_loaded(&self) -> bool {

@@ -18,7 +18,7 @@
 //! of its own (`spawn`), so decoding a million rows never holds a request
 //! worker.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::time::{Duration, SystemTime};
 
@@ -28,7 +28,7 @@ use tokio_postgres::{Client, IsolationLevel};
 
 use super::snapshot::LocalSnapshot;
 use super::{Hangup, Publisher, Report};
-use crate::keys::{KeyHash, KeyIndex, StoreSnapshot};
+use crate::keys::{KeyHash, KeyIndex, StoreSnapshot, UsageSample};
 use crate::metrics::unix_ms;
 use crate::store::StoreError;
 use crate::store::postgres::{self, PgStore, schema};
@@ -54,6 +54,11 @@ pub struct PgSync {
     /// a restored older database cannot bring a deleted key back here.
     revoked_seen: HashSet<KeyHash>,
     snapshot: Option<LocalSnapshot>,
+    /// Usage as last added to the database, to send only what is new.
+    usage_flushed: HashMap<String, UsageSample>,
+    /// A failed usage write was logged; the next one is logged only after
+    /// a success.
+    usage_warned: bool,
 }
 
 impl PgSync {
@@ -65,6 +70,8 @@ impl PgSync {
             version: None,
             revoked_seen: HashSet::new(),
             snapshot: None,
+            usage_flushed: HashMap::new(),
+            usage_warned: false,
         }
     }
 
@@ -103,7 +110,8 @@ impl PgSync {
                 snapshot.revoked.clone_from(&self.revoked_seen);
                 let keys = snapshot.keys.len();
                 let started = Instant::now();
-                match build_off_thread(move || KeyIndex::build(&snapshot)).await {
+                let usage = self.publisher.usage();
+                match build_off_thread(move || KeyIndex::build_with_usage(&snapshot, usage)).await {
                     Ok(index) => {
                         self.publisher.full(
                             index,
@@ -225,6 +233,8 @@ impl PgSync {
         // retried within a second, whatever the resync interval.
         let mut snapshot_tick = tokio::time::interval(Duration::from_secs(1));
         snapshot_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut usage_tick = tokio::time::interval(super::usage::FLUSH_INTERVAL);
+        usage_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 n = changed.recv() => if n.is_none() {
@@ -238,9 +248,53 @@ impl PgSync {
                     self.write_snapshot(false);
                     continue;
                 }
+                _ = usage_tick.tick() => {
+                    self.flush_usage(&client).await;
+                    continue;
+                }
             }
             self.sync(&mut client, false).await?;
             self.write_snapshot(false);
+        }
+    }
+
+    /// Adds what was counted since the last flush to `keygate_usage`. A
+    /// failure (a schema before version 4, a role without the grant) is
+    /// logged once and retried with the next flush; requests never wait on it.
+    async fn flush_usage(&mut self, client: &Client) {
+        let samples = self.publisher.usage().samples();
+        let deltas: Vec<(String, UsageSample)> = samples
+            .iter()
+            .filter_map(|(id, now)| {
+                let before = self.usage_flushed.get(id).copied().unwrap_or_default();
+                (*now != before).then(|| {
+                    let delta = UsageSample {
+                        last_used: now.last_used,
+                        requests: now.requests.saturating_sub(before.requests),
+                    };
+                    (id.clone(), delta)
+                })
+            })
+            .collect();
+        if deltas.is_empty() {
+            return;
+        }
+        match timeout(
+            CONNECT_TIMEOUT,
+            postgres::add_usage(client, &self.store, &deltas),
+        )
+        .await
+        {
+            Ok(Ok(())) => {
+                self.usage_flushed = samples.into_iter().collect();
+                self.usage_warned = false;
+            }
+            Ok(Err(e)) if !self.usage_warned => {
+                self.usage_warned = true;
+                tracing::warn!(error = %e, "cannot write key usage to the key store; will retry (is the schema migrated, may this role write keygate_usage?)");
+            }
+            Ok(Err(_)) => {}
+            Err(_) => tracing::warn!("writing key usage to the key store timed out; will retry"),
         }
     }
 
@@ -298,7 +352,9 @@ impl PgSync {
                 if let Some(snap) = &mut self.snapshot {
                     snap.mirror_full(&snapshot);
                 }
-                let index = build_off_thread(move || KeyIndex::build(&snapshot)).await?;
+                let usage = self.publisher.usage();
+                let index =
+                    build_off_thread(move || KeyIndex::build_with_usage(&snapshot, usage)).await?;
                 let cause = if self.version.is_none() {
                     "start"
                 } else {

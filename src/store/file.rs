@@ -160,6 +160,33 @@ impl FileStore {
         })
     }
 
+    /// `keys.usage` beside the store (same stem): what the gateway counted.
+    pub fn usage_path(&self) -> PathBuf {
+        self.path.with_extension("usage")
+    }
+
+    /// The persisted usage, by id; none if the gateway has written none.
+    pub fn load_usage(&self) -> Result<Vec<(String, crate::keys::UsageSample)>, StoreError> {
+        let path = self.usage_path();
+        match read_text(&path) {
+            Ok(text) => {
+                storefile::parse_usage(&text).map_err(|error| StoreError::Invalid { path, error })
+            }
+            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces `keys.usage` atomically (no lock: only the gateway writes it).
+    pub fn write_usage(
+        &self,
+        samples: &[(String, crate::keys::UsageSample)],
+    ) -> Result<(), StoreError> {
+        write_atomic(&self.usage_path(), &storefile::render_usage(samples))
+    }
+
     /// Appends `lines` (whole revocation list lines) and syncs the file.
     fn append_revoked(&self, lines: &str) -> Result<(), StoreError> {
         let path = self.revoked_path();

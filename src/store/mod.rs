@@ -139,6 +139,19 @@ impl Store {
         }
     }
 
+    /// Every key's recorded usage, by id: `keys.usage` beside a file store
+    /// (what its gateway wrote), or the fleet's, merged, from PostgreSQL.
+    pub fn usage(
+        &self,
+    ) -> Result<std::collections::HashMap<String, crate::keys::UsageSample>, StoreError> {
+        Ok(match self {
+            Store::File(f) => f.load_usage()?,
+            Store::Postgres(p) => p.usage()?,
+        }
+        .into_iter()
+        .collect())
+    }
+
     /// Gives a key a new secret (its hash); the current one stays valid
     /// until `until` (`None`: no grace), an earlier previous one ends now.
     /// See `KeySet::rotate`.

@@ -47,7 +47,7 @@ pub(super) fn create(
         .collect::<Result<Vec<_>, _>>()?;
     let (record, secret) = create_key(&t.store, t.prefix(), name, access, expires, origins, now)?;
     if json {
-        let mut v = key_json(&record);
+        let mut v = key_json(&record, None);
         v["key"] = json!(secret);
         writeln!(out, "{v}")?;
     } else {

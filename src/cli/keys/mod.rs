@@ -11,6 +11,7 @@ mod update;
 
 pub(crate) use create::create_key;
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -20,7 +21,7 @@ use serde_json::json;
 use super::{CliError, snippet};
 use crate::config::{Config, StoreLocation};
 use crate::keys::record::format_time;
-use crate::keys::{Access, KeyRecord};
+use crate::keys::{Access, KeyRecord, UsageSample};
 use crate::store::Store;
 
 #[derive(Debug, Args)]
@@ -198,7 +199,11 @@ pub fn run(args: KeysArgs) -> Result<(), CliError> {
     }
 }
 
-fn key_json(r: &KeyRecord) -> serde_json::Value {
+/// A key as JSON, with its recorded use when known.
+fn key_json(r: &KeyRecord, usage: Option<&UsageSample>) -> serde_json::Value {
+    let last_used = usage
+        .and_then(|u| u.last_used)
+        .map(|t| format_time(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)));
     json!({
         "id": r.id.as_str(),
         "name": r.name,
@@ -207,6 +212,16 @@ fn key_json(r: &KeyRecord) -> serde_json::Value {
         "expires": r.expires.map(format_time),
         "origins": r.origins,
         "rotating_until": r.previous.map(|p| format_time(p.until)),
+        "last_used": last_used,
+    })
+}
+
+/// The recorded use of every key. Usage is a help, not the store: if it
+/// cannot be read, the command goes on without it and says so once.
+fn usage(t: &Target) -> HashMap<String, UsageSample> {
+    t.store.usage().unwrap_or_else(|e| {
+        eprintln!("keygate: warning: key usage not shown: {e}");
+        HashMap::new()
     })
 }
 

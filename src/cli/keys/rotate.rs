@@ -28,7 +28,7 @@ pub(super) fn rotate(
         .store
         .rotate(id, KeyHash::of(secret.as_bytes()), until, now)?;
     if json {
-        let mut v = key_json(&record);
+        let mut v = key_json(&record, None);
         v["key"] = json!(secret);
         writeln!(out, "{v}")?;
         return Ok(());

@@ -3,14 +3,20 @@
 
 use std::io::Write;
 
-use super::{Target, find, key_json, load};
+use super::{Target, find, key_json, load, usage};
 use crate::cli::CliError;
+use crate::keys::UsageSample;
 use crate::keys::record::format_time;
 
 pub(super) fn list(t: &Target, out: &mut impl Write, json: bool) -> Result<(), CliError> {
     let keys = load(t)?;
+    let used = usage(t);
     if json {
-        let all: Vec<_> = keys.records().iter().map(key_json).collect();
+        let all: Vec<_> = keys
+            .records()
+            .iter()
+            .map(|r| key_json(r, used.get(r.id.as_str())))
+            .collect();
         writeln!(out, "{}", serde_json::Value::Array(all))?;
         return Ok(());
     }
@@ -24,18 +30,20 @@ pub(super) fn list(t: &Target, out: &mut impl Write, json: bool) -> Result<(), C
     }
     writeln!(
         out,
-        "{:<32}  {:<11}  {:<20}  {:<20}  NAME",
-        "ID", "ACCESS", "CREATED", "EXPIRES"
+        "{:<32}  {:<11}  {:<20}  {:<20}  {:<20}  NAME",
+        "ID", "ACCESS", "CREATED", "EXPIRES", "LAST USED"
     )?;
     for r in keys.records() {
         let expires = r.expires.map_or_else(|| "-".to_string(), format_time);
+        let last = last_used(used.get(r.id.as_str())).unwrap_or_else(|| "-".into());
         writeln!(
             out,
-            "{:<32}  {:<11}  {:<20}  {:<20}  {}",
+            "{:<32}  {:<11}  {:<20}  {:<20}  {:<20}  {}",
             r.id,
             r.access,
             format_time(r.created),
             expires,
+            last,
             r.name
         )?;
     }
@@ -44,8 +52,10 @@ pub(super) fn list(t: &Target, out: &mut impl Write, json: bool) -> Result<(), C
 
 pub(super) fn show(t: &Target, out: &mut impl Write, id: &str, json: bool) -> Result<(), CliError> {
     let r = find(t, id)?;
+    let used = usage(t);
+    let used = used.get(r.id.as_str());
     if json {
-        writeln!(out, "{}", key_json(&r))?;
+        writeln!(out, "{}", key_json(&r, used))?;
         return Ok(());
     }
     writeln!(out, "id:       {}", r.id)?;
@@ -68,6 +78,14 @@ pub(super) fn show(t: &Target, out: &mut impl Write, id: &str, json: bool) -> Re
     )?;
     writeln!(
         out,
+        "used:     {}",
+        match (last_used(used), used.map_or(0, |u| u.requests)) {
+            (Some(t), n) => format!("last {t}, {n} allowed request(s) recorded"),
+            (None, _) => "never (as far as the gateway has recorded)".to_string(),
+        }
+    )?;
+    writeln!(
+        out,
         "hash:     {} (BLAKE3, fingerprint)",
         r.hash.fingerprint()
     )?;
@@ -80,4 +98,10 @@ pub(super) fn show(t: &Target, out: &mut impl Write, id: &str, json: bool) -> Re
         )?;
     }
     Ok(())
+}
+
+fn last_used(usage: Option<&UsageSample>) -> Option<String> {
+    usage
+        .and_then(|u| u.last_used)
+        .map(|t| format_time(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)))
 }

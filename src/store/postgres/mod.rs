@@ -26,6 +26,7 @@ use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+pub use rows::add_usage;
 pub use rows::{BadRows, Changes, load_changes, load_snapshot, state_version};
 
 use super::{StoreError, StoreSnapshot};
@@ -243,6 +244,15 @@ impl PgStore {
             let client = self.connect("keygate-cli", None).await?;
             schema::require_current(&client, self).await?;
             Ok(rows::load_ids(&client, self, &[id]).await?.pop())
+        })
+    }
+
+    /// Every key's usage, merged across the fleet.
+    pub fn usage(&self) -> Result<Vec<(String, crate::keys::UsageSample)>, StoreError> {
+        self.block_on(async {
+            let client = self.connect("keygate-cli", None).await?;
+            schema::require_current(&client, self).await?;
+            rows::load_usage(&client, self).await
         })
     }
 

@@ -173,6 +173,72 @@ async fn revoked_rows(
         .collect()
 }
 
+/// Adds a gateway's usage since its last flush: per key, the last allowed
+/// request (the later one wins) and the requests counted since.
+pub async fn add_usage(
+    client: &impl GenericClient,
+    store: &PgStore,
+    deltas: &[(String, crate::keys::UsageSample)],
+) -> Result<(), StoreError> {
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = deltas.iter().map(|(id, _)| id.as_str()).collect();
+    let last: Vec<Option<SystemTime>> = deltas
+        .iter()
+        .map(|(_, s)| {
+            s.last_used
+                .map(|t| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t))
+        })
+        .collect();
+    let requests: Vec<i64> = deltas
+        .iter()
+        .map(|(_, s)| i64::try_from(s.requests).unwrap_or(i64::MAX))
+        .collect();
+    client
+        .execute(
+            "INSERT INTO keygate_usage (id, last_used, requests)
+             SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bigint[])
+             ON CONFLICT (id) DO UPDATE SET
+                 last_used = GREATEST(keygate_usage.last_used, EXCLUDED.last_used),
+                 requests = keygate_usage.requests + EXCLUDED.requests",
+            &[&ids, &last, &requests],
+        )
+        .await
+        .map_err(|e| db_err(store, "write key usage", &e))?;
+    Ok(())
+}
+
+/// The fleet's usage of every key.
+pub(crate) async fn load_usage(
+    client: &impl GenericClient,
+    store: &PgStore,
+) -> Result<Vec<(String, crate::keys::UsageSample)>, StoreError> {
+    let err = |e| db_err(store, "read key usage", &e);
+    let rows = client
+        .query(
+            "SELECT id, last_used, requests FROM keygate_usage ORDER BY id",
+            &[],
+        )
+        .await
+        .map_err(err)?;
+    rows.iter()
+        .map(|row| {
+            let last: Option<SystemTime> = row.try_get(1).map_err(err)?;
+            let requests: i64 = row.try_get(2).map_err(err)?;
+            Ok((
+                row.try_get::<_, String>(0).map_err(err)?,
+                crate::keys::UsageSample {
+                    last_used: last
+                        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs()),
+                    requests: u64::try_from(requests).unwrap_or(0),
+                },
+            ))
+        })
+        .collect()
+}
+
 /// Rotates key `id` in one transaction (see `KeySet::rotate`): the hashes it
 /// stops accepting are revoked first, each from its time (an existing
 /// revocation only moves sooner), then the row takes the new hash.

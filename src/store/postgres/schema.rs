@@ -30,6 +30,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("keys, revocations and the change counter", V1),
     ("no NULL inside a key's origins", V2),
     ("rotation: a previous secret with a grace period", V3),
+    ("key usage, merged across the fleet", V4),
 ];
 
 /// The schema version this build reads and writes.
@@ -109,6 +110,18 @@ BEGIN
     NEW.version := keygate_tx_version();
     RETURN NEW;
 END $$;
+"#;
+
+/// Key usage: the last allowed request and the count, merged from every
+/// gateway (latest time wins, counts add up). Not part of the change
+/// counter: usage is written every few seconds and nobody follows it live.
+/// Gateways need INSERT and UPDATE on this table only.
+const V4: &str = r#"
+CREATE TABLE keygate_usage (
+    id text PRIMARY KEY CHECK (id ~ '^[a-z0-9_]{1,32}$'),
+    last_used timestamptz,
+    requests bigint NOT NULL DEFAULT 0 CHECK (requests >= 0)
+);
 "#;
 
 const V1: &str = r#"
