@@ -358,3 +358,72 @@ async fn streaming_h2c_uploads_into_a_stalled_upstream_stay_within_the_memory_bo
     assert_eq!(r.code(), "missing_key");
     uploads.abort_all();
 }
+
+/// An upstream that answers at once (a head and a first chunk) and then
+/// keeps reading whatever request body comes, never finishing the response.
+async fn answering_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
+                if tcp.write_all(head).await.is_err() {
+                    return;
+                }
+                while let Ok(n) = tcp.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_client_silent_after_the_response_started_is_cut_and_not_blamed_on_the_upstream() {
+    let upstream = answering_upstream().await;
+    let setup = Setup {
+        server: "body_timeout = \"400ms\"".into(),
+        ..Setup::default()
+    };
+    let gw = TestGateway::start_with(&format!("http://{upstream}"), setup);
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /stream HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\ncontent-length: 100\r\n\r\n",
+        gw.keys.full
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(b"ten bytes.").await.unwrap();
+    let started = Instant::now();
+    let out = read_all(&mut tcp, Duration::from_secs(5)).await;
+    let took = started.elapsed();
+    // The response had started: the connection is closed, never completed.
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("hello"), "{out}");
+    assert!(
+        !out.ends_with("0\r\n\r\n"),
+        "the response was completed: {out:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+    eprintln!("silent client with the response started: closed after {took:?}");
+    assert_eq!(
+        metric(gw.ops, "keygate_upstream_errors_total{kind=\"protocol\"}").await,
+        0.0
+    );
+    // Still serving (this upstream never finishes a response: a denial).
+    assert_eq!(get(&gw.url("/"), &[]).await.code(), "missing_key");
+}

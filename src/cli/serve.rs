@@ -49,11 +49,14 @@ async fn run_gateway(
     config: Config,
     on_ready: impl FnOnce(SocketAddr, SocketAddr),
 ) -> Result<(), CliError> {
-    let metrics = Arc::new(
-        Metrics::new()
-            .map_err(|e| CliError::user(format!("metrics: {e}")))?
-            .with_log_dropped(&logging::DROPPED),
-    );
+    let metrics_error = |e| CliError::user(format!("metrics: {e}"));
+    let mut metrics = Metrics::new()
+        .map_err(metrics_error)?
+        .with_log_dropped(&logging::DROPPED);
+    if config.metrics.per_key {
+        metrics = metrics.with_per_key().map_err(metrics_error)?;
+    }
+    let metrics = Arc::new(metrics);
     let health = Arc::new(Health::default());
     let index = Arc::new(ArcSwap::from_pointee(KeyIndex::default()));
     let publisher = Publisher::new(index.clone(), metrics.clone(), health.clone());

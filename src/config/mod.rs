@@ -147,6 +147,9 @@ pub struct CorsConfig {
 #[derive(Debug, Clone)]
 pub struct MetricsConfig {
     pub listen: SocketAddr,
+    /// `keygate_key_requests_total{key_id, decision}`: off by default, one
+    /// series per key and decision.
+    pub per_key: bool,
 }
 
 #[derive(Debug, Clone)]

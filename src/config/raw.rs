@@ -133,6 +133,7 @@ pub struct RawCors {
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
     pub listen: Option<std::net::SocketAddr>,
+    pub per_key: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

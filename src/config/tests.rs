@@ -176,3 +176,17 @@ fn read_timeout_defaults_to_response_timeout_and_zero_timeouts_are_refused() {
     assert!(err(&with("response_timeout = \"0s\"")).contains("upstream.response_timeout"));
     assert!(err(&with("read_timeout = \"0s\"")).contains("upstream.read_timeout"));
 }
+
+#[test]
+fn per_key_metrics_are_off_unless_asked_for() {
+    assert!(
+        !parse(MINIMAL)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .metrics
+            .per_key
+    );
+    let on =
+        parse(&format!("{MINIMAL}[metrics]\nper_key = true\n")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(on.metrics.per_key);
+    assert!(err(&format!("{MINIMAL}[metrics]\nper_key = \"yes\"\n")).contains("per_key"));
+}

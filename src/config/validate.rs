@@ -281,6 +281,7 @@ pub(super) fn validate(
                 .metrics
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
+            per_key: raw.metrics.per_key.unwrap_or(false),
         },
         log: LogConfig {
             format: raw.log.format.unwrap_or_default(),

@@ -141,6 +141,8 @@ pub struct Metrics {
     store_last_sync_ms: AtomicU64,
     log_dropped: IntCounter,
     previous_secret_requests: IntCounter,
+    /// `keygate_key_requests_total{key_id, decision}`, with `[metrics] per_key`.
+    key_requests: Option<IntCounterVec>,
     /// Where the dropped-lines count lives (the log writer's own counter).
     log_dropped_source: Option<&'static AtomicU64>,
     /// Two scrapes at once must not both add the same difference.
@@ -286,6 +288,7 @@ impl Metrics {
             store_last_sync_ms: AtomicU64::new(0),
             log_dropped,
             previous_secret_requests,
+            key_requests: None,
             log_dropped_source: None,
             log_dropped_sync: std::sync::Mutex::new(()),
         })
@@ -296,6 +299,28 @@ impl Metrics {
         let i = decision.index();
         self.decisions[i][access as usize].inc();
         self.durations[i].observe(seconds);
+    }
+
+    /// Also counts requests per key (`[metrics] per_key`): one series per
+    /// key and decision, so off by default (cardinality).
+    pub fn with_per_key(mut self) -> Result<Self, prometheus::Error> {
+        let vec = IntCounterVec::new(
+            Opts::new(
+                "keygate_key_requests_total",
+                "Requests by key id and gateway decision (only with [metrics] per_key = true).",
+            ),
+            &["key_id", "decision"],
+        )?;
+        self.registry.register(Box::new(vec.clone()))?;
+        self.key_requests = Some(vec);
+        Ok(self)
+    }
+
+    /// One request decided for a known key (per-key counting only).
+    pub fn key_request(&self, key_id: &str, decision: DecisionLabel) {
+        if let Some(vec) = &self.key_requests {
+            vec.with_label_values(&[key_id, decision.as_str()]).inc();
+        }
     }
 
     /// An allowed request used a rotated key's previous secret.

@@ -16,13 +16,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use super::stall::Stall;
+use super::upstream::Progress;
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 enum Inner {
-    Upstream(Incoming, Stall),
+    Upstream(Incoming, Stall, Arc<Progress>),
     Bytes(Option<Bytes>),
 }
 
@@ -63,10 +64,16 @@ impl ProxyBody {
         }
     }
 
-    /// An upstream body, streamed through; cut after `read_timeout` of silence.
-    pub fn upstream(body: Incoming, metrics: Arc<Metrics>, read_timeout: Duration) -> Self {
+    /// An upstream body, streamed through; cut after `read_timeout` of
+    /// silence. `progress` tells whether the client broke the exchange.
+    pub fn upstream(
+        body: Incoming,
+        metrics: Arc<Metrics>,
+        read_timeout: Duration,
+        progress: Arc<Progress>,
+    ) -> Self {
         ProxyBody {
-            inner: Inner::Upstream(body, Stall::new(read_timeout)),
+            inner: Inner::Upstream(body, Stall::new(read_timeout), progress),
             metrics: Some(metrics),
         }
     }
@@ -83,10 +90,14 @@ impl Body for ProxyBody {
         let this = self.get_mut();
         match &mut this.inner {
             Inner::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Upstream(body, stall) => match Pin::new(body).poll_frame(cx) {
+            Inner::Upstream(body, stall, progress) => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(frame) => {
                     stall.progressed();
-                    if let (Some(Err(_)), Some(m)) = (&frame, &this.metrics) {
+                    // A client silent mid-upload made the exchange fail
+                    // (the request was cut): not the upstream's fault.
+                    if let (Some(Err(_)), Some(m)) = (&frame, &this.metrics)
+                        && !progress.client_timed_out()
+                    {
                         m.upstream_error(UpstreamErrorKind::Protocol);
                     }
                     Poll::Ready(frame.map(|r| r.map_err(BodyError::from)))
@@ -108,14 +119,14 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Bytes(b) => b.is_none(),
-            Inner::Upstream(body, _) => body.is_end_stream(),
+            Inner::Upstream(body, ..) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Inner::Upstream(body, _) => body.size_hint(),
+            Inner::Upstream(body, ..) => body.size_hint(),
         }
     }
 }

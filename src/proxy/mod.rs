@@ -83,6 +83,13 @@ pub struct Gateway {
     tunnel_idle: std::time::Duration,
 }
 
+/// The key a request was decided for, when the gateway knew it: what its
+/// metrics are labelled with.
+struct DecidedKey {
+    id: HeaderValue,
+    access: Access,
+}
+
 /// What an allowed request carries to the forwarder, owned so that the
 /// request itself can move.
 struct Identity {
@@ -126,7 +133,7 @@ impl Gateway {
     {
         let started = Instant::now();
         let origin = req.headers().get(ORIGIN).cloned();
-        let (outcome, access) = self.route(req, conn).await;
+        let (outcome, key) = self.route(req, conn).await;
         let (mut response, label) = match outcome {
             Routed::Forwarded(response, label) => (response, label),
             Routed::Answered(answer, request_headers) => {
@@ -134,13 +141,18 @@ impl Gateway {
             }
         };
         respond::add_cors(&mut response, origin.as_ref(), self.settings.cors.as_ref());
+        let access = key.as_ref().map(|k| k.access);
         self.metrics
             .record_decision(label, access_label(access), started.elapsed().as_secs_f64());
+        if let Some(k) = &key {
+            self.metrics
+                .key_request(k.id.to_str().unwrap_or_default(), label);
+        }
         response
     }
 
     /// Decides, logs a refusal, and forwards what is allowed.
-    async fn route<B>(&self, req: Request<B>, conn: &ConnInfo) -> (Routed<'_>, Option<Access>)
+    async fn route<B>(&self, req: Request<B>, conn: &ConnInfo) -> (Routed<'_>, Option<DecidedKey>)
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BodyError>,
@@ -191,8 +203,11 @@ impl Gateway {
                     source,
                 };
                 drop(index);
-                let access = Some(identity.access);
-                (self.forward(req, conn, Some(identity), label).await, access)
+                let caller = Some(DecidedKey {
+                    id: identity.id.clone(),
+                    access: identity.access,
+                });
+                (self.forward(req, conn, Some(identity), label).await, caller)
             }
             Decision::Deny { rejection, key } => {
                 tracing::info!(
@@ -204,7 +219,10 @@ impl Gateway {
                     client.addr = %conn.peer,
                     "request denied"
                 );
-                let access = key.map(|k| k.access);
+                let access = key.map(|k| DecidedKey {
+                    id: k.id_header.clone(),
+                    access: k.access,
+                });
                 drop(index);
                 (answered(Answer::Rejected(rejection), req), access)
             }
@@ -280,8 +298,12 @@ impl Gateway {
         parts.version = Version::HTTP_11;
 
         let body = body.map_err(Into::into).boxed_unsync();
-        let mut response = match self.upstream.send(Request::from_parts(parts, body)).await {
-            Ok(r) => r,
+        let (mut response, progress) = match self
+            .upstream
+            .send(Request::from_parts(parts, body))
+            .await
+        {
+            Ok(sent) => sent,
             Err(failed) => {
                 match failed.kind {
                     Some(kind) => {
@@ -319,7 +341,12 @@ impl Gateway {
         Routed::Forwarded(
             Response::from_parts(
                 parts,
-                ProxyBody::upstream(body, self.metrics.clone(), self.upstream.read_timeout()),
+                ProxyBody::upstream(
+                    body,
+                    self.metrics.clone(),
+                    self.upstream.read_timeout(),
+                    progress,
+                ),
             ),
             label,
         )

@@ -106,6 +106,10 @@ fn secret() -> String {
 }
 
 async fn pipeline(extra: &str) -> Pipeline {
+    pipeline_with(extra, Metrics::new().unwrap_or_else(|e| panic!("{e}"))).await
+}
+
+async fn pipeline_with(extra: &str, metrics: Metrics) -> Pipeline {
     let upstream = echo_upstream().await;
     let text =
         format!("[upstream]\nurl = \"http://{upstream}\"\nresponse_timeout = \"5s\"\n{extra}");
@@ -126,7 +130,7 @@ async fn pipeline(extra: &str) -> Pipeline {
         revoked: HashSet::from([KeyHash::of(revoked.as_bytes())]),
         revoked_later: Default::default(),
     });
-    let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("{e}")));
+    let metrics = Arc::new(metrics);
     let gateway = Gateway::new(
         &config,
         Arc::new(ArcSwap::from_pointee(index)),
@@ -447,4 +451,38 @@ async fn too_many_http2_header_fields_is_a_counted_431_with_cors() {
     assert_eq!(r.status().as_u16(), 431);
     assert!(r.headers().contains_key("access-control-allow-origin"));
     assert!(p.series(r#"keygate_decisions_total{access="none",decision="headers_too_large"} 1"#));
+}
+
+#[tokio::test]
+async fn per_key_counting_is_off_by_default_and_labels_known_keys_when_on() {
+    let p = pipeline("").await;
+    p.send(Method::GET, &[("x-api-key", &p.read_only)], "")
+        .await;
+    assert!(!p.metrics.render().contains("keygate_key_requests_total"));
+
+    let per_key = Metrics::new()
+        .and_then(Metrics::with_per_key)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let p = pipeline_with("", per_key).await;
+    p.send(Method::GET, &[("x-api-key", &p.read_only)], "")
+        .await;
+    p.send(Method::POST, &[("x-api-key", &p.read_only)], "")
+        .await;
+    p.send(Method::GET, &[("x-api-key", "kg_not_a_key")], "")
+        .await;
+    for line in [
+        r#"keygate_key_requests_total{decision="allowed",key_id="ro"} 1"#,
+        r#"keygate_key_requests_total{decision="read_only_method",key_id="ro"} 1"#,
+    ] {
+        assert!(p.series(line), "missing {line}");
+    }
+    // No series for a request whose key is not known.
+    assert_eq!(
+        p.metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("keygate_key_requests_total{"))
+            .count(),
+        2
+    );
 }

@@ -141,7 +141,13 @@ impl Upstream {
 
     /// Sends a request and waits for the response head, within the bounds
     /// described at the top of this file.
-    pub async fn send(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, SendError> {
+    /// With the response, the request's `Progress`: its body may still be
+    /// on its way (and the client may still go silent) while the response
+    /// streams back.
+    pub async fn send(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Arc<Progress>), SendError> {
         let progress = Arc::new(Progress::new());
         let req = req.map(|inner| SentBody {
             inner,
@@ -151,7 +157,7 @@ impl Upstream {
         let fail = |error, kind| SendError { error, kind };
         tokio::select! {
             result = self.client.request(req) => match result {
-                Ok(resp) => Ok(resp),
+                Ok(resp) => Ok((resp, progress.clone())),
                 Err(_) if progress.client_timed_out.load(Ordering::Acquire) => {
                     Err(fail(ProxyError::RequestTimeout, None))
                 }
@@ -167,7 +173,7 @@ impl Upstream {
 
 /// Where a forwarded request stands, shared by its body (which moves it on)
 /// and the response timer (which reads it).
-struct Progress {
+pub struct Progress {
     started: Instant,
     /// One of the `AWAITING_*` states below.
     state: AtomicU8,
@@ -189,6 +195,12 @@ impl Progress {
             since_ms: AtomicU64::new(0),
             client_timed_out: AtomicBool::new(false),
         }
+    }
+
+    /// True once the client went silent mid-body for `server.body_timeout`:
+    /// whatever breaks after that is the client's doing, not the upstream's.
+    pub fn client_timed_out(&self) -> bool {
+        self.client_timed_out.load(Ordering::Acquire)
     }
 
     fn set(&self, state: u8) {
