@@ -210,12 +210,6 @@ impl Hangup {
         Hangup(rx)
     }
 
-    /// A hangup that never comes (tests, tools).
-    pub fn never() -> Hangup {
-        // With the sender gone, `recv` pends for ever.
-        Hangup(watch::channel(0u64).1)
-    }
-
     /// Waits for the next SIGHUP (for ever once the handler is gone).
     pub async fn recv(&mut self) {
         if self.0.changed().await.is_err() {

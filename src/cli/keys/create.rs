@@ -56,13 +56,7 @@ pub(super) fn create(
             "Created {} key {} ({:?}).",
             record.access, record.id, record.name
         )?;
-        writeln!(out)?;
-        writeln!(out, "    {secret}")?;
-        writeln!(out)?;
-        writeln!(
-            out,
-            "Store this key now: it is shown only this once (keygate keeps only its hash)."
-        )?;
+        super::print_secret(out, &secret)?;
         if access == Access::FullAccess {
             writeln!(
                 out,

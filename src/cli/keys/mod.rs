@@ -199,6 +199,17 @@ pub fn run(args: KeysArgs) -> Result<(), CliError> {
     }
 }
 
+/// A new secret, set apart, with the warning that it is shown only once.
+fn print_secret(out: &mut impl Write, secret: &str) -> std::io::Result<()> {
+    writeln!(out)?;
+    writeln!(out, "    {secret}")?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Store this key now: it is shown only this once (keygate keeps only its hash)."
+    )
+}
+
 /// A key as JSON, with its recorded use when known.
 fn key_json(r: &KeyRecord, usage: Option<&UsageSample>) -> serde_json::Value {
     let last_used = usage

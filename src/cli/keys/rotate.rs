@@ -34,13 +34,7 @@ pub(super) fn rotate(
         return Ok(());
     }
     writeln!(out, "Rotated key {} ({:?}).", record.id, record.name)?;
-    writeln!(out)?;
-    writeln!(out, "    {secret}")?;
-    writeln!(out)?;
-    writeln!(
-        out,
-        "Store this key now: it is shown only this once (keygate keeps only its hash)."
-    )?;
+    super::print_secret(out, &secret)?;
     match record.previous {
         Some(p) => writeln!(
             out,

@@ -287,13 +287,7 @@ impl PgStore {
             schema::require_current(&client, self).await?;
             let err = |e| db_err(self, "write the keys", &e);
             let tx = client.transaction().await.map_err(err)?;
-            // An operator's transaction left open by hand must not hang the CLI.
-            tx.batch_execute(
-                "SET LOCAL lock_timeout = '15s';
-                 LOCK TABLE keygate_keys IN SHARE ROW EXCLUSIVE MODE",
-            )
-            .await
-            .map_err(err)?;
+            tx.batch_execute(rows::WRITER_LOCK).await.map_err(err)?;
             let before = match scope {
                 None => load_snapshot(&tx, self, BadRows::Refuse).await?.0,
                 Some(ids) => {

@@ -16,6 +16,12 @@ use crate::store::StoreError;
 
 const KEY_COLUMNS: &str =
     "id, name, access, hash, created, expires, origins, previous_hash, rotating_until";
+/// What every writing transaction starts with: writers serialise on the
+/// keys table (gateways' reads do not wait), and an operator's transaction
+/// left open by hand must not hang the CLI.
+pub(super) const WRITER_LOCK: &str = "SET LOCAL lock_timeout = '15s';
+     LOCK TABLE keygate_keys IN SHARE ROW EXCLUSIVE MODE";
+
 /// Rows per bulk insert statement (an import of 100k keys is 20 statements).
 const INSERT_CHUNK: usize = 5000;
 
@@ -252,12 +258,7 @@ pub(super) async fn rotate(
 ) -> Result<KeyRecord, StoreError> {
     let err = |e| db_err(store, "rotate the key", &e);
     let tx = client.transaction().await.map_err(err)?;
-    tx.batch_execute(
-        "SET LOCAL lock_timeout = '15s';
-         LOCK TABLE keygate_keys IN SHARE ROW EXCLUSIVE MODE",
-    )
-    .await
-    .map_err(err)?;
+    tx.batch_execute(WRITER_LOCK).await.map_err(err)?;
     let mut keys = KeySet::from_records(load_ids(&tx, store, &[id]).await?)
         .map_err(|(_, e)| StoreError::Database(format!("{}: keygate_keys: {e}", store.label())))?;
     let (record, revoke) = keys.rotate(id, new_hash, until, now)?;
