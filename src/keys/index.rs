@@ -108,7 +108,7 @@ impl IndexDelta {
 fn entries(
     r: &super::KeyRecord,
     later: impl Fn(&KeyHash) -> Option<SystemTime>,
-    usage: &UsageTable,
+    usage: &mut HashMap<String, Arc<KeyUsage>>,
 ) -> Option<(KeyEntry, Option<(KeyHash, KeyEntry)>)> {
     let id_header = HeaderValue::from_str(r.id.as_str()).ok()?;
     let current = KeyEntry {
@@ -118,7 +118,7 @@ fn entries(
         origins: r.origins.clone().into_boxed_slice(),
         not_after: later(&r.hash),
         previous: false,
-        usage: usage.for_key(r.id.as_str()),
+        usage: super::usage::counters(usage, r.id.as_str()),
     };
     let previous = r.previous.map(|p| {
         let until = later(&p.hash).map_or(p.until, |t| t.min(p.until));
@@ -155,8 +155,9 @@ impl KeyIndex {
         );
         let (mut read_only, mut full_access, mut revoked_in_store) = (0, 0, 0);
         let later = |h: &KeyHash| snapshot.revoked_later.get(h).copied();
+        let mut counters = usage.map();
         for r in snapshot.keys.records() {
-            let Some((current, previous)) = entries(r, later, &usage) else {
+            let Some((current, previous)) = entries(r, later, &mut counters) else {
                 continue;
             };
             if let Some((hash, e)) = previous
@@ -174,6 +175,7 @@ impl KeyIndex {
             }
             map.insert(r.hash, Slot::Active(current));
         }
+        drop(counters);
         for h in &snapshot.revoked {
             map.insert(*h, Slot::Revoked);
         }
@@ -206,8 +208,10 @@ impl KeyIndex {
                 .map(|(_, t)| *t)
                 .min()
         };
+        let usage = self.usage.clone();
+        let mut counters = usage.map();
         for r in &delta.upserts {
-            let Some((current, previous)) = entries(r, later, &self.usage) else {
+            let Some((current, previous)) = entries(r, later, &mut counters) else {
                 continue;
             };
             if let Some((hash, e)) = previous

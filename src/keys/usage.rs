@@ -52,14 +52,14 @@ pub struct UsageTable {
 }
 
 impl UsageTable {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<KeyUsage>>> {
+    pub(super) fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<KeyUsage>>> {
         // Counters stay usable even if a panic held the lock: they are atomics.
         self.by_id.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The counters of key `id` (new ones at zero the first time).
     pub fn for_key(&self, id: &str) -> Arc<KeyUsage> {
-        self.map().entry(id.to_string()).or_default().clone()
+        counters(&mut self.map(), id)
     }
 
     /// Starts key `id` from what was persisted: the later last-used time
@@ -93,6 +93,16 @@ impl UsageTable {
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.map().retain(|id, _| keep(id));
     }
+}
+
+/// The counters of `id` in a locked table: an index build locks it once
+/// for all its keys.
+pub(super) fn counters(map: &mut HashMap<String, Arc<KeyUsage>>, id: &str) -> Arc<KeyUsage> {
+    // A reload asks for every key it already knows: no allocation then.
+    if let Some(usage) = map.get(id) {
+        return usage.clone();
+    }
+    map.entry(id.to_string()).or_default().clone()
 }
 
 #[cfg(test)]
