@@ -5,7 +5,6 @@
 mod support;
 use support::*;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use keygate::keys::Access;
@@ -27,36 +26,19 @@ async fn until_status(gw: &TestGateway, key: &str, method: &str, status: u16) ->
     }
 }
 
-fn cli(gw: &TestGateway, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(["keys", "--store", gw.store_path().to_str().unwrap()])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[tokio::test]
 async fn cli_create_downgrade_and_delete_take_effect_within_a_second() {
     let upstream = TestUpstream::start().await;
     let gw = TestGateway::start(&upstream.url());
 
-    let created: serde_json::Value = serde_json::from_str(&cli(
-        &gw,
-        &[
-            "create",
-            "--name",
-            "new",
-            "--access",
-            "full-access",
-            "--json",
-        ],
-    ))
+    let created: serde_json::Value = serde_json::from_str(&gw.keys(&[
+        "create",
+        "--name",
+        "new",
+        "--access",
+        "full-access",
+        "--json",
+    ]))
     .unwrap();
     let (id, key) = (
         created["id"].as_str().unwrap().to_string(),
@@ -67,11 +49,11 @@ async fn cli_create_downgrade_and_delete_take_effect_within_a_second() {
     let took = until_status(&gw, &key, "POST", 200).await;
     assert!(took < Duration::from_secs(1), "create took {took:?}");
 
-    cli(&gw, &["update", &id, "--access", "read-only"]);
+    gw.keys(&["update", &id, "--access", "read-only"]);
     let took = until_status(&gw, &key, "POST", 403).await;
     assert!(took < Duration::from_secs(1), "downgrade took {took:?}");
 
-    cli(&gw, &["delete", &id, "--yes"]);
+    gw.keys(&["delete", &id, "--yes"]);
     let took = until_status(&gw, &key, "GET", 401).await;
     assert!(took < Duration::from_secs(1), "delete took {took:?}");
 }

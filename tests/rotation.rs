@@ -10,7 +10,6 @@ mod support;
 use support::pg::{PgGateway, TestDb, create_key, keys_cli};
 use support::*;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const SOON: Duration = Duration::from_secs(10);
@@ -32,17 +31,7 @@ async fn until_status(url: &str, key: &str, want: u16) {
 }
 
 fn rotate_file(gw: &TestGateway, id: &str, grace: &str) -> serde_json::Value {
-    let out = Command::new(BIN)
-        .args(["keys", "--store", gw.store_path().to_str().unwrap()])
-        .args(["rotate", id, "--grace", grace, "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_str(&gw.keys(&["rotate", id, "--grace", grace, "--json"])).unwrap()
 }
 
 #[tokio::test]
@@ -119,12 +108,8 @@ async fn a_second_rotation_ends_the_first_at_once_and_zero_grace_ends_it_now() {
     until_status(&gw.url("/"), &third, 401).await;
     until_status(&gw.url("/"), &second, 401).await;
     // `show` says nothing is rotating any more.
-    let out = Command::new(BIN)
-        .args(["keys", "--store", gw.store_path().to_str().unwrap()])
-        .args(["show", "ro", "--json"])
-        .output()
-        .unwrap();
-    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shown: serde_json::Value =
+        serde_json::from_str(&gw.keys(&["show", "ro", "--json"])).unwrap();
     assert!(shown["rotating_until"].is_null(), "{shown}");
 }
 

@@ -13,17 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn show(gw: &TestGateway, id: &str) -> serde_json::Value {
-    let out = Command::new(BIN)
-        .args(["keys", "--store", gw.store_path().to_str().unwrap()])
-        .args(["show", id, "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_str(&gw.keys(&["show", id, "--json"])).unwrap()
 }
 
 #[tokio::test]
@@ -92,11 +82,7 @@ async fn usage_is_recorded_beside_a_file_store_and_survives_a_restart() {
             .any(|l| l.starts_with("ro ") && l.ends_with(" 4")),
         "{usage}"
     );
-    let list = Command::new(BIN)
-        .args(["keys", "--store", gw.store_path().to_str().unwrap(), "list"])
-        .output()
-        .unwrap();
-    let list = String::from_utf8(list.stdout).unwrap();
+    let list = gw.keys(&["list"]);
     assert!(list.contains("LAST USED"), "{list}");
 }
 

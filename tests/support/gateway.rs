@@ -138,6 +138,22 @@ impl TestGateway {
         FileStore::new(self.dir.path().join("keys.toml"))
     }
 
+    /// Runs `keygate keys --store <this gateway's store> <args>`, which must
+    /// succeed; returns its stdout.
+    pub fn keys(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .args(["keys", "--store", self.store_path().to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "keygate keys {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     pub fn store_path(&self) -> PathBuf {
         self.dir.path().join("keys.toml")
     }
