@@ -48,6 +48,7 @@ fn keyset(n: usize) -> (KeySet, String) {
                 expires: None,
                 origins: vec![],
                 previous: None,
+                rate_limit: None,
             }
         })
         .collect();
@@ -140,6 +141,7 @@ fn one_key(i: usize) -> KeyRecord {
         expires: None,
         origins: vec![],
         previous: None,
+        rate_limit: None,
     }
 }
 

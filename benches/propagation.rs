@@ -124,6 +124,7 @@ async fn run() {
                     expires: None,
                     origins: vec![],
                     previous: None,
+                    rate_limit: None,
                 };
                 change(&store, move |s| {
                     s.modify(|keys, _| Ok(keys.add(record)?)).unwrap();
@@ -139,6 +140,7 @@ async fn run() {
                     let update = KeyUpdate {
                         name: None,
                         access: Some(Access::ReadOnly),
+                        rate_limit: None,
                     };
                     s.modify(|keys, _| Ok(keys.update(&id, update, false).map(|_| ())?))
                         .unwrap();

@@ -14,6 +14,7 @@
 //! - `keys`: tokens, hashes, records, the key set, the store file format, the index (pure)
 //! - `config`: config file shapes and validation (pure: the CLI reads the file)
 //! - `policy`: the decision table as one pure function
+//! - `limits`: rate limits (row 7): lock-free buckets, the fleet sync through Redis
 //! - `metrics`: every metric name, the registry, the ops listener
 //! - `store`: the file store and the PostgreSQL store, behind `Store`
 //! - `reload`: one publish path for both stores; certificate watching
@@ -24,6 +25,7 @@
 pub mod cli;
 pub mod config;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -15,12 +15,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("policy", &["keys", "config", "metrics"]),
     ("store", &["keys", "config"]),
     ("reload", &["keys", "store", "metrics"]),
-    ("proxy", &["keys", "policy", "config", "metrics"]),
+    ("limits", &["keys", "config", "metrics"]),
+    ("proxy", &["keys", "policy", "config", "metrics", "limits"]),
     ("server", &["proxy", "config", "metrics"]),
     (
         "cli",
         &[
-            "keys", "metrics", "config", "policy", "store", "reload", "proxy", "server",
+            "keys", "metrics", "config", "policy", "store", "reload", "proxy", "server", "limits",
         ],
     ),
 ];

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
-use super::keys::create_key;
+use super::keys::{KeyTemplate, create_key};
 use super::{CliError, ConfigArg, serve};
 use crate::config::StoreLocation;
 use crate::keys::Access;
@@ -39,19 +39,25 @@ pub fn run(args: &ConfigArg) -> Result<(), CliError> {
     let (_, read_only) = create_key(
         &store,
         &prefix,
-        "demo shop frontend".into(),
-        Access::ReadOnly,
-        None,
-        vec![],
+        KeyTemplate {
+            name: "demo shop frontend".into(),
+            access: Access::ReadOnly,
+            expires: None,
+            origins: vec![],
+            rate_limit: None,
+        },
         now,
     )?;
     let (_, full) = create_key(
         &store,
         &prefix,
-        "demo ERP backend".into(),
-        Access::FullAccess,
-        None,
-        vec![],
+        KeyTemplate {
+            name: "demo ERP backend".into(),
+            access: Access::FullAccess,
+            expires: None,
+            origins: vec![],
+            rate_limit: None,
+        },
         now,
     )?;
 

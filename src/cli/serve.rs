@@ -11,6 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::{CliError, ConfigArg, logging};
 use crate::config::Config;
 use crate::keys::KeyIndex;
+use crate::limits::{Limiter, SharedSync};
 use crate::metrics::{Health, Metrics, serve_ops};
 use crate::proxy::Gateway;
 use crate::reload::{CertWatcher, FileWatcher, Hangup, PgSync, Publisher, UsageFile};
@@ -99,7 +100,9 @@ async fn run_gateway(
             Some(tls::server_config(resolver)?)
         }
     };
-    let gateway = Arc::new(Gateway::new(&config, index, metrics.clone())?);
+    let limiter = Arc::new(Limiter::new(&config.limits));
+    let gateway =
+        Arc::new(Gateway::new(&config, index, metrics.clone())?.with_limiter(limiter.clone()));
     let listener = TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| CliError::user(format!("server.listen {}: {e}", config.server.listen)))?;
@@ -112,6 +115,14 @@ async fn run_gateway(
     let mut interrupt = signal(SignalKind::interrupt())?;
 
     tokio::spawn(serve_ops(ops, metrics.clone(), health.clone()));
+    tokio::spawn(limiter.clone().maintain(metrics.clone()));
+    if let Some(shared) = &config.limits.shared
+        && let Some(sync) = SharedSync::new(shared.clone(), limiter, metrics.clone())
+    {
+        // Requests never wait on it: a Redis that is away at start is
+        // reconnected to in the background, limits staying local meanwhile.
+        tokio::spawn(sync.run());
+    }
     if let Some(watcher) = file_watcher {
         tokio::spawn(watcher.watch(hangup.clone()));
     }

@@ -6,6 +6,7 @@
 //! file, loading certificates and parsing a database URL in full happen at
 //! the edges (`cli`, `server::tls`, `store`), never here.
 
+pub mod net;
 mod raw;
 mod validate;
 
@@ -18,7 +19,9 @@ use http::{HeaderName, Uri};
 use raw::RawConfig;
 pub use raw::{BrowserFullAccess, LogFormat, parse_duration};
 
+use crate::keys::RateLimit;
 use crate::keys::storefile::line_of;
+pub use net::{IpNet, RedisTarget};
 
 /// A config problem, worded for an operator: the file, the line when known,
 /// and what to change.
@@ -43,6 +46,47 @@ pub struct Config {
     pub cors: Option<CorsConfig>,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub limits: LimitsConfig,
+}
+
+/// Rate limits beyond each key's own (`rate_limit` in the store).
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Defaults for keys without their own limit; `None`: unlimited.
+    pub read_only: Option<RateLimit>,
+    pub full_access: Option<RateLimit>,
+    /// Each (read-only key, client address) pair: read-only keys are
+    /// public, so one visitor must not spend a shop's whole limit.
+    pub read_only_per_client: Option<RateLimit>,
+    /// Counters shared by a fleet through Redis.
+    pub shared: Option<SharedLimits>,
+    /// Most (key, client) pairs tracked at once; bounds that table's memory.
+    pub max_clients: usize,
+}
+
+impl Default for LimitsConfig {
+    /// No limits, and the default table bound.
+    fn default() -> Self {
+        LimitsConfig {
+            read_only: None,
+            full_access: None,
+            read_only_per_client: None,
+            shared: None,
+            max_clients: DEFAULT_MAX_CLIENTS,
+        }
+    }
+}
+
+/// `[limits] max_clients` when not set: at about 200 bytes a pair, 20 MB.
+pub const DEFAULT_MAX_CLIENTS: usize = 100_000;
+
+#[derive(Debug, Clone)]
+pub struct SharedLimits {
+    pub redis: RedisTarget,
+    /// Prefix of every Redis key written, so fleets (and tests) can share a server.
+    pub prefix: String,
+    /// How often each gateway reports its consumption and reads the fleet's.
+    pub sync_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +104,9 @@ pub struct ServerConfig {
     /// Longest silence of a client in the middle of a request body.
     pub body_timeout: Duration,
     pub h2: Http2Limits,
+    /// Proxies whose `X-Forwarded-For` names the client (for per-client
+    /// limits); empty: the connection's peer is the client.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// What one HTTP/2 connection may hold: streams at once, and the flow

@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
+use crate::keys::RateLimit;
+
 /// A duration written as a string with a unit: `"500ms"`, `"30s"`, `"2m"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DurationStr(pub Duration);
@@ -22,6 +24,26 @@ impl<'de> Deserialize<'de> for DurationStr {
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<DurationStr, E> {
                 parse_duration(s).map(DurationStr).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A rate limit, `"100/min"`, parsed here so that a mistake names its line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitStr(pub RateLimit);
+
+impl<'de> Deserialize<'de> for RateLimitStr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = RateLimitStr;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a rate limit such as \"100/min\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RateLimitStr, E> {
+                s.parse().map(RateLimitStr).map_err(E::custom)
             }
         }
         d.deserialize_str(V)
@@ -53,6 +75,8 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub limits: RawLimits,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -72,6 +96,7 @@ pub struct RawServer {
     pub h2_stream_window_bytes: Option<u32>,
     pub h2_connection_window_bytes: Option<u32>,
     pub h2_send_buffer_bytes: Option<usize>,
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +159,19 @@ pub struct RawCors {
 pub struct RawMetrics {
     pub listen: Option<std::net::SocketAddr>,
     pub per_key: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub read_only: Option<RateLimitStr>,
+    pub full_access: Option<RateLimitStr>,
+    pub read_only_per_client: Option<RateLimitStr>,
+    pub shared: Option<String>,
+    pub shared_env: Option<String>,
+    pub shared_prefix: Option<String>,
+    pub sync_interval: Option<DurationStr>,
+    pub max_clients: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -190,3 +190,54 @@ fn per_key_metrics_are_off_unless_asked_for() {
     assert!(on.metrics.per_key);
     assert!(err(&format!("{MINIMAL}[metrics]\nper_key = \"yes\"\n")).contains("per_key"));
 }
+
+#[test]
+fn limits_parse_with_defaults_and_name_their_mistakes() {
+    let c = parse(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.limits.read_only.is_none() && c.limits.shared.is_none());
+    assert_eq!(c.limits.max_clients, 100_000);
+    assert!(c.server.trusted_proxies.is_empty());
+    let text = format!(
+        "{MINIMAL}[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n[limits]\nread_only = \"100/min\"\nfull_access = \"50/s\"\nread_only_per_client = \"10/s\"\nshared = \"redis://:pw@127.0.0.1:6379/1\"\nshared_prefix = \"kg:test\"\n"
+    );
+    let c = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.limits.read_only.map(|l| l.to_string()),
+        Some("100/min".into())
+    );
+    assert_eq!(
+        c.limits.full_access.map(|l| l.to_string()),
+        Some("50/s".into())
+    );
+    assert_eq!(
+        c.limits.read_only_per_client.map(|l| l.to_string()),
+        Some("10/s".into())
+    );
+    let shared = c.limits.shared.unwrap_or_else(|| panic!("shared"));
+    assert_eq!(shared.redis.db, 1);
+    assert_eq!(shared.prefix, "kg:test");
+    assert_eq!(shared.sync_interval, Duration::from_millis(50));
+    assert_eq!(c.server.trusted_proxies.len(), 2);
+
+    let e = err(&format!(
+        "{MINIMAL}[limits]\n\nread_only = \"100 a minute\"\n"
+    ));
+    assert!(e.starts_with("5: ") && e.contains("N/s"), "{e}");
+    let e = err(&format!("{MINIMAL}[limits]\nsync_interval = \"1s\"\n"));
+    assert!(e.contains("limits.sync_interval"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}[limits]\nshared = \"redis://:hunter2@\"\n"
+    ));
+    assert!(e.contains("limits.shared") && !e.contains("hunter2"), "{e}");
+    let e = err(&format!("{MINIMAL}[limits]\nshared_env = \"KG_NOPE\"\n"));
+    assert!(e.contains("$KG_NOPE"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}[server]\ntrusted_proxies = [\"10.0.0.1/8\"]\n"
+    ));
+    assert!(
+        e.contains("server.trusted_proxies") && e.contains("host bits"),
+        "{e}"
+    );
+    let e = err(&format!("{MINIMAL}[limits]\nshared_prefix = \"a b\"\n"));
+    assert!(e.contains("limits.shared_prefix"), "{e}");
+}

@@ -8,9 +8,10 @@ use std::time::Duration;
 use http::{HeaderName, Uri};
 
 use super::raw::RawConfig;
+use super::raw::RawLimits;
 use super::{
-    Config, CorsConfig, Http2Limits, KeysConfig, LogConfig, MetricsConfig, PolicyConfig,
-    ServerConfig, StoreLocation, TlsFiles, UpstreamConfig,
+    Config, CorsConfig, Http2Limits, IpNet, KeysConfig, LimitsConfig, LogConfig, MetricsConfig,
+    PolicyConfig, RedisTarget, ServerConfig, SharedLimits, StoreLocation, TlsFiles, UpstreamConfig,
 };
 use crate::keys::record::normalize_origin;
 use crate::keys::token;
@@ -111,6 +112,12 @@ pub(super) fn validate(
                 16 * 1024,
             )?,
         },
+        trusted_proxies: s
+            .trusted_proxies
+            .unwrap_or_default()
+            .iter()
+            .map(|p| IpNet::parse(p).map_err(|e| format!("server.trusted_proxies: {e}")))
+            .collect::<Result<_, _>>()?,
     };
     if server.h2.connection_window_bytes < server.h2.stream_window_bytes {
         return Err(format!(
@@ -268,7 +275,9 @@ pub(super) fn validate(
         }
     };
 
+    let limits = limits(raw.limits, env)?;
     Ok(Config {
+        limits,
         server,
         upstream,
         keys,
@@ -288,6 +297,56 @@ pub(super) fn validate(
             level: raw.log.level.unwrap_or_else(|| "info".to_string()),
             access_log: raw.log.access_log.unwrap_or(false),
         },
+    })
+}
+
+fn limits(l: RawLimits, env: &dyn Fn(&str) -> Option<String>) -> Result<LimitsConfig, String> {
+    let shared_text = match (l.shared, l.shared_env) {
+        (Some(_), Some(_)) => {
+            return Err("limits.shared and limits.shared_env are both set: keep one".into());
+        }
+        (Some(s), None) => Some(("limits.shared", s)),
+        (None, Some(var)) => Some((
+            "limits.shared_env",
+            env(&var).ok_or_else(|| format!("limits.shared_env names ${var}, which is not set"))?,
+        )),
+        (None, None) => None,
+    };
+    let prefix = l.shared_prefix.unwrap_or_else(|| "keygate".to_string());
+    let prefix_ok = |b: u8| b.is_ascii_alphanumeric() || b"_-:.".contains(&b);
+    if prefix.is_empty() || prefix.len() > 64 || !prefix.bytes().all(prefix_ok) {
+        return Err(format!(
+            "limits.shared_prefix {prefix:?} must be 1 to 64 letters, digits, _ - : or ."
+        ));
+    }
+    let sync_interval = l.sync_interval.map_or(Duration::from_millis(50), |d| d.0);
+    if !(Duration::from_millis(10)..=Duration::from_millis(100)).contains(&sync_interval) {
+        return Err(
+            "limits.sync_interval must be between 10ms and 100ms (the fleet bound needs at least every 100ms)"
+                .into(),
+        );
+    }
+    let shared = shared_text
+        .map(|(name, url)| {
+            RedisTarget::parse(&url)
+                .map(|redis| SharedLimits {
+                    redis,
+                    prefix,
+                    sync_interval,
+                })
+                .map_err(|e| format!("{name}: {e}"))
+        })
+        .transpose()?;
+    Ok(LimitsConfig {
+        read_only: l.read_only.map(|l| l.0),
+        full_access: l.full_access.map(|l| l.0),
+        read_only_per_client: l.read_only_per_client.map(|l| l.0),
+        shared,
+        max_clients: positive(
+            "limits.max_clients",
+            l.max_clients,
+            super::DEFAULT_MAX_CLIENTS,
+        )?,
     })
 }
 

@@ -59,6 +59,7 @@ pub fn parse_import(
                             expires: None,
                             origins: vec![],
                             previous: None,
+                            rate_limit: None,
                         });
                         out.lines.push(line);
                     }

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use http::HeaderValue;
 
 use super::hash::DigestState;
-use super::{Access, KeyHash, KeyUsage, StoreSnapshot, UsageTable};
+use super::{Access, KeyHash, KeyUsage, RateLimit, StoreSnapshot, UsageTable};
 
 /// What the request path needs to know about a key; built once per reload so
 /// that a request allocates nothing to name its key to the backend.
@@ -31,6 +31,8 @@ pub struct KeyEntry {
     pub not_after: Option<SystemTime>,
     /// This is a rotated key's previous secret (counted apart in metrics).
     pub previous: bool,
+    /// The key's own rate limit (`None`: its access type's default).
+    pub rate_limit: Option<RateLimit>,
     /// The key's use, shared with every other index of this process.
     pub usage: Arc<KeyUsage>,
 }
@@ -118,6 +120,7 @@ fn entries(
         origins: r.origins.clone().into_boxed_slice(),
         not_after: later(&r.hash),
         previous: false,
+        rate_limit: r.rate_limit,
         usage: super::usage::counters(usage, r.id.as_str()),
     };
     let previous = r.previous.map(|p| {
@@ -375,6 +378,7 @@ mod tests {
             expires: None,
             origins: vec![],
             previous: None,
+            rate_limit: None,
         }
     }
 

@@ -54,6 +54,8 @@ impl std::error::Error for KeySetError {}
 pub struct KeyUpdate {
     pub name: Option<String>,
     pub access: Option<Access>,
+    /// `Some(None)` removes the key's own limit.
+    pub rate_limit: Option<Option<super::RateLimit>>,
 }
 
 /// The keys of a store, in file order, with unique ids and hashes.
@@ -162,6 +164,9 @@ impl KeySet {
         }
         if let Some(access) = change.access {
             record.access = access;
+        }
+        if let Some(limit) = change.rate_limit {
+            record.rate_limit = limit;
         }
         Ok(record)
     }
@@ -275,6 +280,7 @@ mod tests {
             expires: None,
             origins: vec![],
             previous: None,
+            rate_limit: None,
         }
     }
 

@@ -58,6 +58,8 @@ pub struct KeyRecord {
     /// After a rotation: the secret the key had before, still accepted
     /// until the grace period ends.
     pub previous: Option<Previous>,
+    /// The key's own rate limit; `None` takes the default for its access.
+    pub rate_limit: Option<super::RateLimit>,
 }
 
 /// A rotated key's previous secret (its hash) and the end of its grace

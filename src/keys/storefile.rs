@@ -30,7 +30,8 @@ const HEADER: &str = "\
 # Secrets are never stored: `hash` is the BLAKE3 digest of the key.
 # Fields: id ([a-z0-9_]{1,32}), name, access (\"read-only\" | \"full-access\"),
 # hash, created and optional expires (quoted RFC 3339 times, or dates),
-# optional origins (browser origins allowed for the key, e.g. \"https://shop.example.com\").
+# optional origins (browser origins allowed for the key, e.g. \"https://shop.example.com\"),
+# optional rate_limit (\"N/s\", \"N/min\" or \"N/h\"; absent: the config's default for its access).
 # After `keygate keys rotate`: previous_hash and rotating_until, the secret the key
 # had before and when it stops working (remove both to end the grace period at once;
 # keys.revoked lists that hash from that time in any case).
@@ -61,6 +62,8 @@ struct RawKey {
     previous_hash: Option<Spanned<String>>,
     #[serde(default)]
     rotating_until: Option<Spanned<String>>,
+    #[serde(default)]
+    rate_limit: Option<Spanned<String>>,
 }
 
 /// The 1-based line of a byte offset into `src` (TOML errors give offsets).
@@ -136,6 +139,10 @@ pub fn parse_store(src: &str) -> Result<KeySet, FileError> {
             },
             origins,
             previous,
+            rate_limit: match &k.rate_limit {
+                None => None,
+                Some(r) => Some(field(src, "rate_limit", r, |s| s.parse())?),
+            },
         });
     }
     KeySet::from_records(records).map_err(|(i, e)| FileError {
@@ -164,6 +171,8 @@ struct OutKey<'a> {
     previous_hash: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rotating_until: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<String>,
 }
 
 /// Renders a store: the header comment, then one `[[keys]]` table per key in order.
@@ -182,6 +191,7 @@ pub fn render_store(set: &KeySet) -> Result<String, toml::ser::Error> {
                 origins: &r.origins,
                 previous_hash: r.previous.map(|p| p.hash.to_hex()),
                 rotating_until: r.previous.map(|p| format_time(p.until)),
+                rate_limit: r.rate_limit.map(|l| l.to_string()),
             })
             .collect(),
     };
@@ -396,6 +406,25 @@ expires = "2027-11-01T00:00:00Z"
         let text = render_store(&set).unwrap_or_else(|e| panic!("{e}"));
         assert!(text.starts_with("# keygate key store"));
         assert_eq!(parse_store(&text), Ok(set));
+    }
+
+    #[test]
+    fn a_rate_limit_round_trips_and_a_bad_one_names_its_line() {
+        let limited = format!("{GOOD}rate_limit = \"100/min\"\n");
+        let set = parse_store(&limited).unwrap_or_else(|e| panic!("{e}"));
+        let erp = set.get("erp").unwrap_or_else(|| panic!("missing"));
+        assert_eq!(
+            erp.rate_limit.map(|l| l.to_string()),
+            Some("100/min".into())
+        );
+        assert_eq!(set.get("shop_front").and_then(|r| r.rate_limit), None);
+        let text = render_store(&set).unwrap_or_else(|e| panic!("{e}"));
+        assert!(text.contains("rate_limit = \"100/min\""), "{text}");
+        assert_eq!(parse_store(&text), Ok(set));
+        let bad = format!("{GOOD}rate_limit = \"100 per minute\"\n");
+        let e = err(&bad);
+        assert_eq!(e.line, bad.lines().count());
+        assert!(e.message.starts_with("rate_limit: "), "{e}");
     }
 
     #[test]

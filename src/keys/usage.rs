@@ -9,12 +9,33 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// One key's use.
-#[derive(Debug, Default)]
+use super::rate::RateCell;
+
+/// One key's use, and its rate-limit bucket (state that, like the
+/// counts, must outlive every index and costs no lookup: the index entry
+/// points here).
+#[derive(Debug)]
 pub struct KeyUsage {
     /// Unix seconds of the last allowed request; 0 for none.
     last_used: AtomicU64,
     requests: AtomicU64,
+    /// Unique in the process: names the key in tables keyed by it (the
+    /// per-client limits) without a string.
+    pub serial: u64,
+    /// The key's own rate-limit bucket.
+    pub rate: RateCell,
+}
+
+impl Default for KeyUsage {
+    fn default() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        KeyUsage {
+            last_used: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            serial: NEXT.fetch_add(1, Ordering::Relaxed),
+            rate: RateCell::default(),
+        }
+    }
 }
 
 impl KeyUsage {

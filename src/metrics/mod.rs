@@ -53,6 +53,8 @@ decision_labels! {
     BrowserFullAccess => "browser_full_access",
     OriginNotAllowed => "origin_not_allowed",
     ReadOnlyMethod => "read_only_method",
+    /// The key's (or the key and client's) rate limit is spent: 429.
+    RateLimited => "rate_limited",
     Allowed => "allowed",
     BrowserFullAccessReported => "browser_full_access_reported",
     Preflight => "preflight",
@@ -133,6 +135,8 @@ pub struct Metrics {
     last_reload_success_ts: Gauge,
     connections_active: IntGauge,
     store_connected: IntGauge,
+    ratelimit_shared_connected: IntGauge,
+    ratelimit_clients: IntGauge,
     store_changes_applied: IntCounter,
     store_sync_lag: Gauge,
     /// Unix milliseconds of the last confirmed sync with the store; the lag
@@ -266,6 +270,17 @@ impl Metrics {
         )?;
         reg(Box::new(previous_secret_requests.clone()))?;
 
+        let ratelimit_shared_connected = IntGauge::new(
+            "keygate_ratelimit_shared_connected",
+            "1 while the shared rate-limit counters (Redis) are reachable; 0 when limits are local only.",
+        )?;
+        reg(Box::new(ratelimit_shared_connected.clone()))?;
+        let ratelimit_clients = IntGauge::new(
+            "keygate_ratelimit_clients",
+            "(read-only key, client address) pairs tracked for per-client rate limits.",
+        )?;
+        reg(Box::new(ratelimit_clients.clone()))?;
+
         #[cfg(target_os = "linux")]
         reg(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -283,6 +298,8 @@ impl Metrics {
             last_reload_success_ts,
             connections_active,
             store_connected,
+            ratelimit_shared_connected,
+            ratelimit_clients,
             store_changes_applied,
             store_sync_lag,
             store_last_sync_ms: AtomicU64::new(0),
@@ -365,6 +382,15 @@ impl Metrics {
         self.store_connected.set(i64::from(connected));
     }
 
+    pub fn ratelimit_shared_connected(&self, connected: bool) {
+        self.ratelimit_shared_connected.set(i64::from(connected));
+    }
+
+    pub fn ratelimit_clients(&self, n: usize) {
+        self.ratelimit_clients
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
     pub fn store_changes_applied(&self, n: usize) {
         self.store_changes_applied
             .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
@@ -433,6 +459,8 @@ mod tests {
             "keygate_store_sync_lag_seconds 0",
             "keygate_log_lines_dropped_total 0",
             "keygate_previous_secret_requests_total 0",
+            "keygate_ratelimit_shared_connected 0",
+            "keygate_ratelimit_clients 0",
         ] {
             assert!(text.contains(name), "missing {name}");
         }

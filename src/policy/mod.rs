@@ -4,6 +4,7 @@
 //! time, and returns a `Decision`. It does no I/O, reads no clock and logs
 //! nothing, so that each row of SPEC's decision table is a unit test here.
 
+pub mod client;
 pub mod credentials;
 mod rejection;
 

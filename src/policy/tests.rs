@@ -28,6 +28,7 @@ fn record(id: &str, secret: &str, access: Access) -> KeyRecord {
         expires: None,
         origins: vec![],
         previous: None,
+        rate_limit: None,
     }
 }
 

@@ -31,8 +31,9 @@ pub use log_path::LogPath;
 pub use respond::{Answer, ProxyError};
 use upstream::Upstream;
 
-use crate::config::Config;
+use crate::config::{Config, IpNet};
 use crate::keys::{Access, SharedIndex};
+use crate::limits::{Limiter, Verdict};
 use crate::metrics::{AccessLabel, DecisionLabel, Metrics};
 use crate::policy::{self, Decision, KeySource, PolicySettings, Preflight, RequestHead};
 
@@ -81,6 +82,9 @@ pub struct Gateway {
     max_headers: usize,
     /// `server.idle_timeout`, applied to upgraded tunnels.
     tunnel_idle: std::time::Duration,
+    /// Row 7: rate limits.
+    limiter: Arc<Limiter>,
+    trusted_proxies: Vec<IpNet>,
 }
 
 /// The key a request was decided for, when the gateway knew it: what its
@@ -121,7 +125,16 @@ impl Gateway {
             access_log: config.log.access_log,
             max_headers: config.server.max_headers,
             tunnel_idle: config.server.idle_timeout,
+            limiter: Arc::new(Limiter::new(&config.limits)),
+            trusted_proxies: config.server.trusted_proxies.clone(),
         })
+    }
+
+    /// Uses this limiter (shared with its maintenance and sync tasks)
+    /// instead of a private one.
+    pub fn with_limiter(mut self, limiter: Arc<Limiter>) -> Self {
+        self.limiter = limiter;
+        self
     }
 
     /// Handles one request, start to response head. Any body will do: hyper's
@@ -182,6 +195,23 @@ impl Gateway {
                 source,
                 reported,
             } => {
+                // Row 7, after every policy row: only what passed consumes.
+                let client = || {
+                    policy::client::client_ip(conn.peer.ip(), req.headers(), &self.trusted_proxies)
+                };
+                let quota = match self.limiter.check(key, client) {
+                    Verdict::Unlimited => None,
+                    Verdict::Allowed(q) => Some(q),
+                    Verdict::Limited(q) => {
+                        tracing::info!(decision = DecisionLabel::RateLimited.as_str(), key.id = key.id(), limit = %q.limit, scope = ?q.scope, method = %req.method(), path = %LogPath(req.uri().path()), client.addr = %conn.peer, "request denied");
+                        let caller = DecidedKey {
+                            id: key.id_header.clone(),
+                            access: key.access,
+                        };
+                        drop(index);
+                        return (answered(Answer::RateLimited(q), req), Some(caller));
+                    }
+                };
                 let label = if reported {
                     DecisionLabel::BrowserFullAccessReported
                 } else {
@@ -207,7 +237,11 @@ impl Gateway {
                     id: identity.id.clone(),
                     access: identity.access,
                 });
-                (self.forward(req, conn, Some(identity), label).await, caller)
+                let mut routed = self.forward(req, conn, Some(identity), label).await;
+                if let (Routed::Forwarded(response, _), Some(q)) = (&mut routed, quota) {
+                    respond::add_quota(response.headers_mut(), &q);
+                }
+                (routed, caller)
             }
             Decision::Deny { rejection, key } => {
                 tracing::info!(

@@ -11,6 +11,7 @@ use http::{HeaderMap, Response, StatusCode};
 
 use super::body::ProxyBody;
 use crate::config::CorsConfig;
+use crate::limits::{Quota, Scope};
 use crate::metrics::DecisionLabel;
 use crate::policy::{Rejection, origin_listed};
 
@@ -29,6 +30,8 @@ pub enum Answer<'a> {
     HeadersTooLarge,
     /// An allowed CORS preflight, answered from this `[cors]`.
     Preflight(&'a CorsConfig),
+    /// Row 7: the key's (or the key and client's) rate limit is spent.
+    RateLimited(Quota),
 }
 
 impl Answer<'_> {
@@ -40,6 +43,7 @@ impl Answer<'_> {
             Answer::NotReady => DecisionLabel::NotReady,
             Answer::HeadersTooLarge => DecisionLabel::HeadersTooLarge,
             Answer::Preflight(_) => DecisionLabel::Preflight,
+            Answer::RateLimited(_) => DecisionLabel::RateLimited,
         }
     }
 
@@ -68,6 +72,24 @@ impl Answer<'_> {
                 "too many header fields",
             ),
             Answer::Preflight(cors) => preflight_response(request, cors),
+            Answer::RateLimited(quota) => {
+                let mut r = json_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    match quota.scope {
+                        Scope::Key => {
+                            "this API key's rate limit is spent; retry after the time in Retry-After"
+                        }
+                        Scope::Client => {
+                            "this API key's rate limit for your address is spent; retry after the time in Retry-After"
+                        }
+                    },
+                );
+                let h = r.headers_mut();
+                h.insert(header::RETRY_AFTER, HeaderValue::from(quota.reset_secs));
+                add_quota(h, &quota);
+                r
+            }
         }
     }
 }
@@ -181,6 +203,17 @@ fn max_age_secs(d: Duration) -> String {
     d.as_secs().to_string()
 }
 
+pub const RATELIMIT: header::HeaderName = header::HeaderName::from_static("ratelimit");
+pub const RATELIMIT_POLICY: header::HeaderName =
+    header::HeaderName::from_static("ratelimit-policy");
+
+/// Adds the `RateLimit-Policy` and `RateLimit` fields of `quota`. Appended:
+/// they are lists, and a backend may send its own policies too.
+pub fn add_quota(h: &mut HeaderMap, quota: &Quota) {
+    h.append(RATELIMIT_POLICY, quota.policy_header());
+    h.append(RATELIMIT, quota.state_header());
+}
+
 /// Adds `Access-Control-Allow-Origin` (and `Vary: Origin`) to a response to a
 /// browser request from a listed origin; the gateway's own denials included,
 /// so that a page can read why it was refused.
@@ -198,6 +231,13 @@ pub fn add_cors(
     let h = response.headers_mut();
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
     h.append(header::VARY, HeaderValue::from_static("Origin"));
+    if h.contains_key(RATELIMIT) {
+        // A page can only read what is exposed: let it see its quota.
+        h.append(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("RateLimit, RateLimit-Policy, Retry-After"),
+        );
+    }
 }
 
 #[cfg(test)]

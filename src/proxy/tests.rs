@@ -98,6 +98,7 @@ fn record(
         expires,
         origins: origins.iter().map(|o| o.to_string()).collect(),
         previous: None,
+        rate_limit: None,
     }
 }
 

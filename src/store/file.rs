@@ -349,6 +349,7 @@ mod tests {
             expires: None,
             origins: vec![],
             previous: None,
+            rate_limit: None,
         }
     }
 

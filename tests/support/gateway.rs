@@ -76,6 +76,7 @@ pub fn add_key(
         expires,
         origins: origins.iter().map(|o| o.to_string()).collect(),
         previous: None,
+        rate_limit: None,
     };
     store.modify(|keys, _| Ok(keys.add(record)?)).unwrap();
     secret

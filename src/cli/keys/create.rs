@@ -9,20 +9,33 @@ use super::{Target, key_json};
 use crate::cli::CliError;
 use crate::config::parse_duration;
 use crate::keys::record::{latest_time, normalize_origin, parse_time, validate_name};
-use crate::keys::{Access, KeyHash, KeyId, KeyRecord, KeySetError, token};
+use crate::keys::{Access, KeyHash, KeyId, KeyRecord, KeySetError, RateLimit, token};
 use crate::store::{Store, StoreError};
 
-#[allow(clippy::too_many_arguments)]
+/// What `keys create` was given.
+pub(super) struct NewKey {
+    pub name: String,
+    pub access: Access,
+    pub expires: Option<String>,
+    pub expires_in: Option<String>,
+    pub origins: Vec<String>,
+    pub rate_limit: Option<RateLimit>,
+}
+
 pub(super) fn create(
     t: &Target,
     out: &mut impl Write,
-    name: String,
-    access: Access,
-    expires: Option<String>,
-    expires_in: Option<String>,
-    origins: Vec<String>,
+    new: NewKey,
     json: bool,
 ) -> Result<(), CliError> {
+    let NewKey {
+        name,
+        access,
+        expires,
+        expires_in,
+        origins,
+        rate_limit,
+    } = new;
     validate_name(&name).map_err(CliError::user)?;
     let now = SystemTime::now();
     let expires = match (expires, expires_in) {
@@ -45,7 +58,14 @@ pub(super) fn create(
         .iter()
         .map(|o| normalize_origin(o).map_err(|e| CliError::user(format!("--origin: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
-    let (record, secret) = create_key(&t.store, t.prefix(), name, access, expires, origins, now)?;
+    let template = KeyTemplate {
+        name,
+        access,
+        expires,
+        origins,
+        rate_limit,
+    };
+    let (record, secret) = create_key(&t.store, t.prefix(), template, now)?;
     if json {
         let mut v = key_json(&record, None);
         v["key"] = json!(secret);
@@ -68,17 +88,30 @@ pub(super) fn create(
     Ok(())
 }
 
+/// A new key's fields, validated.
+pub(crate) struct KeyTemplate {
+    pub name: String,
+    pub access: Access,
+    pub expires: Option<SystemTime>,
+    pub origins: Vec<String>,
+    pub rate_limit: Option<RateLimit>,
+}
+
 /// Generates a secret and stores a new key under a fresh id; returns the
 /// record and the secret (which exists nowhere else from here on).
 pub(crate) fn create_key(
     store: &Store,
     prefix: &str,
-    name: String,
-    access: Access,
-    expires: Option<SystemTime>,
-    origins: Vec<String>,
+    template: KeyTemplate,
     now: SystemTime,
 ) -> Result<(KeyRecord, String), CliError> {
+    let KeyTemplate {
+        name,
+        access,
+        expires,
+        origins,
+        rate_limit,
+    } = template;
     let secret = token::generate(prefix)
         .map_err(|e| CliError::user(format!("the OS random number generator failed: {e}")))?;
     let hash = KeyHash::of(secret.as_bytes());
@@ -105,6 +138,7 @@ pub(crate) fn create_key(
             expires,
             origins,
             previous: None,
+            rate_limit,
         };
         keys.add(record.clone())?;
         Ok(record)

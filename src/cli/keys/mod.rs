@@ -9,7 +9,7 @@ mod rotate;
 mod show;
 mod update;
 
-pub(crate) use create::create_key;
+pub(crate) use create::{KeyTemplate, create_key};
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -21,7 +21,7 @@ use serde_json::json;
 use super::{CliError, snippet};
 use crate::config::{Config, StoreLocation};
 use crate::keys::record::format_time;
-use crate::keys::{Access, KeyRecord, UsageSample};
+use crate::keys::{Access, KeyRecord, KeyUpdate, RateLimit, UsageSample};
 use crate::store::Store;
 
 #[derive(Debug, Args)]
@@ -53,6 +53,9 @@ enum KeysCommand {
         /// Browser origin allowed to use the key (repeatable)
         #[arg(long = "origin", value_name = "URL")]
         origins: Vec<String>,
+        /// The key's own rate limit: N/s, N/min or N/h (else the config's default)
+        #[arg(long, value_name = "N/UNIT", value_parser = parse_rate_limit)]
+        rate_limit: Option<RateLimit>,
         #[arg(long)]
         json: bool,
     },
@@ -67,13 +70,16 @@ enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Rename a key or change its access.
+    /// Rename a key, change its access or its rate limit.
     Update {
         id: String,
         #[arg(long)]
         name: Option<String>,
         #[arg(long, value_parser = parse_access)]
         access: Option<Access>,
+        /// N/s, N/min or N/h; "none" removes the key's own limit
+        #[arg(long, value_name = "N/UNIT|none", value_parser = parse_rate_limit_or_none)]
+        rate_limit: Option<NewLimit>,
         /// Allow upgrading read-only to full-access
         #[arg(long)]
         force: bool,
@@ -113,6 +119,21 @@ enum KeysCommand {
 
 fn parse_access(s: &str) -> Result<Access, String> {
     s.parse()
+}
+
+fn parse_rate_limit(s: &str) -> Result<RateLimit, String> {
+    s.parse()
+}
+
+/// `--rate-limit` of `keys update`: a limit, or `none` to remove the key's own.
+#[derive(Debug, Clone, Copy)]
+struct NewLimit(Option<RateLimit>);
+
+fn parse_rate_limit_or_none(s: &str) -> Result<NewLimit, String> {
+    if s == "none" {
+        return Ok(NewLimit(None));
+    }
+    s.parse().map(|l| NewLimit(Some(l)))
 }
 
 /// What a keys command works on.
@@ -170,9 +191,20 @@ pub fn run(args: KeysArgs) -> Result<(), CliError> {
             expires,
             expires_in,
             origins,
+            rate_limit,
             json,
         } => create::create(
-            &t, &mut out, name, access, expires, expires_in, origins, json,
+            &t,
+            &mut out,
+            create::NewKey {
+                name,
+                access,
+                expires,
+                expires_in,
+                origins,
+                rate_limit,
+            },
+            json,
         ),
         KeysCommand::List { json } => show::list(&t, &mut out, json),
         KeysCommand::Show { id, json } => show::show(&t, &mut out, &id, json),
@@ -180,8 +212,19 @@ pub fn run(args: KeysArgs) -> Result<(), CliError> {
             id,
             name,
             access,
+            rate_limit,
             force,
-        } => update::update(&t, &mut out, &id, name, access, force),
+        } => update::update(
+            &t,
+            &mut out,
+            &id,
+            KeyUpdate {
+                name,
+                access,
+                rate_limit: rate_limit.map(|l| l.0),
+            },
+            force,
+        ),
         KeysCommand::Delete { id, yes } => delete::delete(&t, &mut out, &id, yes),
         KeysCommand::Rotate { id, grace, json } => rotate::rotate(&t, &mut out, &id, &grace, json),
         KeysCommand::Snippet { id, gateway_url } => {
@@ -222,6 +265,7 @@ fn key_json(r: &KeyRecord, usage: Option<&UsageSample>) -> serde_json::Value {
         "created": format_time(r.created),
         "expires": r.expires.map(format_time),
         "origins": r.origins,
+        "rate_limit": r.rate_limit.map(|l| l.to_string()),
         "rotating_until": r.previous.map(|p| format_time(p.until)),
         "last_used": last_used,
     })

@@ -78,6 +78,14 @@ pub(super) fn show(t: &Target, out: &mut impl Write, id: &str, json: bool) -> Re
     )?;
     writeln!(
         out,
+        "limit:    {}",
+        r.rate_limit.map_or_else(
+            || "the default for its access".to_string(),
+            |l| l.to_string()
+        )
+    )?;
+    writeln!(
+        out,
         "used:     {}",
         match (last_used(used), used.map_or(0, |u| u.requests)) {
             (Some(t), n) => format!("last {t}, {n} allowed request(s) recorded"),

@@ -1,34 +1,38 @@
-//! `keygate keys update`: rename, change access (an upgrade needs --force).
+//! `keygate keys update`: rename, change access (an upgrade needs --force)
+//! or the key's own rate limit.
 
 use std::io::Write;
 
 use super::Target;
 use crate::cli::CliError;
+use crate::keys::KeyUpdate;
 use crate::keys::record::validate_name;
-use crate::keys::{Access, KeyUpdate};
 
 pub(super) fn update(
     t: &Target,
     out: &mut impl Write,
     id: &str,
-    name: Option<String>,
-    access: Option<Access>,
+    change: KeyUpdate,
     force: bool,
 ) -> Result<(), CliError> {
-    if name.is_none() && access.is_none() {
+    if change.name.is_none() && change.access.is_none() && change.rate_limit.is_none() {
         return Err(CliError::usage(
-            "keys update: nothing to change: pass --name and/or --access",
+            "keys update: nothing to change: pass --name, --access and/or --rate-limit",
         ));
     }
-    if let Some(n) = &name {
+    if let Some(n) = &change.name {
         validate_name(n).map_err(CliError::user)?;
     }
-    let record = t.store.modify_keys(&[id], |keys, _| {
-        Ok(keys.update(id, KeyUpdate { name, access }, force)?.clone())
-    })?;
+    let record = t
+        .store
+        .modify_keys(&[id], |keys, _| Ok(keys.update(id, change, force)?.clone()))?;
+    let limit = record.rate_limit.map_or_else(
+        || "the default rate limit".to_string(),
+        |l| format!("rate limit {l}"),
+    );
     writeln!(
         out,
-        "Updated key {}: {:?}, {}.",
+        "Updated key {}: {:?}, {}, {limit}.",
         record.id, record.name, record.access
     )?;
     Ok(())

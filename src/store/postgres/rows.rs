@@ -15,7 +15,7 @@ use crate::keys::{IndexDelta, KeyHash, KeyId, KeyRecord, KeySet, StoreSnapshot};
 use crate::store::StoreError;
 
 const KEY_COLUMNS: &str =
-    "id, name, access, hash, created, expires, origins, previous_hash, rotating_until";
+    "id, name, access, hash, created, expires, origins, previous_hash, rotating_until, rate_limit";
 /// What every writing transaction starts with: writers serialise on the
 /// keys table (gateways' reads do not wait), and an operator's transaction
 /// left open by hand must not hang the CLI.
@@ -43,6 +43,7 @@ pub(crate) fn record(
     expires: Option<SystemTime>,
     origins: Vec<Option<String>>,
     previous: Option<(&[u8], SystemTime)>,
+    rate_limit: Option<&str>,
 ) -> Result<KeyRecord, String> {
     let at = |field: &str, e: String| format!("keygate_keys row id={id:?}: {field}: {e}");
     let key_id = KeyId::parse(id).map_err(|e| at("id", e))?;
@@ -78,6 +79,10 @@ pub(crate) fn record(
             })
         }
     };
+    let rate_limit = rate_limit
+        .map(str::parse)
+        .transpose()
+        .map_err(|e| at("rate_limit", e))?;
     Ok(KeyRecord {
         id: key_id,
         name,
@@ -87,6 +92,7 @@ pub(crate) fn record(
         expires,
         origins,
         previous,
+        rate_limit,
     })
 }
 
@@ -142,6 +148,7 @@ async fn key_rows(
                 (Some(h), Some(t)) => Some((h, t)),
                 _ => None,
             },
+            row.try_get(9).map_err(err)?,
         );
         match (checked, bad) {
             (Ok(r), _) => out.records.push(r),
@@ -432,10 +439,11 @@ pub(super) async fn write_difference(
             None => added.push(r),
             Some(o) if *o != r => {
                 let origins: Vec<&str> = r.origins.iter().map(String::as_str).collect();
+                let rate_limit = r.rate_limit.map(|l| l.to_string());
                 client
                     .execute(
-                        "UPDATE keygate_keys SET name = $2, access = $3, expires = $4, origins = $5 WHERE id = $1",
-                        &[&r.id.as_str(), &r.name, &r.access.as_str(), &r.expires, &origins],
+                        "UPDATE keygate_keys SET name = $2, access = $3, expires = $4, origins = $5, rate_limit = $6 WHERE id = $1",
+                        &[&r.id.as_str(), &r.name, &r.access.as_str(), &r.expires, &origins, &rate_limit],
                     )
                     .await
                     .map_err(err)?;
@@ -453,15 +461,20 @@ pub(super) async fn write_difference(
         // Origins never contain spaces (normalised scheme://host:port), so one
         // space-joined string per row carries the ragged array through unnest.
         let origins: Vec<String> = chunk.iter().map(|r| r.origins.join(" ")).collect();
+        let limits: Vec<Option<String>> = chunk
+            .iter()
+            .map(|r| r.rate_limit.map(|l| l.to_string()))
+            .collect();
         client
             .execute(
-                "INSERT INTO keygate_keys (id, name, access, hash, created, expires, origins)
+                "INSERT INTO keygate_keys (id, name, access, hash, created, expires, origins, rate_limit)
                  SELECT id, name, access, hash, created, expires,
-                        CASE WHEN origins = '' THEN '{}'::text[] ELSE string_to_array(origins, ' ') END
+                        CASE WHEN origins = '' THEN '{}'::text[] ELSE string_to_array(origins, ' ') END,
+                        rate_limit
                  FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[],
-                             $5::timestamptz[], $6::timestamptz[], $7::text[])
-                      AS t(id, name, access, hash, created, expires, origins)",
-                &[&ids, &names, &access, &hashes, &created, &expires, &origins],
+                             $5::timestamptz[], $6::timestamptz[], $7::text[], $8::text[])
+                      AS t(id, name, access, hash, created, expires, origins, rate_limit)",
+                &[&ids, &names, &access, &hashes, &created, &expires, &origins, &limits],
             )
             .await
             .map_err(err)?;
@@ -483,6 +496,7 @@ mod tests {
             UNIX_EPOCH,
             None,
             origins.iter().map(|s| Some(s.to_string())).collect(),
+            None,
             None,
         )
     }
@@ -532,7 +546,20 @@ mod tests {
             None,
             vec![],
             None,
+            None,
         );
         assert!(e.is_err_and(|e| e.contains(": name:")));
+        let e = record(
+            "key_a",
+            "shop".into(),
+            "read-only",
+            h.as_bytes(),
+            UNIX_EPOCH,
+            None,
+            vec![],
+            None,
+            Some("5000000/s"),
+        );
+        assert!(e.is_err_and(|e| e.contains(": rate_limit:")));
     }
 }

@@ -31,6 +31,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("no NULL inside a key's origins", V2),
     ("rotation: a previous secret with a grace period", V3),
     ("key usage, merged across the fleet", V4),
+    ("a rate limit per key", V5),
 ];
 
 /// The schema version this build reads and writes.
@@ -122,6 +123,13 @@ CREATE TABLE keygate_usage (
     last_used timestamptz,
     requests bigint NOT NULL DEFAULT 0 CHECK (requests >= 0)
 );
+"#;
+
+/// A key's own rate limit, spelt as in the file store (`100/min`); NULL
+/// takes the config's default for the key's access type.
+const V5: &str = r#"
+ALTER TABLE keygate_keys ADD COLUMN rate_limit text
+    CHECK (rate_limit ~ '^[1-9][0-9]{0,6}/(s|min|h)$');
 "#;
 
 const V1: &str = r#"
@@ -248,11 +256,11 @@ pub async fn version(client: &impl GenericClient, store: &PgStore) -> Result<i32
 }
 
 /// The oldest schema a gateway of this build reads (its queries name the
-/// columns version 3 added).
-pub const READS_FROM: i32 = 3;
+/// column version 5 added).
+pub const READS_FROM: i32 = 5;
 
 /// For a gateway, which only reads: accepts `READS_FROM` up to any newer
-/// version (with a warning), since every migration after version 3 must
+/// version (with a warning), since every migration after version 5 must
 /// keep older readers working (added columns and tables, looser or new
 /// constraints, never a renamed or dropped column). So the database can be
 /// migrated first and the fleet rolled afterwards.
