@@ -7,7 +7,8 @@
 //!   1M-key index, with an empty overlay and with one about to be folded;
 //!   `decide/allowed_overlay/1000000`: a lookup that misses a full overlay;
 //! - `metrics/record_decision`: counting one request;
-//! - `usage/record_*`: counting one allowed request's use of its key.
+//! - `usage/record_*`: counting one allowed request's use of its key;
+//! - `limits/*`: the rate-limit check of an allowed request (row 7).
 //!
 //! Run: `cargo bench --bench hot_path` (add `-- decide` to pick some).
 
@@ -233,13 +234,88 @@ fn bench_metrics(c: &mut Criterion) {
     });
 }
 
+/// Row 7 on the allowed path: a key under its limit (simulated time moves
+/// one emission interval per request, so every check is allowed), alone and
+/// with a per-client limit; and a key with no limit anywhere (the cost every
+/// request pays once limits exist in the config).
+fn bench_limits(c: &mut Criterion) {
+    use keygate::config::LimitsConfig;
+    use keygate::keys::{KeyEntry, KeyUsage};
+    use keygate::limits::Limiter;
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Arc;
+
+    let entry = |access, own: Option<&str>| KeyEntry {
+        id_header: HeaderValue::from_static("key_bench"),
+        access,
+        expires: None,
+        origins: Box::new([]),
+        not_after: None,
+        previous: false,
+        rate_limit: own.map(|s| s.parse().unwrap()),
+        usage: Arc::new(KeyUsage::default()),
+    };
+    let client = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
+    let limiter = Limiter::new(&LimitsConfig {
+        read_only_per_client: Some("1000000/s".parse().unwrap()),
+        ..LimitsConfig::default()
+    });
+    let full = entry(Access::FullAccess, Some("1000000/s"));
+    let mut now = 1_000_000_000u64;
+    c.bench_function("limits/check_key", |b| {
+        b.iter(|| {
+            now += 1_000;
+            black_box(limiter.check_at(&full, || client, now))
+        })
+    });
+    let read_only = entry(Access::ReadOnly, Some("1000000/s"));
+    c.bench_function("limits/check_key_and_client", |b| {
+        b.iter(|| {
+            now += 1_000;
+            black_box(limiter.check_at(&read_only, || client, now))
+        })
+    });
+    let unlimited = entry(Access::FullAccess, None);
+    c.bench_function("limits/check_unlimited", |b| {
+        b.iter(|| black_box(limiter.check(&unlimited, || client)))
+    });
+    // The clock read a real request adds to check_key.
+    c.bench_function("limits/clock", |b| b.iter(|| black_box(limiter.now())));
+    // The two fields an allowed response of a limited key carries, added to
+    // a response's headers (as the upstream's response has some already).
+    let keygate::limits::Verdict::Allowed(quota) =
+        limiter.check_at(&full, || client, now + 1_000_000_000)
+    else {
+        panic!("allowed")
+    };
+    let mut response = HeaderMap::new();
+    for (k, v) in [
+        ("content-type", "application/json"),
+        ("content-length", "27"),
+        ("date", "Mon, 30 Nov 2026 12:00:00 GMT"),
+    ] {
+        response.insert(k, HeaderValue::from_static(v));
+    }
+    c.bench_function("limits/response_fields", |b| {
+        b.iter(|| {
+            let mut h = response.clone();
+            keygate::proxy::respond::add_quota(&mut h, black_box(&quota));
+            black_box(h)
+        })
+    });
+    c.bench_function("limits/response_clone_only", |b| {
+        b.iter(|| black_box(response.clone()))
+    });
+}
+
 criterion_group!(
     benches,
     bench_decide,
     bench_index_build,
     bench_index_apply,
     bench_metrics,
-    bench_parts
+    bench_parts,
+    bench_limits
 );
 criterion_main!(benches);
 

@@ -420,3 +420,63 @@ async fn a_redis_restart_mid_test_changes_nothing_for_requests() {
     );
     gw.wait_for_output("Redis lost");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_limit_lives_in_postgresql_too() {
+    use support::pg::{PgGateway, TestDb, keys_cli};
+    let db = TestDb::migrated();
+    let upstream = TestUpstream::start().await;
+    let created: serde_json::Value = serde_json::from_str(&keys_cli(
+        &db,
+        &[
+            "create",
+            "--name",
+            "pg",
+            "--access",
+            "full-access",
+            "--rate-limit",
+            "2/min",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    let (id, secret) = (
+        created["id"].as_str().unwrap().to_string(),
+        created["key"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(
+        db.query_text(&format!(
+            "SELECT rate_limit FROM keygate_keys WHERE id = '{id}'"
+        )),
+        "2/min"
+    );
+    // The database refuses a limit the CLI would never write.
+    let e = db.exec_err(&format!(
+        "UPDATE keygate_keys SET rate_limit = '2 per minute' WHERE id = '{id}'"
+    ));
+    assert!(e.contains("check constraint"), "{e}");
+    let gw = PgGateway::start(&db.url(), &upstream.url(), "1s");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&gw.url("/"), &[("x-api-key", &secret)]).await.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never loaded the key"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        get(&gw.url("/"), &[("x-api-key", &secret)]).await.status,
+        200
+    );
+    assert_eq!(
+        get(&gw.url("/"), &[("x-api-key", &secret)]).await.status,
+        429
+    );
+    // A change pushed by the database reaches the gateway.
+    keys_cli(&db, &["update", &id, "--rate-limit", "none"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&gw.url("/"), &[("x-api-key", &secret)]).await.status != 200 {
+        assert!(Instant::now() < deadline, "the new limit never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

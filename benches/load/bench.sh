@@ -10,6 +10,8 @@
 # proxy alone on CPU 1, wrk and the backend on CPU 0, HTTP/2 (h2c) with h2load as well.
 # Every process it starts is stopped by PID on exit; all traffic stays on 127.0.0.1.
 # Any run.sh variable can be set (DURATION, WORKLOADS, TARGETS, ...): see run.sh's header.
+# KG_BENCH_LIMIT=1000000/s gives every key a rate limit it stays under (each request pays the
+# limit check); KG_BENCH_SHARED=redis://127.0.0.1:6379 shares it (see keygate-slot.sh).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"

@@ -2,7 +2,11 @@
 # Instructions per request of a keygate binary, counted by callgrind: repeatable to about 1% on
 # this machine whatever else runs, where wall-clock figures move by 10-20% between runs.
 #
-#   benches/load/callgrind.sh BINARY [get|post|deny ...]     # default: get post deny
+#   benches/load/callgrind.sh BINARY [get|post|deny|limited|shared ...]   # default: get post deny
+#
+# limited: get with a key under its rate limit (1000000/s), so every request pays the limit check;
+# shared: the same with the limit shared through Redis ($KEYGATE_BENCH_REDIS, default
+# redis://127.0.0.1:6379; the sync task's work in the background is counted too).
 #
 # One worker, one kept-alive connection, the harness's backend (built if missing) on 127.0.0.1.
 # Each mode runs the gateway under callgrind twice, with 300 and 1,300 requests, and prints
@@ -36,6 +40,12 @@ level = "warn"
 TOML
 key=$("$bin" keys create --config "$d/keygate.toml" --name callgrind --access full-access --json \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+limkey=$("$bin" keys create --config "$d/keygate.toml" --name limited --access full-access \
+  --rate-limit 1000000/s --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+cp "$d/keygate.toml" "$d/keygate-limited.toml"
+cp "$d/keygate.toml" "$d/keygate-shared.toml"
+printf '[limits]\nshared = "%s"\nshared_prefix = "kgcallgrind%s"\n' \
+  "${KEYGATE_BENCH_REDIS:-redis://127.0.0.1:6379}" "$$" >>"$d/keygate-shared.toml"
 cat >"$d/requests.py" <<'PY'
 import http.client, sys
 port, n, mode, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -50,10 +60,12 @@ for _ in range(n):
     assert r.status == (401 if mode == "deny" else 200), r.status
 PY
 total() { # mode n -> instructions
-  valgrind --tool=callgrind --callgrind-out-file="$d/cg.$2" "$bin" serve --config "$d/keygate.toml" 2>/dev/null &
+  local config="$d/keygate.toml" k="$key"
+  case "$1" in limited|shared) config="$d/keygate-$1.toml"; k="$limkey" ;; esac
+  valgrind --tool=callgrind --callgrind-out-file="$d/cg.$2" "$bin" serve --config "$config" 2>/dev/null &
   local pid=$!; pids+=($pid)
   for _ in $(seq 1 300); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-  python3 "$d/requests.py" "$port" "$2" "$1" "$key"
+  python3 "$d/requests.py" "$port" "$2" "$1" "$k"
   kill -TERM "$pid"; wait "$pid" || true
   awk '/^(summary|totals):/ {print $2; exit}' "$d/cg.$2"
 }

@@ -79,25 +79,49 @@ impl Quota {
 
     /// `RateLimit-Policy` (IETF httpapi draft): `"key";q=100;w=60`.
     pub fn policy_header(&self) -> HeaderValue {
-        let text = format!(
-            "\"{}\";q={};w={}",
-            self.scope.name(),
-            self.limit.count,
-            self.limit.per.seconds()
-        );
-        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("\"key\""))
+        self.field(
+            b";q=",
+            u64::from(self.limit.count),
+            b";w=",
+            self.limit.per.seconds(),
+        )
     }
 
     /// `RateLimit`: `"key";r=12;t=5`.
     pub fn state_header(&self) -> HeaderValue {
-        let text = format!(
-            "\"{}\";r={};t={}",
-            self.scope.name(),
-            self.remaining,
-            self.reset_secs
-        );
-        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("\"key\""))
+        self.field(b";r=", self.remaining, b";t=", self.reset_secs)
     }
+
+    /// `"<scope>"<a><x><b><y>`, written without `format!`: every response
+    /// of a limited key carries two of these.
+    fn field(&self, a: &[u8], x: u64, b: &[u8], y: u64) -> HeaderValue {
+        let mut out = Vec::with_capacity(40);
+        out.push(b'"');
+        out.extend_from_slice(self.scope.name().as_bytes());
+        out.push(b'"');
+        out.extend_from_slice(a);
+        push_u64(&mut out, x);
+        out.extend_from_slice(b);
+        push_u64(&mut out, y);
+        // Quotes, letters, digits, `;` and `=` only: always a valid value.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(out))
+            .unwrap_or_else(|_| HeaderValue::from_static("\"key\""))
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// The verdict on one request.
@@ -169,11 +193,22 @@ impl Limiter {
     /// Checks, and consumes from, every limit on a request with `key` from
     /// `client` (asked only when a per-client limit applies).
     pub fn check(&self, key: &KeyEntry, client: impl FnOnce() -> IpAddr) -> Verdict {
-        self.check_at(key, client, self.now())
+        self.check_when(key, client, || self.now())
     }
 
     /// `check` at a given time on the buckets' clock.
     pub fn check_at(&self, key: &KeyEntry, client: impl FnOnce() -> IpAddr, now: u64) -> Verdict {
+        self.check_when(key, client, || now)
+    }
+
+    /// The clock is read only when a limit applies: most keys of most
+    /// configs have none.
+    fn check_when(
+        &self,
+        key: &KeyEntry,
+        client: impl FnOnce() -> IpAddr,
+        now: impl FnOnce() -> u64,
+    ) -> Verdict {
         let key_limit = key.rate_limit.or(match key.access {
             Access::ReadOnly => self.read_only,
             Access::FullAccess => self.full_access,
@@ -185,6 +220,7 @@ impl Limiter {
         if key_limit.is_none() && client_limit.is_none() {
             return Verdict::Unlimited;
         }
+        let now = now();
         let share = self.fleet_size.load(Ordering::Relaxed);
         let mut nearest = None;
         if let Some(limit) = key_limit {

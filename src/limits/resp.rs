@@ -146,7 +146,8 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects, authenticates and selects the database, all within `timeout`.
+    /// Connects, authenticates, selects the database and checks that the
+    /// server answers; each step within `timeout`.
     pub async fn connect(target: &RedisTarget, timeout: Duration) -> Result<Conn, RedisError> {
         let addr = (target.host.as_str(), target.port);
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
@@ -172,6 +173,8 @@ impl Conn {
             conn.expect_ok(&[b"SELECT", db.as_bytes()], "SELECT")
                 .await?;
         }
+        // A server that accepts but does not answer is not connected.
+        conn.expect_ok(&[b"PING"], "PING").await?;
         Ok(conn)
     }
 

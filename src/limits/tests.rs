@@ -204,3 +204,18 @@ fn in_a_fleet_each_gateway_takes_its_share_of_a_burst_between_syncs() {
     assert_eq!(key.usage.rate.take_pending(), 10);
     assert_eq!(allowed(&run(&l, &key, "1.1.1.1", 50)), 10);
 }
+
+#[test]
+fn fields_are_written_in_the_draft_syntax() {
+    let q = Quota {
+        scope: Scope::Client,
+        limit: RateLimit {
+            count: 1_000_000,
+            per: crate::keys::rate::Per::Hour,
+        },
+        remaining: 0,
+        reset_secs: 18_446_744_073_709_551_615,
+    };
+    assert_eq!(q.policy_header(), "\"client\";q=1000000;w=3600");
+    assert_eq!(q.state_header(), "\"client\";r=0;t=18446744073709551615");
+}
