@@ -362,7 +362,8 @@ async fn a_redis_restart_mid_test_changes_nothing_for_requests() {
     wait_for_status(&gw, &secret, 200).await;
     wait_for_metric(gw.ops, "keygate_ratelimit_shared_connected", |v| v == 1.0).await;
     // The consumption reaches Redis.
-    let key = format!("restart:k:{id}");
+    // Named with the limit's spacing in µs: 1000/min is one per 60 ms.
+    let key = format!("restart:k:{id}:60000");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let out = std::process::Command::new("redis-cli")
@@ -479,4 +480,36 @@ async fn a_limit_lives_in_postgresql_too() {
         assert!(Instant::now() < deadline, "the new limit never arrived");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn a_redis_that_never_answers_slows_no_request() {
+    let upstream = TestUpstream::start().await;
+    // A "Redis" that accepts connections and reads, but never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    let gw = TestGateway::start_with(
+        &upstream.url(),
+        Setup {
+            tables: format!("[limits]\nshared = \"redis://{addr}\"\n"),
+            ..Setup::default()
+        },
+    );
+    let (_, secret) = create(&gw, "full-access", Some("5/min"));
+    wait_for_status(&gw, &secret, 200).await;
+    let start = Instant::now();
+    for _ in 0..4 {
+        assert_eq!(get(&gw.url("/"), &[("x-api-key", &secret)]).await.status, 200);
+    }
+    assert_eq!(get(&gw.url("/"), &[("x-api-key", &secret)]).await.status, 429);
+    assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+    // Never counted as connected: it never answered PING.
+    gw.wait_for_output("Redis unreachable");
+    assert_eq!(metric(gw.ops, "keygate_ratelimit_shared_connected").await, 0.0);
 }

@@ -145,6 +145,15 @@ impl RateCell {
     /// Checks and, when allowed, consumes one request: a compare-and-swap
     /// loop on one word, no lock.
     pub fn check(&self, now: u64, limit: RateLimit) -> Gcra {
+        let t = limit.emission_ns();
+        if self.emission_ns.load(Ordering::Relaxed) != t {
+            // The limit changed (a store reload): what the old limit had
+            // consumed counts at most as a full bucket of the new one, or
+            // raising 10/h to 100/s would still wait out the hour.
+            self.emission_ns.store(t, Ordering::Relaxed);
+            self.tat
+                .fetch_min(now.saturating_add(limit.tolerance_ns()), Ordering::Relaxed);
+        }
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
             let (verdict, new_tat) = gcra(tat, now, limit);
@@ -285,6 +294,21 @@ mod tests {
         // A refund gives that one back.
         cell.refund(l);
         assert!(matches!(cell.check(now + wait_ns, l), Gcra::Allowed { .. }));
+    }
+
+    #[test]
+    fn a_new_limit_takes_effect_at_once() {
+        let hourly = lim("10/h");
+        let cell = RateCell::default();
+        let now = 10 * S;
+        while matches!(cell.check(now, hourly), Gcra::Allowed { .. }) {}
+        // Spent for an hour at 10/h; at 100/s, one request per 10 ms.
+        let fast = lim("100/s");
+        assert!(matches!(cell.check(now, fast), Gcra::Limited { .. }));
+        assert!(matches!(
+            cell.check(now + fast.emission_ns(), fast),
+            Gcra::Allowed { .. }
+        ));
     }
 
     #[test]

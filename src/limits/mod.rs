@@ -109,6 +109,18 @@ impl Quota {
     }
 }
 
+/// The address a per-client bucket is for: an IPv6 client by its /64 (one
+/// host usually holds a whole /64, and would otherwise get a fresh bucket
+/// per address), an IPv4 one by itself.
+pub fn client_group(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            IpAddr::from((u128::from(v6) & !((1u128 << 64) - 1)).to_be_bytes())
+        }
+        other => other,
+    }
+}
+
 /// Appends `n` in decimal.
 fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
@@ -151,6 +163,9 @@ pub struct Limiter {
     fleet_size: AtomicU64,
     /// The sync interval: how long a gateway over its share waits.
     sync_ns: u64,
+    /// When the last sync completed (buckets' clock): the fleet share holds
+    /// only while syncs keep coming, so a slow Redis cannot starve a key.
+    synced_at: AtomicU64,
 }
 
 impl Limiter {
@@ -166,6 +181,7 @@ impl Limiter {
             sync_ns: config.shared.as_ref().map_or(0, |s| {
                 u64::try_from(s.sync_interval.as_nanos()).unwrap_or(u64::MAX)
             }),
+            synced_at: AtomicU64::new(0),
         }
     }
 
@@ -173,6 +189,7 @@ impl Limiter {
     /// then each gateway's own).
     pub fn set_fleet_size(&self, gateways: u64) {
         self.fleet_size.store(gateways.max(1), Ordering::Relaxed);
+        self.synced_at.store(self.now(), Ordering::Relaxed);
     }
 
     /// Nanoseconds on the buckets' clock.
@@ -221,7 +238,14 @@ impl Limiter {
             return Verdict::Unlimited;
         }
         let now = now();
-        let share = self.fleet_size.load(Ordering::Relaxed);
+        // A sync later than three intervals (a slow or lost Redis): alone.
+        let fresh = now.saturating_sub(self.synced_at.load(Ordering::Relaxed))
+            <= self.sync_ns.saturating_mul(3);
+        let share = if fresh {
+            self.fleet_size.load(Ordering::Relaxed)
+        } else {
+            1
+        };
         let mut nearest = None;
         if let Some(limit) = key_limit {
             if self.over_share(&key.usage.rate, limit, share) {
@@ -243,7 +267,7 @@ impl Limiter {
                     key.usage.rate.refund(l);
                 }
             };
-            let Some(cell) = self.clients.get(key, client()) else {
+            let Some(cell) = self.clients.get(key, client_group(client())) else {
                 // The table is full of active pairs: a new client waits
                 // for room rather than going unlimited.
                 refund();

@@ -124,6 +124,7 @@ pub struct SharedSync {
     active: Vec<Tracked>,
     /// This gateway's id in the fleet count (random per process).
     id: u64,
+    round: u64,
 }
 
 /// How long a connect or a script call may take before Redis counts as away.
@@ -145,6 +146,7 @@ impl SharedSync {
             metrics,
             active: Vec::new(),
             id: random_id(),
+            round: 0,
         })
     }
 
@@ -207,15 +209,22 @@ impl SharedSync {
         }
     }
 
-    /// One round: report, learn, let idle buckets go.
+    /// One round: report, learn, let idle buckets go. Buckets with nothing
+    /// to report are asked about only every tenth round (they only wait to
+    /// refill), so a round's size follows the traffic, not the table.
     async fn sync(&mut self, conn: &mut Conn) -> Result<(), super::resp::RedisError> {
+        self.round = self.round.wrapping_add(1);
+        let everyone = self.round.is_multiple_of(10);
+        let batch: Vec<usize> = (0..self.active.len())
+            .filter(|&i| everyone || self.active[i].cell().pending() > 0)
+            .collect();
         let prefix = &self.config.prefix;
         let mut commands: Vec<Vec<Vec<u8>>> = Vec::new();
         // At least one call, for the heartbeat.
-        let chunks: Vec<&[Tracked]> = if self.active.is_empty() {
+        let chunks: Vec<&[usize]> = if batch.is_empty() {
             vec![&[]]
         } else {
-            self.active.chunks(BATCH).collect()
+            batch.chunks(BATCH).collect()
         };
         for chunk in chunks {
             let mut c = vec![
@@ -224,17 +233,25 @@ impl SharedSync {
                 (chunk.len() + 1).to_string().into_bytes(),
                 format!("{prefix}:gateways").into_bytes(),
             ];
+            // T in µs, at least 1 (the script multiplies by it). It is in
+            // the bucket's name too: a new limit starts a new fleet bucket
+            // rather than inherit a lead measured in the old one's units.
+            let spacing = |i: usize| (self.active[i].cell().emission() / 1000).max(1);
             c.extend(
-                chunk
-                    .iter()
-                    .map(|t| format!("{prefix}:{}", t.name).into_bytes()),
+                chunk.iter().map(|&i| {
+                    format!("{prefix}:{}:{}", self.active[i].name, spacing(i)).into_bytes()
+                }),
             );
             c.push(self.id.to_string().into_bytes());
-            for t in chunk {
-                let cell = t.cell();
-                c.push(cell.take_pending().to_string().into_bytes());
-                // T in µs, at least 1: the script multiplies by it.
-                c.push((cell.emission() / 1000).max(1).to_string().into_bytes());
+            for &i in chunk {
+                c.push(
+                    self.active[i]
+                        .cell()
+                        .take_pending()
+                        .to_string()
+                        .into_bytes(),
+                );
+                c.push(spacing(i).to_string().into_bytes());
             }
             commands.push(c);
         }
@@ -244,7 +261,7 @@ impl SharedSync {
             .collect();
         let replies = conn.call(&owned).await?;
         let now = self.limiter.now();
-        let mut leads = Vec::with_capacity(self.active.len());
+        let mut leads = Vec::with_capacity(batch.len());
         let as_u64 = |r: &Reply| match r {
             Reply::Int(n) => u64::try_from(*n).unwrap_or(0),
             _ => 0,
@@ -267,8 +284,8 @@ impl SharedSync {
                 }
             }
         }
-        for (t, lead_us) in self.active.iter().zip(leads) {
-            let cell = t.cell();
+        for (&i, lead_us) in batch.iter().zip(leads) {
+            let cell = self.active[i].cell();
             if lead_us > 0 {
                 // Requests consumed here since the script ran are not in
                 // Redis yet: count them on top.

@@ -219,3 +219,51 @@ fn fields_are_written_in_the_draft_syntax() {
     assert_eq!(q.policy_header(), "\"client\";q=1000000;w=3600");
     assert_eq!(q.state_header(), "\"client\";r=0;t=18446744073709551615");
 }
+
+#[test]
+fn an_ipv6_client_counts_by_its_64() {
+    assert_eq!(client_group(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+    assert_eq!(
+        client_group(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")),
+        ip("2001:db8:1:2::")
+    );
+    assert_eq!(client_group(ip("203.0.113.9")), ip("203.0.113.9"));
+    let l = Limiter::new(&LimitsConfig {
+        read_only_per_client: lim("2/min"),
+        ..LimitsConfig::default()
+    });
+    let key = entry(Access::ReadOnly, None);
+    // Two addresses of one /64 share a bucket; another /64 has its own.
+    assert_eq!(allowed(&run(&l, &key, "2001:db8:0:1::1", 2)), 2);
+    assert_eq!(allowed(&run(&l, &key, "2001:db8:0:1::2", 2)), 0);
+    assert_eq!(allowed(&run(&l, &key, "2001:db8:0:2::1", 2)), 2);
+}
+
+#[test]
+fn the_fleet_share_lapses_when_syncs_stop_coming() {
+    let shared = crate::config::SharedLimits {
+        redis: crate::config::RedisTarget::parse("redis://127.0.0.1")
+            .unwrap_or_else(|e| panic!("{e}")),
+        prefix: "t".into(),
+        sync_interval: std::time::Duration::from_millis(50),
+    };
+    let l = Limiter::new(&LimitsConfig {
+        shared: Some(shared),
+        ..LimitsConfig::default()
+    });
+    l.set_fleet_size(4);
+    let key = entry(Access::FullAccess, Some("40/s"));
+    // Two intervals after the last sync the share still holds...
+    let at = l.now() + 100_000_000;
+    let n = (0..50)
+        .filter(|_| matches!(l.check_at(&key, || ip("1.1.1.1"), at), Verdict::Allowed(_)))
+        .count();
+    assert_eq!(n, 10);
+    // ...after three, a gateway decides alone (the whole bucket).
+    let key = entry(Access::FullAccess, Some("40/s"));
+    let late = l.now() + 200_000_000;
+    let n = (0..50)
+        .filter(|_| matches!(l.check_at(&key, || ip("1.1.1.1"), late), Verdict::Allowed(_)))
+        .count();
+    assert_eq!(n, 40);
+}

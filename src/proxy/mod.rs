@@ -125,7 +125,12 @@ impl Gateway {
             access_log: config.log.access_log,
             max_headers: config.server.max_headers,
             tunnel_idle: config.server.idle_timeout,
-            limiter: Arc::new(Limiter::new(&config.limits)),
+            // Local only: sharing needs the sync task `serve` wires up with
+            // `with_limiter` (a tracker nobody drains would only grow).
+            limiter: Arc::new(Limiter::new(&crate::config::LimitsConfig {
+                shared: None,
+                ..config.limits.clone()
+            })),
             trusted_proxies: config.server.trusted_proxies.clone(),
         })
     }
@@ -203,7 +208,12 @@ impl Gateway {
                     Verdict::Unlimited => None,
                     Verdict::Allowed(q) => Some(q),
                     Verdict::Limited(q) => {
-                        tracing::info!(decision = DecisionLabel::RateLimited.as_str(), key.id = key.id(), limit = %q.limit, scope = ?q.scope, method = %req.method(), path = %LogPath(req.uri().path()), client.addr = %conn.peer, "request denied");
+                        let client = policy::client::client_ip(
+                            conn.peer.ip(),
+                            req.headers(),
+                            &self.trusted_proxies,
+                        );
+                        tracing::info!(decision = DecisionLabel::RateLimited.as_str(), key.id = key.id(), limit = %q.limit, scope = ?q.scope, method = %req.method(), path = %LogPath(req.uri().path()), client.addr = %conn.peer, client.ip = %client, "request denied");
                         let caller = DecidedKey {
                             id: key.id_header.clone(),
                             access: key.access,

@@ -129,7 +129,7 @@ CREATE TABLE keygate_usage (
 /// takes the config's default for the key's access type.
 const V5: &str = r#"
 ALTER TABLE keygate_keys ADD COLUMN rate_limit text
-    CHECK (rate_limit ~ '^[1-9][0-9]{0,6}/(s|min|h)$');
+    CHECK (rate_limit ~ '^([1-9][0-9]{0,5}|1000000)/(s|min|h)$');
 "#;
 
 const V1: &str = r#"
