@@ -140,7 +140,7 @@ async fn run() {
                     let update = KeyUpdate {
                         name: None,
                         access: Some(Access::ReadOnly),
-                        rate_limit: None,
+                        ..KeyUpdate::default()
                     };
                     s.modify(|keys, _| Ok(keys.update(&id, update, false).map(|_| ())?))
                         .unwrap();

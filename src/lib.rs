@@ -20,8 +20,10 @@
 //! - `reload`: one publish path for both stores; certificate watching
 //! - `proxy`: one request: decide, answer or forward; header rewriting
 //! - `server`: listeners, TLS, connection limits and timeouts, graceful shutdown
+//! - `admin`: the admin API and web console (admin tokens, sessions, audit)
 //! - `cli`: the `keygate` command line
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod keys;

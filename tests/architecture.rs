@@ -17,11 +17,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("reload", &["keys", "store", "metrics"]),
     ("limits", &["keys", "config", "metrics"]),
     ("proxy", &["keys", "policy", "config", "metrics", "limits"]),
+    ("admin", &["keys", "config", "store", "metrics"]),
     ("server", &["proxy", "config", "metrics"]),
     (
         "cli",
         &[
             "keys", "metrics", "config", "policy", "store", "reload", "proxy", "server", "limits",
+            "admin",
         ],
     ),
 ];

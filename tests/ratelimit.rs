@@ -505,11 +505,24 @@ async fn a_redis_that_never_answers_slows_no_request() {
     wait_for_status(&gw, &secret, 200).await;
     let start = Instant::now();
     for _ in 0..4 {
-        assert_eq!(get(&gw.url("/"), &[("x-api-key", &secret)]).await.status, 200);
+        assert_eq!(
+            get(&gw.url("/"), &[("x-api-key", &secret)]).await.status,
+            200
+        );
     }
-    assert_eq!(get(&gw.url("/"), &[("x-api-key", &secret)]).await.status, 429);
-    assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+    assert_eq!(
+        get(&gw.url("/"), &[("x-api-key", &secret)]).await.status,
+        429
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
     // Never counted as connected: it never answered PING.
     gw.wait_for_output("Redis unreachable");
-    assert_eq!(metric(gw.ops, "keygate_ratelimit_shared_connected").await, 0.0);
+    assert_eq!(
+        metric(gw.ops, "keygate_ratelimit_shared_connected").await,
+        0.0
+    );
 }

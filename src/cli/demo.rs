@@ -61,19 +61,56 @@ pub fn run(args: &ConfigArg) -> Result<(), CliError> {
         now,
     )?;
 
+    // The console too, with a throwaway admin token.
+    let admin_token = crate::keys::token::generate(crate::keys::tokens::TOKEN_PREFIX)
+        .map_err(|e| CliError::user(format!("the OS random number generator failed: {e}")))?;
+    let tokens = crate::store::TokenFile::new(dir.join("admin.tokens"));
+    tokens.modify(|list| {
+        list.push(crate::keys::tokens::AdminToken {
+            name: "demo".into(),
+            role: crate::keys::tokens::Role::Admin,
+            hash: crate::keys::KeyHash::of(admin_token.as_bytes()),
+            created: now,
+        });
+        Ok(())
+    })?;
+    let mut admin = config.admin.clone().unwrap_or(crate::config::AdminConfig {
+        listen: None,
+        public_url: String::new(),
+        docs_url: None,
+        tokens: PathBuf::new(),
+        session_ttl: std::time::Duration::from_secs(12 * 3600),
+        tls: None,
+    });
+    admin.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    admin.tokens = dir.join("admin.tokens");
+    admin.tls = None;
+
     let echo = start_echo()?;
     config.upstream.url = format!("http://{echo}")
         .parse()
         .map_err(|e| CliError::user(format!("{e}")))?;
     config.keys.store = StoreLocation::File(store_path);
     let header = config.keys.header.to_string();
-
-    serve::serve(config, move |client, ops| {
-        let host = if client.ip().is_unspecified() {
-            format!("localhost:{}", client.port())
+    let host = |a: SocketAddr| {
+        if a.ip().is_unspecified() {
+            format!("localhost:{}", a.port())
         } else {
-            client.to_string()
-        };
+            a.to_string()
+        }
+    };
+    if admin.public_url.is_empty()
+        || config
+            .admin
+            .as_ref()
+            .is_none_or(|a| a.public_url.contains("localhost"))
+    {
+        admin.public_url = format!("http://{}", host(config.server.listen));
+    }
+    config.admin = Some(admin);
+
+    serve::serve(config, move |client, ops, console| {
+        let host = host(client);
         println!(
             "\nkeygate demo: gateway on http://{host}, echo backend on http://{echo}, metrics on http://{ops}/metrics"
         );
@@ -95,6 +132,13 @@ pub fn run(args: &ConfigArg) -> Result<(), CliError> {
         println!("# 401 missing_key, and the metrics that counted all of the above");
         println!("curl -i http://{host}/rewards");
         println!("curl -s http://{ops}/metrics | grep keygate_decisions_total\n");
+        if let Some(console) = console {
+            println!(
+                "# the console (the \"API Keys\" page): open it and sign in with this throwaway admin token"
+            );
+            println!("http://{console}/");
+            println!("{admin_token}\n");
+        }
         println!("Press Ctrl-C to stop.");
     })
 }

@@ -8,6 +8,7 @@ mod keys;
 mod logging;
 mod serve;
 mod snippet;
+mod tokens;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -128,6 +129,11 @@ enum Command {
     Migrate(ConfigArg),
     /// Manage API keys.
     Keys(keys::KeysArgs),
+    /// Manage admin tokens (the admin API and console).
+    Tokens(tokens::TokensArgs),
+    /// Run the admin API and web console alone (no proxy): one console for
+    /// a fleet.
+    Admin(ConfigArg),
     /// Try keygate: the gateway on the shipped config, a built-in echo backend
     /// and two throwaway keys, with curl lines to run.
     Demo(ConfigArg),
@@ -141,5 +147,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Check(c) => check::run(&c),
         Command::Migrate(c) => check::migrate(&c),
         Command::Keys(k) => keys::run(k),
+        Command::Tokens(t) => tokens::run(t),
+        Command::Admin(c) => serve::run_admin(&c),
     }
 }

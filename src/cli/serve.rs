@@ -20,14 +20,14 @@ use crate::store::Store;
 
 pub fn run(args: &ConfigArg) -> Result<(), CliError> {
     let config = super::load_config(&super::config_path(args.config.as_deref()))?;
-    serve(config, |_, _| {})
+    serve(config, |_, _, _| {})
 }
 
 /// Runs the gateway on `config` until SIGTERM/SIGINT. `on_ready` is called
-/// with the client and ops addresses once both listen and the index is loaded.
+/// with the client, ops and admin addresses once they listen and the index is loaded.
 pub fn serve(
     config: Config,
-    on_ready: impl FnOnce(SocketAddr, SocketAddr) + Send,
+    on_ready: impl FnOnce(SocketAddr, SocketAddr, Option<SocketAddr>) + Send,
 ) -> Result<(), CliError> {
     logging::init(&config.log)?;
     let mut rt = tokio::runtime::Builder::new_multi_thread();
@@ -48,7 +48,7 @@ pub fn serve(
 
 async fn run_gateway(
     config: Config,
-    on_ready: impl FnOnce(SocketAddr, SocketAddr),
+    on_ready: impl FnOnce(SocketAddr, SocketAddr, Option<SocketAddr>),
 ) -> Result<(), CliError> {
     let metrics_error = |e| CliError::user(format!("metrics: {e}"));
     let mut metrics = Metrics::new()
@@ -61,6 +61,7 @@ async fn run_gateway(
     let health = Arc::new(Health::default());
     let index = Arc::new(ArcSwap::from_pointee(KeyIndex::default()));
     let publisher = Publisher::new(index.clone(), metrics.clone(), health.clone());
+    let publisher_usage = publisher.usage();
     // Registered before anything can report ready: an early SIGHUP must not
     // kill the process.
     let hangup = Hangup::listen();
@@ -109,12 +110,24 @@ async fn run_gateway(
     let ops = TcpListener::bind(config.metrics.listen)
         .await
         .map_err(|e| CliError::user(format!("metrics.listen {}: {e}", config.metrics.listen)))?;
+    let admin = bind_admin(&config, &metrics, Some(publisher_usage)).await?;
     let client_addr = listener.local_addr()?;
     let ops_addr = ops.local_addr()?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
 
     tokio::spawn(serve_ops(ops, metrics.clone(), health.clone()));
+    let mut admin_addr = None;
+    if let Some((listener, admin, tls, addr)) = admin {
+        tracing::info!(admin.addr = %addr, "admin API and console listening");
+        admin_addr = Some(addr);
+        tokio::spawn(crate::admin::serve(
+            listener,
+            admin,
+            tls,
+            std::future::pending(),
+        ));
+    }
     tokio::spawn(limiter.clone().maintain(metrics.clone()));
     if let Some(shared) = &config.limits.shared
         && let Some(sync) = SharedSync::new(shared.clone(), limiter, metrics.clone())
@@ -135,7 +148,7 @@ async fn run_gateway(
             .map_err(|e| CliError::user(format!("cannot start the key store sync: {e}")))?;
     }
     tracing::info!(client.addr = %client_addr, ops.addr = %ops_addr, tls = config.server.tls.is_some(), upstream = %redacted_url(&config.upstream.url), "keygate listening");
-    on_ready(client_addr, ops_addr);
+    on_ready(client_addr, ops_addr, admin_addr);
 
     let shutdown = async {
         tokio::select! {
@@ -166,6 +179,94 @@ async fn run_gateway(
         tracing::warn!(error = %e, "cannot write key usage at shutdown");
     }
     Ok(())
+}
+
+type BoundAdmin = (
+    TcpListener,
+    Arc<crate::admin::Admin>,
+    Option<tokio_rustls::TlsAcceptor>,
+    SocketAddr,
+);
+
+/// The admin listener, bound, when `[admin] listen` is set: a listener that
+/// cannot bind, or TLS files that cannot be read, fail the start.
+async fn bind_admin(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    live_usage: Option<Arc<crate::keys::UsageTable>>,
+) -> Result<Option<BoundAdmin>, CliError> {
+    let Some(listen) = config.admin.as_ref().and_then(|a| a.listen) else {
+        return Ok(None);
+    };
+    let Some(mut admin) = crate::admin::Admin::new(config, metrics.clone())? else {
+        return Ok(None);
+    };
+    if let Some(usage) = live_usage {
+        admin = admin.with_live_usage(usage);
+    }
+    let tls = match config.admin.as_ref().and_then(|a| a.tls.as_ref()) {
+        None => None,
+        Some(files) => {
+            let resolver = tls::CertResolver::load(files)?;
+            let mut server = (*tls::server_config(resolver)?).clone();
+            // The admin listener speaks HTTP/1.1 only.
+            server.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+        }
+    };
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| CliError::user(format!("admin.listen {listen}: {e}")))?;
+    let addr = listener.local_addr()?;
+    Ok(Some((listener, Arc::new(admin), tls, addr)))
+}
+
+/// `keygate admin`: the admin API and console alone, with the ops listener,
+/// until SIGTERM/SIGINT.
+pub fn run_admin(args: &ConfigArg) -> Result<(), CliError> {
+    let config = super::load_config(&super::config_path(args.config.as_deref()))?;
+    if config.admin.as_ref().and_then(|a| a.listen).is_none() {
+        return Err(CliError::user(
+            "keygate admin needs [admin] listen in the config (e.g. listen = \"127.0.0.1:9091\")",
+        ));
+    }
+    logging::init(&config.log)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server.workers.unwrap_or(2).min(2))
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::user(format!("cannot start the runtime: {e}")))?;
+    let result = rt.block_on(async {
+        let metrics =
+            Arc::new(Metrics::new().map_err(|e| CliError::user(format!("metrics: {e}")))?);
+        let health = Arc::new(Health::default());
+        health.set_loaded();
+        let ops = TcpListener::bind(config.metrics.listen)
+            .await
+            .map_err(|e| {
+                CliError::user(format!("metrics.listen {}: {e}", config.metrics.listen))
+            })?;
+        let Some((listener, admin, tls, addr)) = bind_admin(&config, &metrics, None).await? else {
+            return Ok(());
+        };
+        let ops_addr = ops.local_addr()?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        tokio::spawn(serve_ops(ops, metrics.clone(), health));
+        tracing::info!(admin.addr = %addr, ops.addr = %ops_addr, "keygate admin listening");
+        let shutdown = async {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        };
+        crate::admin::serve(listener, admin, tls, shutdown).await;
+        tracing::info!("keygate admin stopped");
+        Ok::<(), CliError>(())
+    });
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    logging::flush();
+    result
 }
 
 /// A URL for the log: any userinfo (`user:password@`) replaced by `***@`.

@@ -47,6 +47,24 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub limits: LimitsConfig,
+    /// The admin API and console; `None` without `[admin]`.
+    pub admin: Option<AdminConfig>,
+}
+
+/// `[admin]`: the admin API and web console.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Where `serve` (and `keygate admin`) listen for it; `None`: `serve`
+    /// runs no admin listener.
+    pub listen: Option<SocketAddr>,
+    /// The gateway as clients see it, for snippets.
+    pub public_url: String,
+    /// The backend's API documentation, linked from the console.
+    pub docs_url: Option<String>,
+    /// Admin token hashes (a file; beside the store by default).
+    pub tokens: PathBuf,
+    pub session_ttl: Duration,
+    pub tls: Option<TlsFiles>,
 }
 
 /// Rate limits beyond each key's own (`rate_limit` in the store).

@@ -77,6 +77,18 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub limits: RawLimits,
+    pub admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<std::net::SocketAddr>,
+    pub public_url: Option<String>,
+    pub docs_url: Option<String>,
+    pub tokens: Option<String>,
+    pub session_ttl: Option<DurationStr>,
+    pub tls: Option<RawTls>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -8,10 +8,11 @@ use std::time::Duration;
 use http::{HeaderName, Uri};
 
 use super::raw::RawConfig;
-use super::raw::RawLimits;
+use super::raw::{RawAdmin, RawLimits};
 use super::{
-    Config, CorsConfig, Http2Limits, IpNet, KeysConfig, LimitsConfig, LogConfig, MetricsConfig,
-    PolicyConfig, RedisTarget, ServerConfig, SharedLimits, StoreLocation, TlsFiles, UpstreamConfig,
+    AdminConfig, Config, CorsConfig, Http2Limits, IpNet, KeysConfig, LimitsConfig, LogConfig,
+    MetricsConfig, PolicyConfig, RedisTarget, ServerConfig, SharedLimits, StoreLocation, TlsFiles,
+    UpstreamConfig,
 };
 use crate::keys::record::normalize_origin;
 use crate::keys::token;
@@ -276,8 +277,13 @@ pub(super) fn validate(
     };
 
     let limits = limits(raw.limits, env)?;
+    let admin = raw
+        .admin
+        .map(|a| admin(a, base, &keys.store, &server))
+        .transpose()?;
     Ok(Config {
         limits,
+        admin,
         server,
         upstream,
         keys,
@@ -297,6 +303,74 @@ pub(super) fn validate(
             level: raw.log.level.unwrap_or_else(|| "info".to_string()),
             access_log: raw.log.access_log.unwrap_or(false),
         },
+    })
+}
+
+fn admin(
+    a: RawAdmin,
+    base: &Path,
+    store: &StoreLocation,
+    server: &ServerConfig,
+) -> Result<AdminConfig, String> {
+    let url_ok = |name: &str, u: &str| -> Result<String, String> {
+        let parsed: Uri = u
+            .parse()
+            .map_err(|e| format!("admin.{name} {u:?} is not a URL: {e}"))?;
+        match parsed.scheme_str() {
+            Some("http" | "https") if parsed.authority().is_some() => {
+                Ok(u.trim_end_matches('/').to_string())
+            }
+            _ => Err(format!(
+                "admin.{name} {u:?} must be an http:// or https:// URL"
+            )),
+        }
+    };
+    let public_url = match &a.public_url {
+        Some(u) => url_ok("public_url", u)?,
+        None => {
+            // The gateway's own listener, as a client on this machine reaches it.
+            let scheme = if server.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let l = server.listen;
+            let host = if l.ip().is_unspecified() {
+                "localhost".to_string()
+            } else if l.is_ipv6() {
+                format!("[{}]", l.ip())
+            } else {
+                l.ip().to_string()
+            };
+            format!("{scheme}://{host}:{}", l.port())
+        }
+    };
+    let docs_url = a
+        .docs_url
+        .as_deref()
+        .map(|u| url_ok("docs_url", u))
+        .transpose()?;
+    let tokens = match (&a.tokens, store) {
+        (Some(t), _) => resolve(base, t),
+        (None, StoreLocation::File(p)) => p.with_file_name("admin.tokens"),
+        (None, StoreLocation::Postgres(_)) => base.join("admin.tokens"),
+    };
+    let session_ttl = a
+        .session_ttl
+        .map_or(Duration::from_secs(12 * 3600), |d| d.0);
+    if session_ttl < Duration::from_secs(60) {
+        return Err("admin.session_ttl must be at least 1m".into());
+    }
+    Ok(AdminConfig {
+        listen: a.listen,
+        public_url,
+        docs_url,
+        tokens,
+        session_ttl,
+        tls: a.tls.map(|t| TlsFiles {
+            cert: resolve(base, &t.cert),
+            key: resolve(base, &t.key),
+        }),
     })
 }
 

@@ -56,6 +56,10 @@ pub struct KeyUpdate {
     pub access: Option<Access>,
     /// `Some(None)` removes the key's own limit.
     pub rate_limit: Option<Option<super::RateLimit>>,
+    /// `Some(None)` removes the expiry.
+    pub expires: Option<Option<std::time::SystemTime>>,
+    /// Normalised origins (empty: any).
+    pub origins: Option<Vec<String>>,
 }
 
 /// The keys of a store, in file order, with unique ids and hashes.
@@ -167,6 +171,12 @@ impl KeySet {
         }
         if let Some(limit) = change.rate_limit {
             record.rate_limit = limit;
+        }
+        if let Some(expires) = change.expires {
+            record.expires = expires;
+        }
+        if let Some(origins) = change.origins {
+            record.origins = origins;
         }
         Ok(record)
     }

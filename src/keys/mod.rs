@@ -7,11 +7,14 @@ mod hash;
 mod id;
 pub mod import;
 mod index;
+pub mod json;
 mod keyset;
 pub mod rate;
 pub mod record;
+pub mod snippet;
 pub mod storefile;
 pub mod token;
+pub mod tokens;
 mod usage;
 
 pub use hash::KeyHash;

@@ -222,7 +222,10 @@ fn fields_are_written_in_the_draft_syntax() {
 
 #[test]
 fn an_ipv6_client_counts_by_its_64() {
-    assert_eq!(client_group(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+    assert_eq!(
+        client_group(ip("2001:db8:1:2:aaaa::1")),
+        ip("2001:db8:1:2::")
+    );
     assert_eq!(
         client_group(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")),
         ip("2001:db8:1:2::")
@@ -263,7 +266,12 @@ fn the_fleet_share_lapses_when_syncs_stop_coming() {
     let key = entry(Access::FullAccess, Some("40/s"));
     let late = l.now() + 200_000_000;
     let n = (0..50)
-        .filter(|_| matches!(l.check_at(&key, || ip("1.1.1.1"), late), Verdict::Allowed(_)))
+        .filter(|_| {
+            matches!(
+                l.check_at(&key, || ip("1.1.1.1"), late),
+                Verdict::Allowed(_)
+            )
+        })
         .count();
     assert_eq!(n, 40);
 }

@@ -15,6 +15,16 @@ pub use ops::{Health, serve_ops};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// A status code as three ASCII digits.
+fn itoa_status(status: u16) -> [u8; 3] {
+    let s = status.min(999);
+    [
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]
+}
+
 /// Milliseconds since the Unix epoch (0 for a clock before it).
 pub fn unix_ms(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
@@ -137,6 +147,8 @@ pub struct Metrics {
     store_connected: IntGauge,
     ratelimit_shared_connected: IntGauge,
     ratelimit_clients: IntGauge,
+    admin_requests: IntCounterVec,
+    admin_signin_failures: IntCounter,
     store_changes_applied: IntCounter,
     store_sync_lag: Gauge,
     /// Unix milliseconds of the last confirmed sync with the store; the lag
@@ -281,6 +293,20 @@ impl Metrics {
         )?;
         reg(Box::new(ratelimit_clients.clone()))?;
 
+        let admin_requests = IntCounterVec::new(
+            Opts::new(
+                "keygate_admin_requests_total",
+                "Admin API and console requests, by route and status.",
+            ),
+            &["route", "status"],
+        )?;
+        reg(Box::new(admin_requests.clone()))?;
+        let admin_signin_failures = IntCounter::new(
+            "keygate_admin_signin_failures_total",
+            "Failed console sign-ins (wrong or unknown admin token).",
+        )?;
+        reg(Box::new(admin_signin_failures.clone()))?;
+
         #[cfg(target_os = "linux")]
         reg(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -300,6 +326,8 @@ impl Metrics {
             store_connected,
             ratelimit_shared_connected,
             ratelimit_clients,
+            admin_requests,
+            admin_signin_failures,
             store_changes_applied,
             store_sync_lag,
             store_last_sync_ms: AtomicU64::new(0),
@@ -391,6 +419,19 @@ impl Metrics {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
+    /// One admin request (`route` is one of a fixed set of names).
+    pub fn admin_request(&self, route: &'static str, status: u16) {
+        let buf = itoa_status(status);
+        let status = std::str::from_utf8(&buf).unwrap_or("0");
+        self.admin_requests
+            .with_label_values(&[route, status])
+            .inc();
+    }
+
+    pub fn admin_signin_failure(&self) {
+        self.admin_signin_failures.inc();
+    }
+
     pub fn store_changes_applied(&self, n: usize) {
         self.store_changes_applied
             .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
@@ -461,6 +502,7 @@ mod tests {
             "keygate_previous_secret_requests_total 0",
             "keygate_ratelimit_shared_connected 0",
             "keygate_ratelimit_clients 0",
+            "keygate_admin_signin_failures_total 0",
         ] {
             assert!(text.contains(name), "missing {name}");
         }

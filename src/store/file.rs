@@ -269,7 +269,7 @@ fn ends_with_newline(file: &mut File) -> io::Result<bool> {
 
 /// Writes `text` to `path` atomically with mode 0600: a temp file in the same
 /// folder, fsync, rename, fsync of the folder.
-fn write_atomic(path: &Path, text: &str) -> Result<(), StoreError> {
+pub(super) fn write_atomic(path: &Path, text: &str) -> Result<(), StoreError> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

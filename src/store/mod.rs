@@ -5,8 +5,10 @@
 //! `Store`. Never called on the request path: requests read the in-memory
 //! `keys::KeyIndex` that `reload` publishes.
 
+pub mod audit;
 mod file;
 pub mod postgres;
+mod tokens;
 
 use std::collections::HashSet;
 use std::io;
@@ -16,8 +18,10 @@ pub use crate::config::StoreLocation;
 pub use crate::keys::StoreSnapshot;
 use crate::keys::storefile::FileError;
 use crate::keys::{KeyHash, KeyRecord, KeySet, KeySetError};
+pub use audit::{AuditEvent, AuditLog};
 pub use file::{FileStore, read_text};
 pub use postgres::PgStore;
+pub use tokens::TokenFile;
 
 /// A store failure, worded for an operator.
 #[derive(Debug)]
@@ -37,6 +41,9 @@ pub enum StoreError {
     /// The store's location cannot be used (a PostgreSQL URL that does not
     /// parse); the message never repeats the URL.
     Location(String),
+    /// A request the store refuses (a duplicate token name, an unknown
+    /// token): the message says which.
+    Refused(String),
     /// A batch (import) refused at the item from this input line.
     Batch {
         line: usize,
@@ -56,6 +63,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Key(e) => write!(f, "{e}"),
             StoreError::Database(msg) => f.write_str(msg),
             StoreError::Location(msg) => write!(f, "keys.store: {msg}"),
+            StoreError::Refused(msg) => f.write_str(msg),
             StoreError::Batch { line, error } => write!(f, "line {line}: {error}"),
         }
     }
@@ -67,6 +75,16 @@ impl From<KeySetError> for StoreError {
     fn from(e: KeySetError) -> Self {
         StoreError::Key(e)
     }
+}
+
+/// A new key's fields, validated.
+#[derive(Debug, Clone)]
+pub struct KeyTemplate {
+    pub name: String,
+    pub access: crate::keys::Access,
+    pub expires: Option<std::time::SystemTime>,
+    pub origins: Vec<String>,
+    pub rate_limit: Option<crate::keys::RateLimit>,
 }
 
 /// The store seam: the CLI, `check` and `serve` take either store through it.
@@ -165,6 +183,85 @@ impl Store {
         match self {
             Store::File(f) => f.rotate(id, new_hash, until, now),
             Store::Postgres(p) => p.rotate(id, new_hash, until, now),
+        }
+    }
+
+    /// Generates a secret and stores a new key under a fresh id; returns
+    /// the record and the secret (which exists nowhere else from here on).
+    /// The one way keys are created, by the CLI and the admin API alike.
+    pub fn create_key(
+        &self,
+        prefix: &str,
+        template: KeyTemplate,
+        now: std::time::SystemTime,
+    ) -> Result<(KeyRecord, String), StoreError> {
+        let KeyTemplate {
+            name,
+            access,
+            expires,
+            origins,
+            rate_limit,
+        } = template;
+        let secret = crate::keys::token::generate(prefix)
+            .map_err(|e| StoreError::Key(KeySetError::Randomness(e.to_string())))?;
+        let hash = KeyHash::of(secret.as_bytes());
+        let record = self.modify_keys(&[], |keys, revoked| {
+            let id = loop {
+                let id = crate::keys::KeyId::generate()
+                    .map_err(|e| StoreError::Key(KeySetError::Randomness(e.to_string())))?;
+                if !keys.contains_id(&id) {
+                    break id;
+                }
+            };
+            if revoked.contains(&hash) {
+                // 178 random bits never collide; this guards against a broken RNG.
+                return Err(StoreError::Key(KeySetError::DuplicateHash {
+                    existing_id: "a revoked key".into(),
+                }));
+            }
+            let record = KeyRecord {
+                id,
+                name,
+                access,
+                hash,
+                created: now,
+                expires,
+                origins,
+                previous: None,
+                rate_limit,
+            };
+            keys.add(record.clone())?;
+            Ok(record)
+        })?;
+        Ok((record, secret))
+    }
+
+    /// Rotates a key to a freshly generated secret (see `rotate`); the
+    /// current one stays valid for `grace` (zero: not at all). Returns the
+    /// record and the new secret. The CLI and the admin API both rotate here.
+    pub fn rotate_key(
+        &self,
+        prefix: &str,
+        id: &str,
+        grace: std::time::Duration,
+        now: std::time::SystemTime,
+    ) -> Result<(KeyRecord, String), StoreError> {
+        let until = (!grace.is_zero()).then(|| {
+            now.checked_add(grace)
+                .unwrap_or_else(crate::keys::record::latest_time)
+        });
+        let secret = crate::keys::token::generate(prefix)
+            .map_err(|e| StoreError::Key(KeySetError::Randomness(e.to_string())))?;
+        let record = self.rotate(id, KeyHash::of(secret.as_bytes()), until, now)?;
+        Ok((record, secret))
+    }
+
+    /// Where changes are recorded: `audit.log` beside a file store. A
+    /// PostgreSQL store has no audit trail yet (`None`).
+    pub fn audit_log(&self) -> Option<AuditLog> {
+        match self {
+            Store::File(f) => Some(AuditLog::beside(f.path())),
+            Store::Postgres(_) => None,
         }
     }
 

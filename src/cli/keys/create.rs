@@ -9,8 +9,8 @@ use super::{Target, key_json};
 use crate::cli::CliError;
 use crate::config::parse_duration;
 use crate::keys::record::{latest_time, normalize_origin, parse_time, validate_name};
-use crate::keys::{Access, KeyHash, KeyId, KeyRecord, KeySetError, RateLimit, token};
-use crate::store::{Store, StoreError};
+use crate::keys::{Access, KeyRecord, RateLimit};
+use crate::store::Store;
 
 /// What `keys create` was given.
 pub(super) struct NewKey {
@@ -66,6 +66,12 @@ pub(super) fn create(
         rate_limit,
     };
     let (record, secret) = create_key(&t.store, t.prefix(), template, now)?;
+    crate::cli::tokens::audit(
+        t.store.audit_log().as_ref(),
+        "key.create",
+        Some(record.id.as_str()),
+        json!({"name": record.name, "access": record.access.as_str()}),
+    );
     if json {
         let mut v = key_json(&record, None);
         v["key"] = json!(secret);
@@ -88,14 +94,7 @@ pub(super) fn create(
     Ok(())
 }
 
-/// A new key's fields, validated.
-pub(crate) struct KeyTemplate {
-    pub name: String,
-    pub access: Access,
-    pub expires: Option<SystemTime>,
-    pub origins: Vec<String>,
-    pub rate_limit: Option<RateLimit>,
-}
+pub(crate) use crate::store::KeyTemplate;
 
 /// Generates a secret and stores a new key under a fresh id; returns the
 /// record and the secret (which exists nowhere else from here on).
@@ -105,43 +104,5 @@ pub(crate) fn create_key(
     template: KeyTemplate,
     now: SystemTime,
 ) -> Result<(KeyRecord, String), CliError> {
-    let KeyTemplate {
-        name,
-        access,
-        expires,
-        origins,
-        rate_limit,
-    } = template;
-    let secret = token::generate(prefix)
-        .map_err(|e| CliError::user(format!("the OS random number generator failed: {e}")))?;
-    let hash = KeyHash::of(secret.as_bytes());
-    let record = store.modify_keys(&[], |keys, revoked| {
-        let id = loop {
-            let id = KeyId::generate()
-                .map_err(|e| StoreError::Key(KeySetError::Randomness(e.to_string())))?;
-            if !keys.contains_id(&id) {
-                break id;
-            }
-        };
-        if revoked.contains(&hash) {
-            // 178 random bits never collide; this guards against a broken RNG.
-            return Err(StoreError::Key(KeySetError::DuplicateHash {
-                existing_id: "a revoked key".into(),
-            }));
-        }
-        let record = KeyRecord {
-            id,
-            name,
-            access,
-            hash,
-            created: now,
-            expires,
-            origins,
-            previous: None,
-            rate_limit,
-        };
-        keys.add(record.clone())?;
-        Ok(record)
-    })?;
-    Ok((record, secret))
+    Ok(store.create_key(prefix, template, now)?)
 }

@@ -29,6 +29,12 @@ pub(super) fn delete(
         }
     }
     let removed = t.store.delete(id)?;
+    crate::cli::tokens::audit(
+        t.store.audit_log().as_ref(),
+        "key.delete",
+        Some(id),
+        serde_json::json!({"name": removed.name}),
+    );
     writeln!(
         out,
         "Deleted key {} ({:?}); its hash is on the revocation list.",

@@ -65,6 +65,12 @@ pub(super) fn import(
                 error,
             })
     })?;
+    crate::cli::tokens::audit(
+        t.store.audit_log().as_ref(),
+        "key.import",
+        None,
+        json!({"count": count}),
+    );
     if json {
         writeln!(out, "{}", serde_json::Value::Array(summary))?;
     } else {

@@ -16,11 +16,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use serde_json::json;
 
 use super::{CliError, snippet};
 use crate::config::{Config, StoreLocation};
-use crate::keys::record::format_time;
 use crate::keys::{Access, KeyRecord, KeyUpdate, RateLimit, UsageSample};
 use crate::store::Store;
 
@@ -222,6 +220,7 @@ pub fn run(args: KeysArgs) -> Result<(), CliError> {
                 name,
                 access,
                 rate_limit: rate_limit.map(|l| l.0),
+                ..KeyUpdate::default()
             },
             force,
         ),
@@ -253,23 +252,7 @@ fn print_secret(out: &mut impl Write, secret: &str) -> std::io::Result<()> {
     )
 }
 
-/// A key as JSON, with its recorded use when known.
-fn key_json(r: &KeyRecord, usage: Option<&UsageSample>) -> serde_json::Value {
-    let last_used = usage
-        .and_then(|u| u.last_used)
-        .map(|t| format_time(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)));
-    json!({
-        "id": r.id.as_str(),
-        "name": r.name,
-        "access": r.access.as_str(),
-        "created": format_time(r.created),
-        "expires": r.expires.map(format_time),
-        "origins": r.origins,
-        "rate_limit": r.rate_limit.map(|l| l.to_string()),
-        "rotating_until": r.previous.map(|p| format_time(p.until)),
-        "last_used": last_used,
-    })
-}
+pub(super) use crate::keys::json::key_json;
 
 /// The recorded use of every key. Usage is a help, not the store: if it
 /// cannot be read, the command goes on without it and says so once.

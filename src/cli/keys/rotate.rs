@@ -9,8 +9,7 @@ use serde_json::json;
 use super::{Target, key_json};
 use crate::cli::CliError;
 use crate::config::parse_duration;
-use crate::keys::record::{format_time, latest_time};
-use crate::keys::{KeyHash, token};
+use crate::keys::record::format_time;
 
 pub(super) fn rotate(
     t: &Target,
@@ -20,13 +19,15 @@ pub(super) fn rotate(
     json: bool,
 ) -> Result<(), CliError> {
     let grace = parse_duration(grace).map_err(|e| CliError::user(format!("--grace: {e}")))?;
-    let now = SystemTime::now();
-    let until = (!grace.is_zero()).then(|| now.checked_add(grace).unwrap_or_else(latest_time));
-    let secret = token::generate(t.prefix())
-        .map_err(|e| CliError::user(format!("the OS random number generator failed: {e}")))?;
-    let record = t
+    let (record, secret) = t
         .store
-        .rotate(id, KeyHash::of(secret.as_bytes()), until, now)?;
+        .rotate_key(t.prefix(), id, grace, SystemTime::now())?;
+    crate::cli::tokens::audit(
+        t.store.audit_log().as_ref(),
+        "key.rotate",
+        Some(id),
+        json!({"rotating_until": record.previous.map(|p| format_time(p.until))}),
+    );
     if json {
         let mut v = key_json(&record, None);
         v["key"] = json!(secret);
