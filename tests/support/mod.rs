@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod pg;
 pub mod redis;
 pub mod upstream;
+pub mod webdriver;
 
 pub use client::*;
 pub use gateway::*;

@@ -48,7 +48,7 @@ async function api(method, path, body) {
 
 function when(t) {
   if (!t) return "—";
-  return new Date(t).toLocaleString();
+  return new Date(t).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
 }
 
 function accessLabel(a) {
