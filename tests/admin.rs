@@ -97,6 +97,7 @@ async fn the_api_does_what_the_cli_does_with_roles_and_errors() {
         (r.status.as_u16(), r.code().as_str()),
         (401, "unauthorized")
     );
+    gw.wait_for_output("there is no admin token yet");
     let alice = token(&gw, "alice", "admin");
     let viewer = token(&gw, "dashboard", "viewer");
 
@@ -137,6 +138,17 @@ async fn the_api_does_what_the_cli_does_with_roles_and_errors() {
     let list = call(admin, "GET", "/admin/v1/keys", &viewer, None).await;
     let text = String::from_utf8_lossy(&list.body).into_owned();
     assert!(!text.contains(&secret) && !text.contains("hash"), "{text}");
+    // No stored hash appears in any answer.
+    let store = std::fs::read_to_string(gw.store_path()).unwrap();
+    let hashes: Vec<String> = store
+        .lines()
+        .filter_map(|l| l.strip_prefix("hash = \""))
+        .map(|h| h.trim_end_matches('"').to_string())
+        .collect();
+    assert!(hashes.len() >= 5);
+    for h in &hashes {
+        assert!(!text.contains(h.as_str()));
+    }
     let listed = list.json();
     assert!(
         listed["keys"]
@@ -268,8 +280,17 @@ async fn the_api_does_what_the_cli_does_with_roles_and_errors() {
     )
     .await;
     assert_eq!(r.json()["access"], "read-only");
-    let r = call(admin, "PATCH", &path, &alice, Some(json!({"force": "yes"}))).await;
+    let r = call(
+        admin,
+        "PATCH",
+        &path,
+        &alice,
+        Some(json!({"name": "x", "force": "yes"})),
+    )
+    .await;
     assert_eq!(r.json()["field"], "force");
+    let r = call(admin, "PATCH", &path, &alice, Some(json!({"force": true}))).await;
+    assert_eq!((r.status.as_u16(), r.code().as_str()), (400, "bad_request"));
 
     // Snippets: a browser one for read-only keys only; never the secret.
     let s = call(admin, "GET", &format!("{path}/snippets"), &viewer, None)
@@ -380,6 +401,9 @@ async fn the_api_does_what_the_cli_does_with_roles_and_errors() {
     for s in [&secret, &new_secret, &alice, &viewer] {
         assert!(!log.contains(s.as_str()));
     }
+    for h in &hashes {
+        assert!(!log.contains(h.as_str()));
+    }
 
     // The description and its page need no token.
     let spec = send(
@@ -484,6 +508,8 @@ async fn console_sessions_need_csrf_and_the_same_origin() {
             && !cookie.contains("Secure"),
         "{cookie}"
     );
+    // Only sent to the console's API: never to the gateway's backend paths.
+    assert!(cookie.contains("Path=/admin;"), "{cookie}");
     let csrf = r.json()["csrf"].as_str().unwrap().to_string();
     let session = cookie.split(';').next().unwrap().to_string();
 
@@ -534,11 +560,19 @@ async fn console_sessions_need_csrf_and_the_same_origin() {
     .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
 
-    // Sign out ends the session.
+    // Sign out ends the session (from the page only).
     let r = send(
         "DELETE",
         &format!("{base}/admin/session"),
-        &[("cookie", &session)],
+        &[("cookie", &session), ("origin", "https://evil.example")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let r = send(
+        "DELETE",
+        &format!("{base}/admin/session"),
+        &[("cookie", &session), ("origin", &origin)],
         "",
     )
     .await;
@@ -714,6 +748,108 @@ fn keygate_admin_runs_alone_and_fails_fast_on_a_bad_start() {
         Ok(text)
     });
     assert!(page.unwrap().contains("API Keys &amp; Docs"));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status();
+    assert!(child.0.wait().unwrap().success());
+}
+
+#[test]
+fn on_postgresql_tokens_and_the_audit_trail_are_tables() {
+    use support::pg::TestDb;
+    let db = TestDb::migrated();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keygate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[upstream]\nurl = \"http://127.0.0.1:9\"\n[keys]\nstore = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            db.url()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["tokens", "create", "--config", config.to_str().unwrap()])
+        .args(["--name", "ops", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = serde_json::from_slice::<Value>(&out.stdout).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        db.query_text("SELECT name FROM keygate_admin_tokens"),
+        "ops"
+    );
+    // No token file anywhere: the table is the only copy.
+    assert!(!dir.path().join("admin.tokens").exists());
+
+    let mut child = Process(
+        Command::new(BIN)
+            .args(["admin", "--config", config.to_str().unwrap()])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let line = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+        .map_while(Result::ok)
+        .find(|l| l.contains("keygate admin listening"))
+        .unwrap();
+    let at = line.find("admin.addr=").unwrap() + "admin.addr=".len();
+    let admin: SocketAddr = line[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let r = call(
+            admin,
+            "POST",
+            "/admin/v1/keys",
+            &token,
+            Some(json!({"name": "fleet key", "access": "read-only", "rate_limit": "10/s"})),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        assert_eq!(
+            db.query_text(&format!(
+                "SELECT rate_limit FROM keygate_keys WHERE id = '{id}'"
+            )),
+            "10/s"
+        );
+        let events = call(admin, "GET", "/admin/v1/audit", &token, None)
+            .await
+            .json();
+        let actions: Vec<&str> = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(actions, ["key.create", "token.create"], "{events}");
+    });
+    // The trail only grows.
+    assert!(
+        db.exec_err("UPDATE keygate_audit SET actor = 'someone else'")
+            .contains("append-only")
+    );
+    assert!(
+        db.exec_err("DELETE FROM keygate_audit")
+            .contains("append-only")
+    );
+    assert!(
+        db.exec_err("TRUNCATE keygate_audit")
+            .contains("append-only")
+    );
     let _ = Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])
         .status();

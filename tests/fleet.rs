@@ -86,14 +86,14 @@ fn migrations_are_idempotent_and_check_reports_the_schema() {
     );
     let outs = format!("{}{}", a.stdout, b.stdout);
     assert!(
-        outs.contains("schema migrated from version 0 to 5"),
+        outs.contains("schema migrated from version 0 to 6"),
         "{outs}"
     );
     assert!(
-        outs.contains("schema already at version 5 (current): nothing to do"),
+        outs.contains("schema already at version 6 (current): nothing to do"),
         "{outs}"
     );
-    assert_eq!(db.query_text("SELECT count(*) FROM keygate_schema"), "5");
+    assert_eq!(db.query_text("SELECT count(*) FROM keygate_schema"), "6");
 
     let again = keygate(&["migrate", "--config", config]);
     assert!(again.stdout.contains("nothing to do"), "{}", again.stdout);
@@ -102,7 +102,7 @@ fn migrations_are_idempotent_and_check_reports_the_schema() {
     assert!(
         check
             .stdout
-            .contains("schema version 5 (current); 0 key(s)"),
+            .contains("schema version 6 (current); 0 key(s)"),
         "{}",
         check.stdout
     );

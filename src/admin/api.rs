@@ -220,9 +220,7 @@ impl Ctx {
 
     /// Records a change; a failure to record is logged (the change is done).
     async fn audit_event(&self, event: AuditEvent) {
-        let Some(log) = self.admin.audit.clone() else {
-            return;
-        };
+        let log = self.admin.audit.clone();
         if let Err(e) = blocking(move || log.append(&event)).await {
             tracing::error!(error = %e.message, "admin: cannot append to the audit trail");
         }
@@ -313,6 +311,11 @@ impl Ctx {
                 "force",
             ],
         )?;
+        if !m.keys().any(|k| k != "force") {
+            return Err(ApiError::bad_request(
+                "nothing to change: send any of name, access, expires, origins, rate_limit",
+            ));
+        }
         let force = match m.get("force") {
             None => false,
             Some(Value::Bool(b)) => *b,
@@ -326,7 +329,14 @@ impl Ctx {
             origins: origins(&m)?,
         };
         let mut changes = Map::new();
-        for field in ["name", "access", "expires", "origins", "rate_limit"] {
+        for field in [
+            "name",
+            "access",
+            "expires",
+            "origins",
+            "rate_limit",
+            "force",
+        ] {
             if let Some(v) = m.get(field) {
                 changes.insert(field.into(), v.clone());
             }
@@ -420,9 +430,7 @@ impl Ctx {
                     .ok_or_else(|| ApiError::invalid("limit", "limit must be 1 to 1000"))?;
             }
         }
-        let Some(log) = self.admin.audit.clone() else {
-            return Ok(json(StatusCode::OK, &json!({ "events": [] })));
-        };
+        let log = self.admin.audit.clone();
         let events = blocking(move || log.newest(limit)).await?;
         Ok(json(StatusCode::OK, &json!({ "events": events })))
     }

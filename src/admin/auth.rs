@@ -91,6 +91,14 @@ impl Sessions {
         let mut map = self.by_id.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         map.retain(|_, s| s.expires > now);
+        if map.len() >= MAX_SESSIONS
+            && let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
+        }
         map.insert(id.clone(), session.clone());
         Some((id, session))
     }
@@ -149,6 +157,14 @@ impl Sessions {
     }
 }
 
+/// Compares without stopping at the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The most sessions kept at once; past it, the oldest is dropped.
+const MAX_SESSIONS: usize = 10_000;
+
 fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
@@ -191,6 +207,17 @@ fn same_origin(headers: &HeaderMap) -> bool {
 /// A session's state-changing request must carry its CSRF token and come
 /// from the same origin.
 pub async fn authenticate(admin: &Arc<Admin>, req: &Request<Bytes>) -> Result<Principal, ApiError> {
+    let result = authenticate_inner(admin, req).await;
+    if result.is_err() {
+        admin.hint_if_no_token().await;
+    }
+    result
+}
+
+async fn authenticate_inner(
+    admin: &Arc<Admin>,
+    req: &Request<Bytes>,
+) -> Result<Principal, ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
     let headers = req.headers();
     let (hash, session) = if let Some(auth) = headers.get(header::AUTHORIZATION) {
@@ -218,9 +245,6 @@ pub async fn authenticate(admin: &Arc<Admin>, req: &Request<Bytes>) -> Result<Pr
     let tokens = admin.tokens.clone();
     let found = blocking(move || tokens.find(&hash)).await?;
     let Some(found) = found else {
-        if admin.tokens.load().map(|t| t.is_empty()).unwrap_or(false) {
-            tracing::warn!(tokens = %admin.tokens.path().display(), "admin: there is no admin token yet: create one with `keygate tokens create --name NAME --role admin`");
-        }
         return Err(unauthorized("unknown or deleted admin token"));
     };
     if let Some(s) = &session
@@ -229,7 +253,7 @@ pub async fn authenticate(admin: &Arc<Admin>, req: &Request<Bytes>) -> Result<Pr
     {
         let csrf_ok = headers
             .get(CSRF_HEADER)
-            .is_some_and(|v| v.as_bytes() == s.csrf.as_bytes());
+            .is_some_and(|v| constant_time_eq(v.as_bytes(), s.csrf.as_bytes()));
         if !csrf_ok || !same_origin(headers) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -262,6 +286,14 @@ pub async fn session(
             Err(e) => e.response(),
         },
         Method::DELETE => {
+            if !same_origin(req.headers()) {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "sign out from the console's own page",
+                )
+                .response();
+            }
             if let Some(id) = cookie_value(req.headers(), COOKIE) {
                 admin.sessions.close(id);
             }
@@ -348,7 +380,7 @@ async fn sign_in(
     );
     let secure = if admin.tls { "; Secure" } else { "" };
     let cookie = format!(
-        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        "{COOKIE}={id}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
         admin.sessions.ttl.as_secs()
     );
     if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -360,10 +392,10 @@ async fn sign_in(
 fn clear_cookie(tls: bool) -> HeaderValue {
     if tls {
         HeaderValue::from_static(
-            "kg_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0; Secure",
+            "kg_session=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0; Secure",
         )
     } else {
-        HeaderValue::from_static("kg_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+        HeaderValue::from_static("kg_session=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0")
     }
 }
 

@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{AdminConfig, Config};
 use crate::metrics::Metrics;
-use crate::store::{AuditLog, Store, StoreError, TokenFile};
+use crate::store::{Audit, Store, StoreError, Tokens};
 
 pub use auth::Sessions;
 
@@ -48,8 +48,8 @@ pub type AdminBody = Full<Bytes>;
 /// Everything the admin listener needs.
 pub struct Admin {
     store: Store,
-    tokens: TokenFile,
-    audit: Option<AuditLog>,
+    tokens: Tokens,
+    audit: Audit,
     config: AdminConfig,
     /// The API key header and prefix, for snippets and new keys.
     key_header: String,
@@ -60,6 +60,10 @@ pub struct Admin {
     /// The running gateway's own counts (with `serve`): fresher than what
     /// the store holds, which is written every 10 s.
     live_usage: Option<Arc<crate::keys::UsageTable>>,
+    /// When the "no admin token yet" hint was last logged (seconds on a
+    /// monotonic clock), so that unauthenticated requests cannot flood the log.
+    hinted_at: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
 }
 
 impl Admin {
@@ -70,9 +74,9 @@ impl Admin {
         };
         let store = Store::open(&config.keys.store)?;
         Ok(Some(Admin {
-            audit: store.audit_log(),
+            audit: store.audit(),
+            tokens: store.tokens(admin.tokens.clone()),
             store,
-            tokens: TokenFile::new(admin.tokens.clone()),
             key_header: config.keys.header.as_str().to_string(),
             key_prefix: config.keys.prefix.clone(),
             sessions: Sessions::new(admin.session_ttl),
@@ -80,7 +84,30 @@ impl Admin {
             metrics,
             tls: admin.tls.is_some(),
             live_usage: None,
+            hinted_at: std::sync::atomic::AtomicU64::new(u64::MAX),
+            started: std::time::Instant::now(),
         }))
+    }
+
+    /// Logs how to create the first admin token when there is none: at a
+    /// refused request, at most once a minute.
+    async fn hint_if_no_token(&self) {
+        use std::sync::atomic::Ordering;
+        let now = self.started.elapsed().as_secs();
+        let last = self.hinted_at.load(Ordering::Relaxed);
+        if last != u64::MAX && now < last + 60 {
+            return;
+        }
+        let tokens = self.tokens.clone();
+        if let Ok(list) = blocking(move || tokens.load()).await
+            && list.is_empty()
+            && self
+                .hinted_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(tokens = %self.tokens.label(), "admin: there is no admin token yet, so every request is refused: create one with `keygate tokens create --name NAME --role admin`");
+        }
     }
 
     /// Shows this process's live usage counts too.
@@ -98,7 +125,11 @@ impl Admin {
         let (parts, body) = req.into_parts();
         let body = match read_body(body).await {
             Ok(b) => b,
-            Err(e) => return self.finish("body", e.response()),
+            Err(e) => {
+                let mut response = e.response();
+                security_headers(&mut response);
+                return self.finish("body", response);
+            }
         };
         let req = Request::from_parts(parts, body);
         let (route, mut response) = self.route(req, peer).await;
@@ -255,16 +286,12 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<AdminBody
     r
 }
 
-/// Runs `f` (a store call) on a thread of its own: the stores block, and
-/// the PostgreSQL one runs a runtime of its own.
+/// Runs `f` (a store call) on the runtime's blocking pool: the stores
+/// block, and the PostgreSQL one runs a runtime of its own there.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.await {
+    match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(ApiError::from),
         Err(_) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

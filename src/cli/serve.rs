@@ -230,6 +230,11 @@ pub fn run_admin(args: &ConfigArg) -> Result<(), CliError> {
             "keygate admin needs [admin] listen in the config (e.g. listen = \"127.0.0.1:9091\")",
         ));
     }
+    // A file store missing or invalid at start is a start failure, as for
+    // `serve`; a database that is away is not (each request tries again).
+    if let crate::store::Store::File(store) = Store::open(&config.keys.store)? {
+        store.load()?;
+    }
     logging::init(&config.log)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.server.workers.unwrap_or(2).min(2))

@@ -12,7 +12,7 @@ use super::CliError;
 use crate::keys::record::format_time;
 use crate::keys::tokens::{AdminToken, Role, TOKEN_PREFIX, validate_token_name};
 use crate::keys::{KeyHash, token};
-use crate::store::{AuditEvent, AuditLog, StoreError, TokenFile};
+use crate::store::{Audit, AuditEvent, StoreError, Tokens};
 
 #[derive(Debug, Args)]
 pub struct TokensArgs {
@@ -56,15 +56,9 @@ pub fn cli_actor() -> String {
     format!("cli:{user}")
 }
 
-/// Records a CLI change in the audit trail beside a file store; a failure
-/// to record is a warning (the change is done).
-pub fn audit(
-    log: Option<&AuditLog>,
-    action: &str,
-    key_id: Option<&str>,
-    changes: serde_json::Value,
-) {
-    let Some(log) = log else { return };
+/// Records a CLI change in the store's audit trail; a failure to record is
+/// a warning (the change is done).
+pub fn audit(log: &Audit, action: &str, key_id: Option<&str>, changes: serde_json::Value) {
     let event = AuditEvent {
         time: format_time(SystemTime::now()),
         actor: cli_actor(),
@@ -82,21 +76,16 @@ pub fn audit(
 }
 
 /// The token file and the audit trail a tokens command works on.
-fn files(args: &TokensArgs) -> Result<(TokenFile, Option<AuditLog>), CliError> {
+fn files(args: &TokensArgs) -> Result<(Tokens, Audit), CliError> {
     let config = super::load_config(&super::config_path(args.config.as_deref()))?;
     let store = crate::store::Store::open(&config.keys.store)?;
-    let path = match &config.admin {
-        Some(a) => a.tokens.clone(),
-        None => match &config.keys.store {
-            crate::config::StoreLocation::File(p) => p.with_file_name("admin.tokens"),
-            crate::config::StoreLocation::Postgres(_) => {
-                return Err(CliError::user(
-                    "set [admin] tokens in the config: where admin tokens live for a PostgreSQL store",
-                ));
-            }
-        },
+    // A file store without [admin]: admin.tokens beside the store.
+    let path = match (&config.admin, &config.keys.store) {
+        (Some(a), _) => a.tokens.clone(),
+        (None, crate::config::StoreLocation::File(p)) => p.with_file_name("admin.tokens"),
+        (None, crate::config::StoreLocation::Postgres(_)) => std::path::PathBuf::new(),
     };
-    Ok((TokenFile::new(path), store.audit_log()))
+    Ok((store.tokens(path), store.audit()))
 }
 
 pub fn run(args: TokensArgs) -> Result<(), CliError> {
@@ -125,7 +114,7 @@ pub fn run(args: TokensArgs) -> Result<(), CliError> {
                 Ok(())
             })?;
             audit(
-                log.as_ref(),
+                &log,
                 "token.create",
                 None,
                 json!({"name": name, "role": role.as_str()}),
@@ -176,7 +165,7 @@ pub fn run(args: TokensArgs) -> Result<(), CliError> {
                 }
                 Ok(())
             })?;
-            audit(log.as_ref(), "token.delete", None, json!({"name": name}));
+            audit(&log, "token.delete", None, json!({"name": name}));
             writeln!(out, "Deleted admin token {name:?}: it no longer works.")?;
         }
     }

@@ -81,6 +81,9 @@ fn parse_line(raw: &str, prefix: &str) -> Result<(KeyHash, Access, String), Stri
     else {
         return Err("expected three tab-separated fields: secret, access, name".to_string());
     };
+    if secret.starts_with(&format!("{}_", super::tokens::TOKEN_PREFIX)) {
+        return Err("secret: this is an admin token (kga_...), not an API key".to_string());
+    }
     token::check(secret.as_bytes(), prefix).map_err(|e| format!("secret: {e}"))?;
     // Never the field itself in a message: with the columns swapped, it
     // would be the secret.
@@ -140,6 +143,22 @@ mod tests {
             errs.iter()
                 .all(|e| !e.message.contains("ok-") && !e.message.contains("kg_short"))
         );
+    }
+
+    #[test]
+    fn an_admin_token_is_never_imported_as_an_api_key() {
+        let admin = token::generate("kga").unwrap_or_else(|e| panic!("{e}"));
+        let errs = parse_import(
+            &format!("{admin}\tread-only\tA\n"),
+            "kg",
+            SystemTime::UNIX_EPOCH,
+            ids(),
+        )
+        .err()
+        .unwrap_or_default();
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].message.contains("admin token"), "{:?}", errs[0]);
+        assert!(token::validate_prefix("kga").is_err());
     }
 
     #[test]

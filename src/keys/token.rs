@@ -56,6 +56,11 @@ pub fn validate_prefix(prefix: &str) -> Result<(), String> {
             "prefix {prefix:?} must be 1 to 16 ASCII letters or digits"
         ));
     }
+    if prefix == super::tokens::TOKEN_PREFIX {
+        return Err(format!(
+            "prefix {prefix:?} is the admin tokens' prefix: API keys must never look like admin tokens"
+        ));
+    }
     Ok(())
 }
 

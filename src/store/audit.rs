@@ -107,6 +107,30 @@ impl AuditLog {
     }
 }
 
+/// Where the audit trail lives: `audit.log` beside a file store, a table
+/// for PostgreSQL.
+#[derive(Debug, Clone)]
+pub enum Audit {
+    File(AuditLog),
+    Postgres(Box<super::PgStore>),
+}
+
+impl Audit {
+    pub fn append(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        match self {
+            Audit::File(f) => f.append(event),
+            Audit::Postgres(p) => p.append_audit(event),
+        }
+    }
+
+    pub fn newest(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        match self {
+            Audit::File(f) => f.newest(limit),
+            Audit::Postgres(p) => p.audit(limit),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

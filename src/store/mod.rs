@@ -18,10 +18,10 @@ pub use crate::config::StoreLocation;
 pub use crate::keys::StoreSnapshot;
 use crate::keys::storefile::FileError;
 use crate::keys::{KeyHash, KeyRecord, KeySet, KeySetError};
-pub use audit::{AuditEvent, AuditLog};
+pub use audit::{Audit, AuditEvent, AuditLog};
 pub use file::{FileStore, read_text};
 pub use postgres::PgStore;
-pub use tokens::TokenFile;
+pub use tokens::{TokenFile, Tokens};
 
 /// A store failure, worded for an operator.
 #[derive(Debug)]
@@ -256,12 +256,21 @@ impl Store {
         Ok((record, secret))
     }
 
-    /// Where changes are recorded: `audit.log` beside a file store. A
-    /// PostgreSQL store has no audit trail yet (`None`).
-    pub fn audit_log(&self) -> Option<AuditLog> {
+    /// Where changes are recorded: `audit.log` beside a file store, the
+    /// `keygate_audit` table of a PostgreSQL store.
+    pub fn audit(&self) -> Audit {
         match self {
-            Store::File(f) => Some(AuditLog::beside(f.path())),
-            Store::Postgres(_) => None,
+            Store::File(f) => Audit::File(AuditLog::beside(f.path())),
+            Store::Postgres(p) => Audit::Postgres(p.clone()),
+        }
+    }
+
+    /// Where admin tokens live: `file` for a file store (`[admin] tokens`,
+    /// `admin.tokens` beside the store by default), a table for PostgreSQL.
+    pub fn tokens(&self, file: std::path::PathBuf) -> Tokens {
+        match self {
+            Store::File(_) => Tokens::File(TokenFile::new(file)),
+            Store::Postgres(p) => Tokens::Postgres(p.clone()),
         }
     }
 

@@ -73,3 +73,41 @@ impl TokenFile {
         Ok(out)
     }
 }
+
+/// Where admin tokens live: `admin.tokens` for a file store, a table for
+/// PostgreSQL (so one console serves a fleet).
+#[derive(Debug, Clone)]
+pub enum Tokens {
+    File(TokenFile),
+    Postgres(Box<super::PgStore>),
+}
+
+impl Tokens {
+    pub fn label(&self) -> String {
+        match self {
+            Tokens::File(f) => f.path().display().to_string(),
+            Tokens::Postgres(p) => format!("{} (keygate_admin_tokens)", p.label()),
+        }
+    }
+
+    pub fn load(&self) -> Result<Vec<AdminToken>, StoreError> {
+        match self {
+            Tokens::File(f) => f.load(),
+            Tokens::Postgres(p) => p.tokens(),
+        }
+    }
+
+    pub fn find(&self, hash: &KeyHash) -> Result<Option<AdminToken>, StoreError> {
+        Ok(self.load()?.into_iter().find(|t| t.hash == *hash))
+    }
+
+    pub fn modify<T>(
+        &self,
+        change: impl FnOnce(&mut Vec<AdminToken>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match self {
+            Tokens::File(f) => f.modify(change),
+            Tokens::Postgres(p) => p.modify_tokens(change),
+        }
+    }
+}

@@ -9,7 +9,22 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::client::send;
+use super::client::Reply;
+
+/// Every WebDriver call is bounded: a hung driver fails the test, not CI.
+async fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<bytes::Bytes>,
+) -> Reply {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        super::client::send(method, url, headers, body),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("WebDriver {method} {url}: no answer within 30 s"))
+}
 use super::gateway::Process;
 
 /// The W3C key of an element reference.

@@ -67,7 +67,7 @@ pub(super) fn create(
     };
     let (record, secret) = create_key(&t.store, t.prefix(), template, now)?;
     crate::cli::tokens::audit(
-        t.store.audit_log().as_ref(),
+        &t.store.audit(),
         "key.create",
         Some(record.id.as_str()),
         json!({"name": record.name, "access": record.access.as_str()}),

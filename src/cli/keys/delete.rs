@@ -30,7 +30,7 @@ pub(super) fn delete(
     }
     let removed = t.store.delete(id)?;
     crate::cli::tokens::audit(
-        t.store.audit_log().as_ref(),
+        &t.store.audit(),
         "key.delete",
         Some(id),
         serde_json::json!({"name": removed.name}),

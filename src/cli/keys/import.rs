@@ -66,7 +66,7 @@ pub(super) fn import(
             })
     })?;
     crate::cli::tokens::audit(
-        t.store.audit_log().as_ref(),
+        &t.store.audit(),
         "key.import",
         None,
         json!({"count": count}),

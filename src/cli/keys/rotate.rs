@@ -23,7 +23,7 @@ pub(super) fn rotate(
         .store
         .rotate_key(t.prefix(), id, grace, SystemTime::now())?;
     crate::cli::tokens::audit(
-        t.store.audit_log().as_ref(),
+        &t.store.audit(),
         "key.rotate",
         Some(id),
         json!({"rotating_until": record.previous.map(|p| format_time(p.until))}),

@@ -45,7 +45,7 @@ pub(super) fn update(
         .store
         .modify_keys(&[id], |keys, _| Ok(keys.update(id, change, force)?.clone()))?;
     crate::cli::tokens::audit(
-        t.store.audit_log().as_ref(),
+        &t.store.audit(),
         "key.update",
         Some(id),
         serde_json::Value::Object(changes),

@@ -13,6 +13,7 @@
 //! plus `sslrootcert=FILE` if the URL names one: no silent fall-back to plain
 //! text, so a password never crosses the network in the clear.
 
+mod admin;
 mod rows;
 pub mod schema;
 
@@ -244,6 +245,45 @@ impl PgStore {
             let client = self.connect("keygate-cli", None).await?;
             schema::require_current(&client, self).await?;
             Ok(rows::load_ids(&client, self, &[id]).await?.pop())
+        })
+    }
+
+    /// Every admin token.
+    pub fn tokens(&self) -> Result<Vec<crate::keys::tokens::AdminToken>, StoreError> {
+        self.block_on(async {
+            let client = self.connect("keygate-admin", None).await?;
+            schema::require_current(&client, self).await?;
+            admin::load_tokens(&client, self).await
+        })
+    }
+
+    /// Changes the admin tokens in one transaction.
+    pub fn modify_tokens<T>(
+        &self,
+        change: impl FnOnce(&mut Vec<crate::keys::tokens::AdminToken>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.block_on(async {
+            let mut client = self.connect("keygate-admin", None).await?;
+            schema::require_current(&client, self).await?;
+            admin::modify_tokens(&mut client, self, change).await
+        })
+    }
+
+    /// Appends one event to the audit trail.
+    pub fn append_audit(&self, event: &crate::store::AuditEvent) -> Result<(), StoreError> {
+        self.block_on(async {
+            let client = self.connect("keygate-admin", None).await?;
+            schema::require_current(&client, self).await?;
+            admin::append_audit(&client, self, event).await
+        })
+    }
+
+    /// The newest audit events, newest first.
+    pub fn audit(&self, limit: usize) -> Result<Vec<crate::store::AuditEvent>, StoreError> {
+        self.block_on(async {
+            let client = self.connect("keygate-admin", None).await?;
+            schema::require_current(&client, self).await?;
+            admin::newest_audit(&client, self, limit).await
         })
     }
 

@@ -32,6 +32,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("rotation: a previous secret with a grace period", V3),
     ("key usage, merged across the fleet", V4),
     ("a rate limit per key", V5),
+    ("admin tokens and the audit trail", V6),
 ];
 
 /// The schema version this build reads and writes.
@@ -130,6 +131,35 @@ CREATE TABLE keygate_usage (
 const V5: &str = r#"
 ALTER TABLE keygate_keys ADD COLUMN rate_limit text
     CHECK (rate_limit ~ '^([1-9][0-9]{0,5}|1000000)/(s|min|h)$');
+"#;
+
+/// The admin console's tokens (hashes only) and its audit trail, which
+/// only ever grows: a trigger refuses to change or remove an event.
+const V6: &str = r#"
+CREATE TABLE keygate_admin_tokens (
+    name text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9_.@-]{1,64}$'),
+    role text NOT NULL CHECK (role IN ('admin', 'viewer')),
+    hash bytea NOT NULL UNIQUE CHECK (octet_length(hash) = 32),
+    created timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE keygate_audit (
+    seq bigserial PRIMARY KEY,
+    time timestamptz NOT NULL DEFAULT now(),
+    actor text NOT NULL,
+    action text NOT NULL,
+    key_id text,
+    client text,
+    changes text NOT NULL DEFAULT '{}'
+);
+CREATE FUNCTION keygate_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'keygate_audit is append-only';
+END;
+$$;
+CREATE TRIGGER keygate_audit_append_only BEFORE UPDATE OR DELETE ON keygate_audit
+    FOR EACH ROW EXECUTE FUNCTION keygate_audit_append_only();
+CREATE TRIGGER keygate_audit_no_truncate BEFORE TRUNCATE ON keygate_audit
+    FOR EACH STATEMENT EXECUTE FUNCTION keygate_audit_append_only();
 "#;
 
 const V1: &str = r#"
