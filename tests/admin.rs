@@ -855,3 +855,59 @@ fn on_postgresql_tokens_and_the_audit_trail_are_tables() {
         .status();
     assert!(child.0.wait().unwrap().success());
 }
+
+#[tokio::test]
+async fn over_tls_the_session_cookie_is_secure() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = TestUpstream::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed();
+    std::fs::write(certs.path().join("cert.pem"), &cert).unwrap();
+    std::fs::write(certs.path().join("key.pem"), &key).unwrap();
+    let gw = TestGateway::start_with(
+        &upstream.url(),
+        Setup {
+            tables: format!(
+                "[admin]\nlisten = \"127.0.0.1:0\"\n[admin.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                certs.path().join("cert.pem").display(),
+                certs.path().join("key.pem").display()
+            ),
+            ..Setup::default()
+        },
+    );
+    gw.wait_for_output("admin API and console listening");
+    let out = gw.output();
+    let line = out
+        .lines()
+        .find(|l| l.contains("admin API and console listening"))
+        .unwrap();
+    let at = line.find("admin.addr=").unwrap() + "admin.addr=".len();
+    let admin: SocketAddr = line[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let t = token(&gw, "alice", "admin");
+    // A client offering h2 first still gets HTTP/1.1, the admin's protocol.
+    let mut tls = tls_connect(admin, &cert, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let body = json!({"token": t}).to_string();
+    let req = format!(
+        "POST /admin/session HTTP/1.1\r\nhost: localhost\r\norigin: https://localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    let cookie = answer
+        .lines()
+        .find(|l| l.starts_with("set-cookie:"))
+        .unwrap();
+    assert!(
+        cookie.contains("; secure") && cookie.contains("httponly"),
+        "{cookie}"
+    );
+}
