@@ -836,6 +836,82 @@ fn on_postgresql_tokens_and_the_audit_trail_are_tables() {
             .map(|e| e["action"].as_str().unwrap())
             .collect();
         assert_eq!(actions, ["key.create", "token.create"], "{events}");
+
+        // The rest of the table on this store, through the same code.
+        let path = format!("/admin/v1/keys/{id}");
+        let r = call(admin, "GET", "/admin/v1/keys", &token, None).await;
+        assert_eq!(r.json()["keys"][0]["id"], id.as_str());
+        assert!(!String::from_utf8_lossy(&r.body).contains("hash"));
+        let r = call(admin, "GET", &path, &token, None).await;
+        assert_eq!(r.json()["rate_limit"], "10/s");
+        let r = call(
+            admin,
+            "PATCH",
+            &path,
+            &token,
+            Some(json!({"access": "full-access"})),
+        )
+        .await;
+        assert_eq!(r.code(), "upgrade_needs_force");
+        let r = call(
+            admin,
+            "PATCH",
+            &path,
+            &token,
+            Some(json!({"name": "fleet key (web)", "rate_limit": null})),
+        )
+        .await;
+        assert_eq!(r.json()["name"], "fleet key (web)", "{:?}", r.body);
+        assert_eq!(
+            db.query_text(&format!(
+                "SELECT coalesce(rate_limit, 'none') FROM keygate_keys WHERE id = '{id}'"
+            )),
+            "none"
+        );
+        let r = call(
+            admin,
+            "POST",
+            &format!("{path}/rotate"),
+            &token,
+            Some(json!({"grace": "0s"})),
+        )
+        .await;
+        assert!(r.json()["key"].as_str().unwrap().starts_with("kg_"));
+        let r = call(admin, "GET", &format!("{path}/snippets"), &token, None).await;
+        assert_eq!(r.json()["snippets"].as_array().unwrap().len(), 4);
+        let r = call(
+            admin,
+            "POST",
+            "/admin/v1/keys",
+            &token,
+            Some(json!({"name": 1})),
+        )
+        .await;
+        assert_eq!(
+            (r.status.as_u16(), r.json()["field"].as_str()),
+            (422, Some("name"))
+        );
+        assert_eq!(call(admin, "DELETE", &path, &token, None).await.status, 204);
+        assert_eq!(call(admin, "GET", &path, &token, None).await.status, 404);
+        assert_eq!(
+            db.query_text("SELECT count(*) FROM keygate_revoked"),
+            "2",
+            "the rotated-away hash and the deleted one"
+        );
+        let events = call(admin, "GET", "/admin/v1/audit?limit=3", &token, None)
+            .await
+            .json();
+        let actions: Vec<&str> = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            actions,
+            ["key.delete", "key.rotate", "key.update"],
+            "{events}"
+        );
     });
     // The trail only grows.
     assert!(
