@@ -26,20 +26,25 @@ fn start(upstream: &str) -> (TestGateway, SocketAddr) {
             ..Setup::default()
         },
     );
-    gw.wait_for_output("admin API and console listening");
-    let out = gw.output();
-    let line = out
-        .lines()
-        .find(|l| l.contains("admin API and console listening"))
-        .unwrap();
-    let start = line.find("admin.addr=").unwrap() + "admin.addr=".len();
-    let addr = line[start..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = gw.admin_addr();
     (gw, addr)
+}
+
+/// Runs `keygate admin --config config`; returns it and its address.
+fn spawn_admin(config: &std::path::Path) -> (Process, SocketAddr) {
+    let mut child = Process(
+        Command::new(BIN)
+            .args(["admin", "--config", config.to_str().unwrap()])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let line = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+        .map_while(Result::ok)
+        .find(|l| l.contains("keygate admin listening"))
+        .unwrap();
+    (child, address_in(&line, "admin.addr="))
 }
 
 /// `keygate tokens create` on the gateway's config; returns the token.
@@ -721,25 +726,7 @@ fn keygate_admin_runs_alone_and_fails_fast_on_a_bad_start() {
         "[upstream]\nurl = \"http://127.0.0.1:9\"\n[keys]\nstore = \"keys.toml\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
     )
     .unwrap();
-    let mut child = Process(
-        Command::new(BIN)
-            .args(["admin", "--config", config.to_str().unwrap()])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stderr = child.0.stderr.take().unwrap();
-    let line = std::io::BufRead::lines(std::io::BufReader::new(stderr))
-        .map_while(Result::ok)
-        .find(|l| l.contains("keygate admin listening"))
-        .unwrap();
-    let start = line.find("admin.addr=").unwrap() + "admin.addr=".len();
-    let addr: SocketAddr = line[start..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (mut child, addr) = spawn_admin(&config);
     let page = std::net::TcpStream::connect(addr).and_then(|mut s| {
         use std::io::{Read, Write};
         s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")?;
@@ -789,25 +776,7 @@ fn on_postgresql_tokens_and_the_audit_trail_are_tables() {
     // No token file anywhere: the table is the only copy.
     assert!(!dir.path().join("admin.tokens").exists());
 
-    let mut child = Process(
-        Command::new(BIN)
-            .args(["admin", "--config", config.to_str().unwrap()])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stderr = child.0.stderr.take().unwrap();
-    let line = std::io::BufRead::lines(std::io::BufReader::new(stderr))
-        .map_while(Result::ok)
-        .find(|l| l.contains("keygate admin listening"))
-        .unwrap();
-    let at = line.find("admin.addr=").unwrap() + "admin.addr=".len();
-    let admin: SocketAddr = line[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (mut child, admin) = spawn_admin(&config);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let r = call(
@@ -951,19 +920,7 @@ async fn over_tls_the_session_cookie_is_secure() {
             ..Setup::default()
         },
     );
-    gw.wait_for_output("admin API and console listening");
-    let out = gw.output();
-    let line = out
-        .lines()
-        .find(|l| l.contains("admin API and console listening"))
-        .unwrap();
-    let at = line.find("admin.addr=").unwrap() + "admin.addr=".len();
-    let admin: SocketAddr = line[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let admin = gw.admin_addr();
     let t = token(&gw, "alice", "admin");
     // A client offering h2 first still gets HTTP/1.1, the admin's protocol.
     let mut tls = tls_connect(admin, &cert, &[b"h2", b"http/1.1"]).await;

@@ -25,19 +25,7 @@ fn start(upstream: &str) -> (TestGateway, SocketAddr, String) {
             ..Setup::default()
         },
     );
-    gw.wait_for_output("admin API and console listening");
-    let out = gw.output();
-    let line = out
-        .lines()
-        .find(|l| l.contains("admin API and console listening"))
-        .unwrap();
-    let at = line.find("admin.addr=").unwrap() + "admin.addr=".len();
-    let addr = line[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = gw.admin_addr();
     let created = Command::new(BIN)
         .args([
             "tokens",

@@ -173,18 +173,24 @@ fn the_client_table_is_bounded_and_swept() {
     ));
 }
 
-#[test]
-fn in_a_fleet_each_gateway_takes_its_share_of_a_burst_between_syncs() {
+/// A limiter set to share through Redis (no Redis needed: the tests play
+/// the sync's part).
+fn shared_limiter() -> Limiter {
     let shared = crate::config::SharedLimits {
         redis: crate::config::RedisTarget::parse("redis://127.0.0.1")
             .unwrap_or_else(|e| panic!("{e}")),
         prefix: "t".into(),
         sync_interval: std::time::Duration::from_millis(50),
     };
-    let l = Limiter::new(&LimitsConfig {
+    Limiter::new(&LimitsConfig {
         shared: Some(shared),
         ..LimitsConfig::default()
-    });
+    })
+}
+
+#[test]
+fn in_a_fleet_each_gateway_takes_its_share_of_a_burst_between_syncs() {
+    let l = shared_limiter();
     let key = entry(Access::FullAccess, Some("40/s"));
     // Alone (Redis not heard from): the whole bucket.
     assert_eq!(allowed(&run(&l, &key, "1.1.1.1", 50)), 40);
@@ -244,16 +250,7 @@ fn an_ipv6_client_counts_by_its_64() {
 
 #[test]
 fn the_fleet_share_lapses_when_syncs_stop_coming() {
-    let shared = crate::config::SharedLimits {
-        redis: crate::config::RedisTarget::parse("redis://127.0.0.1")
-            .unwrap_or_else(|e| panic!("{e}")),
-        prefix: "t".into(),
-        sync_interval: std::time::Duration::from_millis(50),
-    };
-    let l = Limiter::new(&LimitsConfig {
-        shared: Some(shared),
-        ..LimitsConfig::default()
-    });
+    let l = shared_limiter();
     l.set_fleet_size(4);
     let key = entry(Access::FullAccess, Some("40/s"));
     // Two intervals after the last sync the share still holds...

@@ -155,6 +155,15 @@ impl TestGateway {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// The admin listener's address, from its "listening" log line.
+    pub fn admin_addr(&self) -> SocketAddr {
+        let needle = "admin API and console listening";
+        self.wait_for_output(needle);
+        let out = self.output();
+        let line = out.lines().find(|l| l.contains(needle)).unwrap();
+        address_in(line, "admin.addr=")
+    }
+
     pub fn store_path(&self) -> PathBuf {
         self.dir.path().join("keys.toml")
     }
@@ -222,6 +231,20 @@ impl TestGateway {
     pub fn pid(&self) -> u32 {
         self.child.0.id()
     }
+}
+
+/// The socket address after `field` in a text log line.
+pub fn address_in(line: &str, field: &str) -> SocketAddr {
+    let at = line
+        .find(field)
+        .unwrap_or_else(|| panic!("no {field} in {line:?}"))
+        + field.len();
+    line[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// Starts `keygate serve --config <path>` and waits for its "listening" line.

@@ -129,26 +129,6 @@ impl Browser {
         self.call("POST", "/url", Some(json!({"url": url}))).await;
     }
 
-    /// The first element matching an XPath, waiting up to 5 s for it.
-    pub async fn find(&self, xpath: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let url = format!("{}/session/{}/element", self.base, self.session);
-            let r = send(
-                "POST",
-                &url,
-                &[("content-type", "application/json")],
-                json!({"using": "xpath", "value": xpath}).to_string(),
-            )
-            .await;
-            if r.status.is_success() {
-                return r.json()["value"][ELEMENT].as_str().unwrap().to_string();
-            }
-            assert!(Instant::now() < deadline, "no element {xpath}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
     /// A visible button (or link) by its visible name.
     pub async fn button(&self, name: &str) -> String {
         self.visible(&format!(
@@ -165,24 +145,35 @@ impl Browser {
         .await
     }
 
+    /// Every element matching an XPath, now.
+    async fn elements(&self, xpath: &str) -> Vec<String> {
+        let url = format!("{}/session/{}/elements", self.base, self.session);
+        let r = send(
+            "POST",
+            &url,
+            &[("content-type", "application/json")],
+            json!({"using": "xpath", "value": xpath}).to_string(),
+        )
+        .await;
+        if !r.status.is_success() {
+            return Vec::new();
+        }
+        r.json()["value"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e[ELEMENT].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
     /// The first displayed element matching an XPath, waiting up to 5 s.
     pub async fn visible(&self, xpath: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let url = format!("{}/session/{}/elements", self.base, self.session);
-            let r = send(
-                "POST",
-                &url,
-                &[("content-type", "application/json")],
-                json!({"using": "xpath", "value": xpath}).to_string(),
-            )
-            .await;
-            if r.status.is_success() {
-                for e in r.json()["value"].as_array().cloned().unwrap_or_default() {
-                    let id = e[ELEMENT].as_str().unwrap_or_default().to_string();
-                    if self.displayed(&id).await {
-                        return id;
-                    }
+            for id in self.elements(xpath).await {
+                if self.displayed(&id).await {
+                    return id;
                 }
             }
             assert!(Instant::now() < deadline, "nothing visible at {xpath}");
