@@ -757,7 +757,7 @@ fn on_postgresql_tokens_and_the_audit_trail_are_tables() {
     .unwrap();
     let out = Command::new(BIN)
         .args(["tokens", "create", "--config", config.to_str().unwrap()])
-        .args(["--name", "ops", "--json"])
+        .args(["--name", "ops", "--role", "admin", "--json"])
         .output()
         .unwrap();
     assert!(

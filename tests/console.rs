@@ -33,7 +33,7 @@ fn start(upstream: &str) -> (TestGateway, SocketAddr, String) {
             "--config",
             gw.config_path().to_str().unwrap(),
         ])
-        .args(["--name", "alice", "--json"])
+        .args(["--name", "alice", "--role", "admin", "--json"])
         .output()
         .unwrap();
     assert!(created.status.success());

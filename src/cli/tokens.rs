@@ -29,8 +29,8 @@ enum TokensCommand {
     Create {
         #[arg(long)]
         name: String,
-        /// admin (everything) or viewer (reads only)
-        #[arg(long, default_value = "admin", value_parser = parse_role)]
+        /// viewer (reads only, the default) or admin (everything)
+        #[arg(long, default_value = "viewer", value_parser = parse_role)]
         role: Role,
         #[arg(long)]
         json: bool,
