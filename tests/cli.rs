@@ -534,3 +534,27 @@ fn a_read_only_folder_on_create_fails_cleanly_and_leaves_the_store_as_it_was() {
     );
     assert_eq!(std::fs::read(&store).unwrap(), before);
 }
+
+#[test]
+fn version_names_the_commit_and_the_compiler() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.starts_with(&format!("keygate {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(text.contains("rustc "), "{text}");
+    // In a git checkout, the commit being built.
+    if let Ok(head) = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        && head.status.success()
+    {
+        let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+        assert!(
+            text.contains(&format!("(commit {head},")),
+            "{text} vs {head}"
+        );
+    }
+}

@@ -104,9 +104,19 @@ impl<E: std::error::Error> From<E> for CliError {
     }
 }
 
+/// `keygate --version`: the release, the commit and the compiler it was built with.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KEYGATE_COMMIT"),
+    ", ",
+    env!("KEYGATE_RUSTC"),
+    ")"
+);
+
 /// keygate: an authenticating reverse proxy for API keys.
 #[derive(Debug, Parser)]
-#[command(name = "keygate", version, about, propagate_version = true)]
+#[command(name = "keygate", version = VERSION, about, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -282,6 +282,23 @@ impl Metrics {
         )?;
         reg(Box::new(previous_secret_requests.clone()))?;
 
+        // What is running, as operators of Prometheus exporters expect:
+        // join it on instance to see which build each gateway runs.
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "keygate_build_info",
+                "Always 1; the labels say which build is running.",
+            ),
+            &["version", "commit", "rustc"],
+        )?;
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                env!("KEYGATE_COMMIT"),
+                env!("KEYGATE_RUSTC"),
+            ])
+            .set(1);
+        reg(Box::new(build_info))?;
         let ratelimit_shared_connected = IntGauge::new(
             "keygate_ratelimit_shared_connected",
             "1 while the shared rate-limit counters (Redis) are reachable; 0 when limits are local only.",
@@ -503,6 +520,7 @@ mod tests {
             "keygate_ratelimit_shared_connected 0",
             "keygate_ratelimit_clients 0",
             "keygate_admin_signin_failures_total 0",
+            concat!("keygate_build_info{commit=\"", env!("KEYGATE_COMMIT"), "\""),
         ] {
             assert!(text.contains(name), "missing {name}");
         }
