@@ -558,3 +558,67 @@ fn version_names_the_commit_and_the_compiler() {
         );
     }
 }
+
+#[test]
+fn list_filters_and_the_store_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    create(dir.path(), "front", "read-only");
+    create(dir.path(), "erp", "full-access");
+    ok(keys(
+        dir.path(),
+        &[
+            "create",
+            "--name",
+            "soon",
+            "--access",
+            "read-only",
+            "--expires-in",
+            "10d",
+        ],
+    ));
+    let names = |args: &[&str]| -> Vec<String> {
+        let out = ok(keys(dir.path(), &[&["list", "--json"], args].concat()));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&[]), ["front", "erp", "soon"]);
+    assert_eq!(names(&["--access", "full-access"]), ["erp"]);
+    assert_eq!(names(&["--expiring-within", "30d"]), ["soon"]);
+    assert!(names(&["--expiring-within", "5d"]).is_empty());
+    // Just created: nobody is unused for 90 days yet.
+    assert!(names(&["--unused-for", "90d"]).is_empty());
+    assert_eq!(names(&["--unused-for", "0s"]).len(), 3);
+
+    // --access lists its values, and a typo is a usage error (exit 2).
+    let out = keys(dir.path(), &["list", "--access", "admin"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("read-only") && err.contains("full-access"),
+        "{err}"
+    );
+
+    // --store-env: the location from a variable, never on the command line.
+    let store = dir.path().join("keys.toml");
+    let out = Command::new(BIN)
+        .args(["keys", "--store-env", "KG_TEST_STORE", "list", "--json"])
+        .env("KG_TEST_STORE", &store)
+        .env_remove("KEYGATE_CONFIG")
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(out)).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 3);
+    let out = Command::new(BIN)
+        .args(["keys", "--store-env", "KG_TEST_UNSET_VAR", "list"])
+        .env_remove("KG_TEST_UNSET_VAR")
+        .env_remove("KEYGATE_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_line(&out).contains("$KG_TEST_UNSET_VAR"));
+}

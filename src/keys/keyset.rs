@@ -97,6 +97,11 @@ impl KeySet {
         &self.records
     }
 
+    /// Keeps the keys `keep` selects (a subset stays unique), in order.
+    pub fn retain(&mut self, keep: impl FnMut(&KeyRecord) -> bool) {
+        self.records.retain(keep);
+    }
+
     pub fn len(&self) -> usize {
         self.records.len()
     }

@@ -28,8 +28,17 @@ pub struct KeysArgs {
     #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// Key store to use instead of the config's: a file, or a postgres:// URL
-    #[arg(long, value_name = "FILE|URL", global = true)]
+    #[arg(
+        long,
+        value_name = "FILE|URL",
+        global = true,
+        conflicts_with = "store_env"
+    )]
     store: Option<PathBuf>,
+    /// The name of an environment variable holding the store location, so
+    /// that a database password never needs to be on a command line
+    #[arg(long, value_name = "VAR", global = true)]
+    store_env: Option<String>,
     #[command(subcommand)]
     command: KeysCommand,
 }
@@ -40,7 +49,7 @@ enum KeysCommand {
     Create {
         #[arg(long)]
         name: String,
-        #[arg(long, value_parser = parse_access)]
+        #[arg(long, value_parser = access_parser())]
         access: Access,
         /// Expiry: a date (2027-01-31) or an RFC 3339 time
         #[arg(long, conflicts_with = "expires_in")]
@@ -61,6 +70,15 @@ enum KeysCommand {
     List {
         #[arg(long)]
         json: bool,
+        /// Only keys of this access
+        #[arg(long, value_parser = access_parser())]
+        access: Option<Access>,
+        /// Only keys that expire within this time from now (or have expired): 30d, 12h
+        #[arg(long, value_name = "DURATION", value_parser = parse_span)]
+        expiring_within: Option<std::time::Duration>,
+        /// Only keys with no recorded use (nor creation) for this long: 90d
+        #[arg(long, value_name = "DURATION", value_parser = parse_span)]
+        unused_for: Option<std::time::Duration>,
     },
     /// Show one key.
     Show {
@@ -73,7 +91,7 @@ enum KeysCommand {
         id: String,
         #[arg(long)]
         name: Option<String>,
-        #[arg(long, value_parser = parse_access)]
+        #[arg(long, value_parser = access_parser())]
         access: Option<Access>,
         /// N/s, N/min or N/h; "none" removes the key's own limit
         #[arg(long, value_name = "N/UNIT|none", value_parser = parse_rate_limit_or_none)]
@@ -115,8 +133,11 @@ enum KeysCommand {
     },
 }
 
-fn parse_access(s: &str) -> Result<Access, String> {
-    s.parse()
+/// `--access`: its values listed in `--help` and in the error for a typo.
+fn access_parser() -> impl clap::builder::TypedValueParser<Value = Access> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["read-only", "full-access"])
+        .try_map(|s: String| s.parse::<Access>())
 }
 
 fn parse_rate_limit(s: &str) -> Result<RateLimit, String> {
@@ -148,9 +169,20 @@ impl Target {
     }
 }
 
+fn parse_span(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_duration(s)
+}
+
 fn target(args: &KeysArgs) -> Result<Target, CliError> {
+    let from_env = match &args.store_env {
+        None => None,
+        Some(var) => Some(PathBuf::from(std::env::var(var).map_err(|_| {
+            CliError::user(format!("--store-env names ${var}, which is not set"))
+        })?)),
+    };
+    let store_arg = args.store.clone().or(from_env);
     let config_path = super::config_path(args.config.as_deref());
-    let config = match (&args.store, &args.config) {
+    let config = match (&store_arg, &args.config) {
         // --store alone: use the config only if it is there (for the prefix and header).
         (Some(_), None) => config_path
             .exists()
@@ -158,7 +190,7 @@ fn target(args: &KeysArgs) -> Result<Target, CliError> {
             .transpose()?,
         _ => Some(super::load_config(&config_path)?),
     };
-    let location = match (&args.store, &config) {
+    let location = match (&store_arg, &config) {
         (Some(path), _) => match path.to_str() {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 StoreLocation::Postgres(url.to_string())
@@ -172,7 +204,7 @@ fn target(args: &KeysArgs) -> Result<Target, CliError> {
             ));
         }
     };
-    let store = Store::open(&location).map_err(|e| match args.store {
+    let store = Store::open(&location).map_err(|e| match store_arg {
         Some(_) => CliError::user(e.to_string().replace("keys.store", "--store")),
         None => CliError::from(e),
     })?;
@@ -204,7 +236,19 @@ pub fn run(args: KeysArgs) -> Result<(), CliError> {
             },
             json,
         ),
-        KeysCommand::List { json } => show::list(&t, &mut out, json),
+        KeysCommand::List {
+            json,
+            access,
+            expiring_within,
+            unused_for,
+        } => {
+            let filter = show::ListFilter {
+                access,
+                expiring_within,
+                unused_for,
+            };
+            show::list(&t, &mut out, json, &filter)
+        }
         KeysCommand::Show { id, json } => show::show(&t, &mut out, &id, json),
         KeysCommand::Update {
             id,
