@@ -47,27 +47,6 @@ fn spawn_admin(config: &std::path::Path) -> (Process, SocketAddr) {
     (child, address_in(&line, "admin.addr="))
 }
 
-/// `keygate tokens create` on the gateway's config; returns the token.
-fn token(gw: &TestGateway, name: &str, role: &str) -> String {
-    let out = Command::new(BIN)
-        .args([
-            "tokens",
-            "create",
-            "--config",
-            gw.config_path().to_str().unwrap(),
-        ])
-        .args(["--name", name, "--role", role, "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["token"].as_str().unwrap().to_string()
-}
-
 async fn call(
     admin: SocketAddr,
     method: &str,
@@ -103,8 +82,8 @@ async fn the_api_does_what_the_cli_does_with_roles_and_errors() {
         (401, "unauthorized")
     );
     gw.wait_for_output("there is no admin token yet");
-    let alice = token(&gw, "alice", "admin");
-    let viewer = token(&gw, "dashboard", "viewer");
+    let alice = gw.admin_token("alice", "admin");
+    let viewer = gw.admin_token("dashboard", "viewer");
 
     // Who may call: never an API key, never nobody; a viewer only reads.
     let r = send("GET", &format!("http://{admin}/admin/v1/keys"), &[], "").await;
@@ -434,7 +413,7 @@ async fn the_api_does_what_the_cli_does_with_roles_and_errors() {
 async fn a_deleted_token_stops_working_at_once() {
     let upstream = TestUpstream::start().await;
     let (gw, admin) = start(&upstream.url());
-    let t = token(&gw, "temp", "admin");
+    let t = gw.admin_token("temp", "admin");
     assert_eq!(
         call(admin, "GET", "/admin/v1/keys", &t, None).await.status,
         200
@@ -475,7 +454,7 @@ async fn a_deleted_token_stops_working_at_once() {
 async fn console_sessions_need_csrf_and_the_same_origin() {
     let upstream = TestUpstream::start().await;
     let (gw, admin) = start(&upstream.url());
-    let t = token(&gw, "alice", "admin");
+    let t = gw.admin_token("alice", "admin");
     let base = format!("http://{admin}");
     let origin = base.clone();
     // The page itself: strict policy, not frameable, no inline script.
@@ -621,7 +600,7 @@ async fn console_sessions_need_csrf_and_the_same_origin() {
 async fn api_and_cli_writing_at_once_lose_nothing() {
     let upstream = TestUpstream::start().await;
     let (gw, admin) = start(&upstream.url());
-    let t = token(&gw, "alice", "admin");
+    let t = gw.admin_token("alice", "admin");
     let before = serde_json::from_str::<Value>(&gw.keys(&["list", "--json"]))
         .unwrap()
         .as_array()
@@ -921,7 +900,7 @@ async fn over_tls_the_session_cookie_is_secure() {
         },
     );
     let admin = gw.admin_addr();
-    let t = token(&gw, "alice", "admin");
+    let t = gw.admin_token("alice", "admin");
     // A client offering h2 first still gets HTTP/1.1, the admin's protocol.
     let mut tls = tls_connect(admin, &cert, &[b"h2", b"http/1.1"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));

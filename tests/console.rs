@@ -10,7 +10,6 @@ use support::webdriver::Browser;
 use support::*;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const DIALOG: &str = "//dialog[@open]";
@@ -26,19 +25,7 @@ fn start(upstream: &str) -> (TestGateway, SocketAddr, String) {
         },
     );
     let addr = gw.admin_addr();
-    let created = Command::new(BIN)
-        .args([
-            "tokens",
-            "create",
-            "--config",
-            gw.config_path().to_str().unwrap(),
-        ])
-        .args(["--name", "alice", "--role", "admin", "--json"])
-        .output()
-        .unwrap();
-    assert!(created.status.success());
-    let v: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
-    let token = v["token"].as_str().unwrap().to_string();
+    let token = gw.admin_token("alice", "admin");
     (gw, addr, token)
 }
 

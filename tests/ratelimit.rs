@@ -34,11 +34,16 @@ fn create(gw: &TestGateway, access: &str, limit: Option<&str>) -> (String, Strin
     )
 }
 
+/// The status of a GET of `url` with `secret`.
+async fn status(url: &str, secret: &str) -> u16 {
+    get(url, &[("x-api-key", secret)]).await.status.as_u16()
+}
+
 /// Polls until the gateway answers `secret` with `status` (after a reload).
 async fn wait_for_status(gw: &TestGateway, secret: &str, status: u16) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        if get(&gw.url("/"), &[("x-api-key", secret)]).await.status == status {
+        if self::status(&gw.url("/"), secret).await == status {
             return;
         }
         assert!(Instant::now() < deadline, "never got {status}");
@@ -103,14 +108,8 @@ async fn only_requests_that_pass_the_policy_consume() {
         let r = send("POST", &gw.url("/"), &[("x-api-key", &secret)], "x").await;
         assert_eq!(r.code(), "read_only_method");
     }
-    assert_eq!(
-        get(&gw.url("/"), &[("x-api-key", &secret)]).await.status,
-        200
-    );
-    assert_eq!(
-        get(&gw.url("/"), &[("x-api-key", &secret)]).await.status,
-        429
-    );
+    assert_eq!(status(&gw.url("/"), &secret).await, 200);
+    assert_eq!(status(&gw.url("/"), &secret).await, 429);
 }
 
 #[tokio::test]
@@ -120,10 +119,7 @@ async fn limits_follow_the_store_on_reload() {
     let (id, secret) = create(&gw, "full-access", None);
     wait_for_status(&gw, &secret, 200).await;
     for _ in 0..10 {
-        assert_eq!(
-            get(&gw.url("/"), &[("x-api-key", &secret)]).await.status,
-            200
-        );
+        assert_eq!(status(&gw.url("/"), &secret).await, 200);
     }
     gw.keys(&["update", &id, "--rate-limit", "2/min"]);
     wait_for_status(&gw, &secret, 429).await;
@@ -321,18 +317,9 @@ async fn redis_unreachable_leaves_limits_local_and_requests_fast() {
         0.0
     );
     let start = Instant::now();
-    assert_eq!(
-        get(&gw.url("/"), &[("x-api-key", &secret)]).await.status,
-        200
-    );
-    assert_eq!(
-        get(&gw.url("/"), &[("x-api-key", &secret)]).await.status,
-        200
-    );
-    assert_eq!(
-        get(&gw.url("/"), &[("x-api-key", &secret)]).await.status,
-        429
-    );
+    assert_eq!(status(&gw.url("/"), &secret).await, 200);
+    assert_eq!(status(&gw.url("/"), &secret).await, 200);
+    assert_eq!(status(&gw.url("/"), &secret).await, 429);
     assert!(
         start.elapsed() < Duration::from_secs(1),
         "{:?}",
@@ -373,10 +360,7 @@ async fn a_redis_restart_mid_test_changes_nothing_for_requests() {
             break;
         }
         assert!(Instant::now() < deadline, "{key} never written to Redis");
-        assert_eq!(
-            get(&gw.url("/"), &[("x-api-key", &secret)]).await.status,
-            200
-        );
+        assert_eq!(status(&gw.url("/"), &secret).await, 200);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -384,24 +368,12 @@ async fn a_redis_restart_mid_test_changes_nothing_for_requests() {
     wait_for_metric(gw.ops, "keygate_ratelimit_shared_connected", |v| v == 0.0).await;
     let start = Instant::now();
     for _ in 0..20 {
-        assert_eq!(
-            get(&gw.url("/"), &[("x-api-key", &secret)]).await.status,
-            200
-        );
+        assert_eq!(status(&gw.url("/"), &secret).await, 200);
     }
     // Limits still hold, locally.
-    assert_eq!(
-        get(&gw.url("/"), &[("x-api-key", &tight)]).await.status,
-        200
-    );
-    assert_eq!(
-        get(&gw.url("/"), &[("x-api-key", &tight)]).await.status,
-        200
-    );
-    assert_eq!(
-        get(&gw.url("/"), &[("x-api-key", &tight)]).await.status,
-        429
-    );
+    assert_eq!(status(&gw.url("/"), &tight).await, 200);
+    assert_eq!(status(&gw.url("/"), &tight).await, 200);
+    assert_eq!(status(&gw.url("/"), &tight).await, 429);
     assert!(
         start.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -415,10 +387,7 @@ async fn a_redis_restart_mid_test_changes_nothing_for_requests() {
         assert!(Instant::now() < deadline, "never reconnected");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        get(&gw.url("/"), &[("x-api-key", &secret)]).await.status,
-        200
-    );
+    assert_eq!(status(&gw.url("/"), &secret).await, 200);
     gw.wait_for_output("Redis lost");
 }
 
@@ -458,25 +427,19 @@ async fn a_limit_lives_in_postgresql_too() {
     assert!(e.contains("check constraint"), "{e}");
     let gw = PgGateway::start(&db.url(), &upstream.url(), "1s");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while get(&gw.url("/"), &[("x-api-key", &secret)]).await.status != 200 {
+    while status(&gw.url("/"), &secret).await != 200 {
         assert!(
             Instant::now() < deadline,
             "the gateway never loaded the key"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        get(&gw.url("/"), &[("x-api-key", &secret)]).await.status,
-        200
-    );
-    assert_eq!(
-        get(&gw.url("/"), &[("x-api-key", &secret)]).await.status,
-        429
-    );
+    assert_eq!(status(&gw.url("/"), &secret).await, 200);
+    assert_eq!(status(&gw.url("/"), &secret).await, 429);
     // A change pushed by the database reaches the gateway.
     keys_cli(&db, &["update", &id, "--rate-limit", "none"]);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while get(&gw.url("/"), &[("x-api-key", &secret)]).await.status != 200 {
+    while status(&gw.url("/"), &secret).await != 200 {
         assert!(Instant::now() < deadline, "the new limit never arrived");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -505,15 +468,9 @@ async fn a_redis_that_never_answers_slows_no_request() {
     wait_for_status(&gw, &secret, 200).await;
     let start = Instant::now();
     for _ in 0..4 {
-        assert_eq!(
-            get(&gw.url("/"), &[("x-api-key", &secret)]).await.status,
-            200
-        );
+        assert_eq!(status(&gw.url("/"), &secret).await, 200);
     }
-    assert_eq!(
-        get(&gw.url("/"), &[("x-api-key", &secret)]).await.status,
-        429
-    );
+    assert_eq!(status(&gw.url("/"), &secret).await, 429);
     assert!(
         start.elapsed() < Duration::from_secs(1),
         "{:?}",

@@ -164,6 +164,23 @@ impl TestGateway {
         address_in(line, "admin.addr=")
     }
 
+    /// `keygate tokens create` on this gateway's config; returns the token.
+    pub fn admin_token(&self, name: &str, role: &str) -> String {
+        let out = Command::new(BIN)
+            .args(["tokens", "create", "--config"])
+            .arg(self.config_path())
+            .args(["--name", name, "--role", role, "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["token"].as_str().unwrap().to_string()
+    }
+
     pub fn store_path(&self) -> PathBuf {
         self.dir.path().join("keys.toml")
     }

@@ -12,13 +12,24 @@ use crate::keys::record::{latest_time, normalize_origin, parse_time, validate_na
 use crate::keys::{Access, KeyRecord, RateLimit};
 use crate::store::Store;
 
-/// What `keys create` was given.
+/// What `keys create` takes.
+#[derive(Debug, clap::Args)]
 pub(super) struct NewKey {
+    #[arg(long)]
     pub name: String,
+    #[arg(long, value_parser = super::access_parser())]
     pub access: Access,
+    /// Expiry: a date (2027-01-31) or an RFC 3339 time
+    #[arg(long, conflicts_with = "expires_in")]
     pub expires: Option<String>,
+    /// Expiry from now: 90d, 12h, ...
+    #[arg(long)]
     pub expires_in: Option<String>,
+    /// Browser origin allowed to use the key (repeatable)
+    #[arg(long = "origin", value_name = "URL")]
     pub origins: Vec<String>,
+    /// The key's own rate limit: N/s, N/min or N/h (else the config's default)
+    #[arg(long, value_name = "N/UNIT", value_parser = super::parse_rate_limit)]
     pub rate_limit: Option<RateLimit>,
 }
 

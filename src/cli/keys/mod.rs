@@ -47,22 +47,8 @@ pub struct KeysArgs {
 enum KeysCommand {
     /// Create a key; its secret is printed once, here, and never again.
     Create {
-        #[arg(long)]
-        name: String,
-        #[arg(long, value_parser = access_parser())]
-        access: Access,
-        /// Expiry: a date (2027-01-31) or an RFC 3339 time
-        #[arg(long, conflicts_with = "expires_in")]
-        expires: Option<String>,
-        /// Expiry from now: 90d, 12h, ...
-        #[arg(long)]
-        expires_in: Option<String>,
-        /// Browser origin allowed to use the key (repeatable)
-        #[arg(long = "origin", value_name = "URL")]
-        origins: Vec<String>,
-        /// The key's own rate limit: N/s, N/min or N/h (else the config's default)
-        #[arg(long, value_name = "N/UNIT", value_parser = parse_rate_limit)]
-        rate_limit: Option<RateLimit>,
+        #[command(flatten)]
+        key: create::NewKey,
         #[arg(long)]
         json: bool,
     },
@@ -134,13 +120,13 @@ enum KeysCommand {
 }
 
 /// `--access`: its values listed in `--help` and in the error for a typo.
-fn access_parser() -> impl clap::builder::TypedValueParser<Value = Access> {
+pub(super) fn access_parser() -> impl clap::builder::TypedValueParser<Value = Access> {
     use clap::builder::TypedValueParser;
     clap::builder::PossibleValuesParser::new(["read-only", "full-access"])
         .try_map(|s: String| s.parse::<Access>())
 }
 
-fn parse_rate_limit(s: &str) -> Result<RateLimit, String> {
+pub(super) fn parse_rate_limit(s: &str) -> Result<RateLimit, String> {
     s.parse()
 }
 
@@ -215,27 +201,7 @@ pub fn run(args: KeysArgs) -> Result<(), CliError> {
     let t = target(&args)?;
     let mut out = std::io::stdout().lock();
     match args.command {
-        KeysCommand::Create {
-            name,
-            access,
-            expires,
-            expires_in,
-            origins,
-            rate_limit,
-            json,
-        } => create::create(
-            &t,
-            &mut out,
-            create::NewKey {
-                name,
-                access,
-                expires,
-                expires_in,
-                origins,
-                rate_limit,
-            },
-            json,
-        ),
+        KeysCommand::Create { key, json } => create::create(&t, &mut out, key, json),
         KeysCommand::List {
             json,
             access,
