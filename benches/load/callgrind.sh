@@ -2,8 +2,9 @@
 # Instructions per request of a keygate binary, counted by callgrind: repeatable to about 1% on
 # this machine whatever else runs, where wall-clock figures move by 10-20% between runs.
 #
-#   benches/load/callgrind.sh BINARY [get|post|deny|limited|shared ...]   # default: get post deny
+#   benches/load/callgrind.sh BINARY [get|post|deny|denylog|limited|shared ...]   # default: get post deny
 #
+# deny runs with log level warn (no denial line), denylog with info: the line each denial logs.
 # limited: get with a key under its rate limit (1000000/s), so every request pays the limit check;
 # shared: the same with the limit shared through Redis ($KEYGATE_BENCH_REDIS, default
 # redis://127.0.0.1:6379; the sync task's work in the background is counted too).
@@ -44,6 +45,7 @@ limkey=$("$bin" keys create --config "$d/keygate.toml" --name limited --access f
   --rate-limit 1000000/s --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
 cp "$d/keygate.toml" "$d/keygate-limited.toml"
 cp "$d/keygate.toml" "$d/keygate-shared.toml"
+sed 's/^level = "warn"/level = "info"/' "$d/keygate.toml" >"$d/keygate-denylog.toml"
 printf '[limits]\nshared = "%s"\nshared_prefix = "kgcallgrind%s"\n' \
   "${KEYGATE_BENCH_REDIS:-redis://127.0.0.1:6379}" "$$" >>"$d/keygate-shared.toml"
 cat >"$d/requests.py" <<'PY'
@@ -55,13 +57,16 @@ for _ in range(n):
         c.request("POST", "/v1/things?x=1", body=b'{"points": 5, "member": "m-123", "reason": "purchase", "ref": "abc"}',
                   headers={"X-Api-Key": key, "Content-Type": "application/json"})
     else:
-        c.request("GET", "/v1/things?x=1", headers={"X-Api-Key": "kg_unknown_unknown_unknown" if mode == "deny" else key})
+        c.request("GET", "/v1/things?x=1", headers={"X-Api-Key": "kg_unknown_unknown_unknown" if mode.startswith("deny") else key})
     r = c.getresponse(); r.read()
-    assert r.status == (401 if mode == "deny" else 200), r.status
+    assert r.status == (401 if mode.startswith("deny") else 200), r.status
 PY
 total() { # mode n -> instructions
   local config="$d/keygate.toml" k="$key"
-  case "$1" in limited|shared) config="$d/keygate-$1.toml"; k="$limkey" ;; esac
+  case "$1" in
+    limited|shared) config="$d/keygate-$1.toml"; k="$limkey" ;;
+    denylog) config="$d/keygate-denylog.toml" ;;
+  esac
   valgrind --tool=callgrind --callgrind-out-file="$d/cg.$2" "$bin" serve --config "$config" 2>/dev/null &
   local pid=$!; pids+=($pid)
   for _ in $(seq 1 300); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done

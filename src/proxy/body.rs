@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::pool::Lease;
 use super::stall::Stall;
 use super::upstream::Progress;
 use crate::metrics::{Metrics, UpstreamErrorKind};
@@ -23,8 +24,19 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 enum Inner {
-    Upstream(Incoming, Stall, Arc<Progress>),
+    Upstream(Box<Relay>),
     Bytes(Option<Bytes>),
+}
+
+/// An upstream body being relayed, and the connection it came on.
+struct Relay {
+    body: Incoming,
+    stall: Stall,
+    progress: Arc<Progress>,
+    /// Back to the pool when the exchange is whole (see `Drop`).
+    lease: Option<Lease>,
+    /// The body ended cleanly (its last frame was read).
+    ended: bool,
 }
 
 /// Why an upstream body was cut: it stayed silent for `read_timeout`.
@@ -71,9 +83,16 @@ impl ProxyBody {
         metrics: Arc<Metrics>,
         read_timeout: Duration,
         progress: Arc<Progress>,
+        lease: Option<Lease>,
     ) -> Self {
         ProxyBody {
-            inner: Inner::Upstream(body, Stall::new(read_timeout), progress),
+            inner: Inner::Upstream(Box::new(Relay {
+                body,
+                stall: Stall::new(read_timeout),
+                progress,
+                lease,
+                ended: false,
+            })),
             metrics: Some(metrics),
         }
     }
@@ -90,27 +109,33 @@ impl Body for ProxyBody {
         let this = self.get_mut();
         match &mut this.inner {
             Inner::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Upstream(body, stall, progress) => match Pin::new(body).poll_frame(cx) {
+            Inner::Upstream(relay) => match Pin::new(&mut relay.body).poll_frame(cx) {
                 Poll::Ready(frame) => {
-                    stall.progressed();
-                    // A client silent mid-upload made the exchange fail
-                    // (the request was cut): not the upstream's fault.
-                    if let (Some(Err(_)), Some(m)) = (&frame, &this.metrics)
-                        && !progress.client_timed_out()
-                    {
-                        m.upstream_error(UpstreamErrorKind::Protocol);
+                    relay.stall.progressed();
+                    match &frame {
+                        None => relay.ended = true,
+                        // A client silent mid-upload made the exchange fail
+                        // (the request was cut): not the upstream's fault.
+                        Some(Err(_)) => {
+                            if let Some(m) = &this.metrics
+                                && !relay.progress.client_timed_out()
+                            {
+                                m.upstream_error(UpstreamErrorKind::Protocol);
+                            }
+                        }
+                        Some(Ok(_)) => {}
                     }
                     Poll::Ready(frame.map(|r| r.map_err(BodyError::from)))
                 }
                 Poll::Pending => {
-                    if !stall.waiting(cx) {
+                    if !relay.stall.waiting(cx) {
                         return Poll::Pending;
                     }
                     if let Some(m) = &this.metrics {
                         m.upstream_error(UpstreamErrorKind::Timeout);
                     }
-                    tracing::warn!(timeout = ?stall.limit(), "upstream went silent mid-body; response cut");
-                    Poll::Ready(Some(Err(Box::new(UpstreamStalled(stall.limit())))))
+                    tracing::warn!(timeout = ?relay.stall.limit(), "upstream went silent mid-body; response cut");
+                    Poll::Ready(Some(Err(Box::new(UpstreamStalled(relay.stall.limit())))))
                 }
             },
         }
@@ -119,14 +144,28 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Bytes(b) => b.is_none(),
-            Inner::Upstream(body, ..) => body.is_end_stream(),
+            Inner::Upstream(relay) => relay.body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Inner::Upstream(body, ..) => body.size_hint(),
+            Inner::Upstream(relay) => relay.body.size_hint(),
+        }
+    }
+}
+
+/// hyper drops the body once it has written the last of it (or when the
+/// client went away): the moment to give the connection back, if both
+/// halves of the exchange are whole.
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take()
+            && (self.ended || self.body.is_end_stream())
+            && self.progress.request_done()
+        {
+            lease.release();
         }
     }
 }

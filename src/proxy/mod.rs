@@ -10,6 +10,7 @@
 mod body;
 pub mod headers;
 mod log_path;
+mod pool;
 pub mod respond;
 mod stall;
 mod tunnel;
@@ -342,7 +343,7 @@ impl Gateway {
         parts.version = Version::HTTP_11;
 
         let body = body.map_err(Into::into).boxed_unsync();
-        let (mut response, progress) = match self
+        let (mut response, progress, lease) = match self
             .upstream
             .send(Request::from_parts(parts, body))
             .await
@@ -390,6 +391,8 @@ impl Gateway {
                     self.metrics.clone(),
                     self.upstream.read_timeout(),
                     progress,
+                    // A tunnel takes the connection over: never back to the pool.
+                    (!switching).then_some(lease),
                 ),
             ),
             label,

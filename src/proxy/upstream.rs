@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
+use http::header::HOST;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, Uri};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -27,16 +28,16 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::time::Instant;
 
 use super::body::BodyError;
+use super::pool::{Connect, Lease, Pool};
 use super::respond::ProxyError;
 use super::stall::Stall;
 use crate::config::UpstreamConfig;
@@ -62,9 +63,10 @@ impl std::error::Error for UpstreamError {}
 
 /// The backend every allowed request goes to.
 pub struct Upstream {
-    client: Client<BoundedConnector, SentBody>,
-    scheme: Scheme,
-    authority: Authority,
+    pool: Pool,
+    /// `Host` for a request that came without one (HTTP/2 without
+    /// `:authority`).
+    host: HeaderValue,
     response_timeout: Duration,
     read_timeout: Duration,
     body_timeout: Duration,
@@ -92,19 +94,6 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.pool_max_idle)
-            // What one upstream connection may buffer of a request body the
-            // upstream is slow to take (and of a response head): part of
-            // the memory bound per request in the README.
-            .http1_max_buf_size(UPSTREAM_BUFFER_BYTES)
-            .build(BoundedConnector {
-                inner: connector,
-                limit: cfg.connect_timeout,
-            });
         let (scheme, authority) = match (cfg.url.scheme(), cfg.url.authority()) {
             (Some(s), Some(a)) => (s.clone(), a.clone()),
             _ => {
@@ -114,24 +103,45 @@ impl Upstream {
                 )));
             }
         };
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|e| UpstreamError(format!("upstream.url {}: {e}", cfg.url)))?;
+        let origin = Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query("/")
+            .build()
+            .map_err(|e| UpstreamError(format!("upstream.url {}: {e}", cfg.url)))?;
+        let mut h1 = http1::Builder::new();
+        // What one upstream connection may buffer of a request body the
+        // upstream is slow to take (and of a response head): part of the
+        // memory bound per request in the README.
+        h1.max_buf_size(UPSTREAM_BUFFER_BYTES);
+        let connector = BoundedConnector {
+            inner: connector,
+            limit: cfg.connect_timeout,
+        };
         Ok(Upstream {
-            client,
-            scheme,
-            authority,
+            pool: Pool::new(
+                http1_connect(connector, origin, h1),
+                cfg.pool_max_idle,
+                cfg.pool_idle_timeout,
+            ),
+            host,
             response_timeout: cfg.response_timeout,
             read_timeout: cfg.read_timeout,
             body_timeout,
         })
     }
 
-    /// The upstream URI for a request path and query.
+    /// The request target sent upstream: origin-form, the path and query.
     pub fn target(&self, path_and_query: Option<PathAndQuery>) -> Result<Uri, ProxyError> {
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")))
-            .build()
-            .map_err(|_| ProxyError::BadTarget)
+        Ok(Uri::from(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/"))))
+    }
+
+    /// Connections waiting in the pool now.
+    #[cfg(test)]
+    pub fn pool_idle(&self) -> usize {
+        self.pool.idle()
     }
 
     /// The longest silence allowed mid-body (see `ProxyBody`).
@@ -146,29 +156,59 @@ impl Upstream {
     /// streams back.
     pub async fn send(
         &self,
-        req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Arc<Progress>), SendError> {
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Arc<Progress>, Lease), SendError> {
+        if !req.headers().contains_key(HOST) {
+            req.headers_mut().insert(HOST, self.host.clone());
+        }
         let progress = Arc::new(Progress::new());
-        let req = req.map(|inner| SentBody {
-            inner,
-            progress: progress.clone(),
-            silence: Stall::new(self.body_timeout),
-        });
+        let req = req.map(|inner| SentBody::new(inner, progress.clone(), self.body_timeout));
         let fail = |error, kind| SendError { error, kind };
+        let exchange = async {
+            let mut lease = self.pool.checkout().await.map_err(|_| Failure::Connect)?;
+            let Some(sender) = lease.sender() else {
+                return Err(Failure::Protocol);
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => Ok((resp, lease)),
+                Err(mut e) => match e.take_message() {
+                    // Never written: the pooled connection closed as it was
+                    // taken (the upstream's keep-alive ran out). Once more,
+                    // on a new connection, as hyper-util's client does.
+                    Some(req) => {
+                        let mut lease = self.pool.fresh().await.map_err(|_| Failure::Connect)?;
+                        let Some(sender) = lease.sender() else {
+                            return Err(Failure::Protocol);
+                        };
+                        match sender.send_request(req).await {
+                            Ok(resp) => Ok((resp, lease)),
+                            Err(_) => Err(Failure::Protocol),
+                        }
+                    }
+                    None => Err(Failure::Protocol),
+                },
+            }
+        };
         tokio::select! {
-            result = self.client.request(req) => match result {
-                Ok(resp) => Ok((resp, progress.clone())),
+            result = exchange => match result {
+                Ok((resp, lease)) => Ok((resp, progress.clone(), lease)),
                 Err(_) if progress.client_timed_out.load(Ordering::Acquire) => {
                     Err(fail(ProxyError::RequestTimeout, None))
                 }
-                Err(e) if e.is_connect() => Err(fail(ProxyError::Unavailable, Some(UpstreamErrorKind::Connect))),
-                Err(_) => Err(fail(ProxyError::Unavailable, Some(UpstreamErrorKind::Protocol))),
+                Err(Failure::Connect) => Err(fail(ProxyError::Unavailable, Some(UpstreamErrorKind::Connect))),
+                Err(Failure::Protocol) => Err(fail(ProxyError::Unavailable, Some(UpstreamErrorKind::Protocol))),
             },
             () = progress.response_overdue(self.response_timeout) => {
                 Err(fail(ProxyError::Timeout, Some(UpstreamErrorKind::Timeout)))
             }
         }
     }
+}
+
+/// How an exchange with the upstream failed before its response head.
+enum Failure {
+    Connect,
+    Protocol,
 }
 
 /// Where a forwarded request stands, shared by its body (which moves it on)
@@ -180,6 +220,8 @@ pub struct Progress {
     /// Milliseconds after `started` when `state` was last set.
     since_ms: AtomicU64,
     client_timed_out: AtomicBool,
+    /// The whole request body was handed to the upstream connection.
+    request_done: AtomicBool,
 }
 
 /// The upstream owes the next step: take the body or send the head.
@@ -194,7 +236,14 @@ impl Progress {
             state: AtomicU8::new(AWAITING_UPSTREAM),
             since_ms: AtomicU64::new(0),
             client_timed_out: AtomicBool::new(false),
+            request_done: AtomicBool::new(false),
         }
+    }
+
+    /// True once the request body has been handed over whole: with the
+    /// response read to its end, the connection can carry another exchange.
+    pub fn request_done(&self) -> bool {
+        self.request_done.load(Ordering::Acquire)
     }
 
     /// True once the client went silent mid-body for `server.body_timeout`:
@@ -251,6 +300,19 @@ impl std::fmt::Display for ClientSilent {
 
 impl std::error::Error for ClientSilent {}
 
+impl SentBody {
+    fn new(inner: RequestBody, progress: Arc<Progress>, body_timeout: Duration) -> Self {
+        if inner.is_end_stream() {
+            progress.request_done.store(true, Ordering::Release);
+        }
+        SentBody {
+            inner,
+            progress,
+            silence: Stall::new(body_timeout),
+        }
+    }
+}
+
 impl Body for SentBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -266,6 +328,14 @@ impl Body for SentBody {
                 // A piece (or the end) handed over: the upstream owes the
                 // next step, from now.
                 this.progress.set(AWAITING_UPSTREAM);
+                let done = match &frame {
+                    None => true,
+                    Some(Ok(_)) => this.inner.is_end_stream(),
+                    Some(Err(_)) => false,
+                };
+                if done {
+                    this.progress.request_done.store(true, Ordering::Release);
+                }
                 Poll::Ready(frame)
             }
             Poll::Pending => {
@@ -334,6 +404,26 @@ impl tower_service::Service<Uri> for BoundedConnector {
             }
         })
     }
+}
+
+/// Opens a connection with `connector` and starts hyper's HTTP/1.1 on it;
+/// the connection's task runs with upgrades on, for WebSocket tunnels.
+fn http1_connect(connector: BoundedConnector, origin: Uri, h1: http1::Builder) -> Connect {
+    Box::new(move || {
+        let mut connector = connector.clone();
+        let origin = origin.clone();
+        let h1 = h1.clone();
+        Box::pin(async move {
+            let io = tower_service::Service::call(&mut connector, origin).await?;
+            let (sender, conn) = h1.handshake(io).await?;
+            tokio::spawn(async move {
+                // Its end (closed, broken) is seen by the pool through the
+                // sender; nothing to report here.
+                let _ = conn.with_upgrades().await;
+            });
+            Ok(sender)
+        })
+    })
 }
 
 /// TLS to an `https://` upstream: the system's roots plus `upstream.ca`.

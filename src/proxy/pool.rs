@@ -1,0 +1,173 @@
+//! Kept-alive connections to the one upstream, over hyper's
+//! `client::conn::http1`: no per-request task, no hashing of a pool key, one
+//! short uncontended lock to take or return a connection.
+//!
+//! hyper-util's general client pools per host and, after each response
+//! whose connection is not yet ready, spawns a task to wait for it. A
+//! sidecar has one upstream, so the pool is a LIFO stack: the connection
+//! used last is the one most likely still open and warm in the caches.
+//!
+//! A connection goes back on the stack when its exchange is whole: the
+//! request body fully handed over and the response body read to its end
+//! (`Lease::release`). One cut short (an error, a timeout, a client gone,
+//! an upgrade) is dropped with its lease, and hyper closes it. Taking one
+//! waits for hyper to say it is ready (the connection task may not have
+//! turned the page yet) or closed (the upstream said `Connection: close`,
+//! or went away while idle), and a closed one is thrown away.
+//!
+//! The seam for an HTTP/2 upstream is `Pool::checkout`/`Lease`: an h2
+//! sender is shared by every request instead of taken by one, so its lease
+//! would hold a clone and its release would do nothing.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use hyper::client::conn::http1;
+use tokio::time::Instant;
+
+use super::body::BodyError;
+use super::upstream::SentBody;
+
+/// Opens a connection to the upstream (TCP, and TLS for `https://`),
+/// within `connect_timeout`.
+pub type Connect = Box<
+    dyn Fn() -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<http1::SendRequest<SentBody>, BodyError>> + Send>,
+        > + Send
+        + Sync,
+>;
+
+struct Idle {
+    sender: http1::SendRequest<SentBody>,
+    since: Instant,
+}
+
+struct Stack {
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+pub struct Pool {
+    stack: Arc<Stack>,
+    connect: Connect,
+}
+
+/// A connection taken from the pool for one exchange.
+pub struct Lease {
+    sender: Option<http1::SendRequest<SentBody>>,
+    stack: Weak<Stack>,
+}
+
+/// No connection could be had (the reason is logged at debug level).
+#[derive(Debug)]
+pub struct ConnectFailed;
+
+impl Pool {
+    pub fn new(connect: Connect, max_idle: usize, idle_timeout: Duration) -> Pool {
+        let stack = Arc::new(Stack {
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            idle_timeout,
+        });
+        // Idle connections past `idle_timeout` are closed even when no
+        // request comes to find them; the sweeper ends with the pool.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&stack);
+            let every = idle_timeout.max(Duration::from_millis(100));
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    match weak.upgrade() {
+                        Some(stack) => stack.sweep(Instant::now()),
+                        None => return,
+                    }
+                }
+            });
+        }
+        Pool { stack, connect }
+    }
+
+    /// The most recently returned connection that is still open, or a new one.
+    pub async fn checkout(&self) -> Result<Lease, ConnectFailed> {
+        loop {
+            let popped = {
+                let mut idle = self.stack.idle.lock().unwrap_or_else(|e| e.into_inner());
+                idle.pop()
+            };
+            let Some(mut idle) = popped else { break };
+            if idle.since.elapsed() > self.stack.idle_timeout {
+                continue;
+            }
+            // Ready at once, or in the time the connection task takes to
+            // finish the previous exchange; an error means it is closed.
+            if idle.sender.ready().await.is_ok() {
+                return Ok(self.lease(idle.sender));
+            }
+        }
+        self.fresh().await
+    }
+
+    /// A new connection, never a pooled one: for a request that a pooled
+    /// connection closed under before it was written.
+    pub async fn fresh(&self) -> Result<Lease, ConnectFailed> {
+        let sender = (self.connect)().await.map_err(|e| {
+            tracing::debug!(error = %e, "no connection to the upstream");
+            ConnectFailed
+        })?;
+        Ok(self.lease(sender))
+    }
+
+    fn lease(&self, sender: http1::SendRequest<SentBody>) -> Lease {
+        Lease {
+            sender: Some(sender),
+            stack: Arc::downgrade(&self.stack),
+        }
+    }
+
+    /// Connections waiting in the pool now.
+    #[cfg(test)]
+    pub fn idle(&self) -> usize {
+        self.stack.idle.lock().map(|v| v.len()).unwrap_or(0)
+    }
+}
+
+impl Stack {
+    fn sweep(&self, now: Instant) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // Oldest first: the stack's bottom.
+        let fresh_from = idle
+            .iter()
+            .position(|c| now.duration_since(c.since) <= self.idle_timeout && !c.sender.is_closed())
+            .unwrap_or(idle.len());
+        idle.drain(..fresh_from);
+    }
+}
+
+impl Lease {
+    pub fn sender(&mut self) -> Option<&mut http1::SendRequest<SentBody>> {
+        self.sender.as_mut()
+    }
+
+    /// The exchange is whole: the connection can carry the next one.
+    pub fn release(mut self) {
+        let (Some(sender), Some(stack)) = (self.sender.take(), self.stack.upgrade()) else {
+            return;
+        };
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = stack.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < stack.max_idle {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
