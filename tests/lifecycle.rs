@@ -276,14 +276,14 @@ async fn json_logs_and_the_optional_access_log() {
         .unwrap();
     assert_eq!(denied["fields"]["decision"], "browser_full_access");
     assert_eq!(denied["fields"]["key.id"], "full");
-    assert_eq!(denied["fields"]["path"], "/denied");
+    assert_eq!(denied["fields"]["url.path"], "/denied");
     let allowed = lines
         .iter()
         .find(|l| l["fields"]["message"] == "request allowed")
         .unwrap();
     assert_eq!(allowed["fields"]["key.id"], "ro");
     assert_eq!(
-        allowed["fields"]["path"], "/allowed",
+        allowed["fields"]["url.path"], "/allowed",
         "the query must not be logged"
     );
 }

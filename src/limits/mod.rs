@@ -37,7 +37,7 @@ pub enum Scope {
 }
 
 impl Scope {
-    const fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Scope::Key => "key",
             Scope::Client => "client",

@@ -137,6 +137,7 @@ pub struct Metrics {
     registry: Registry,
     decisions: Vec<[IntCounter; 3]>,
     durations: Vec<Histogram>,
+    upstream_durations: Histogram,
     upstream_errors: [IntCounter; 3],
     keys: [IntGauge; 2],
     reload_success: IntCounter,
@@ -198,6 +199,18 @@ impl Metrics {
             &["decision"],
         )?;
         reg(Box::new(durations_vec.clone()))?;
+        let upstream_durations = Histogram::with_opts(
+            HistogramOpts::new(
+                "keygate_upstream_duration_seconds",
+                "Time from forwarding a request to the upstream's response head (the \
+                 upstream's share of keygate_request_duration_seconds).",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ]),
+        )?;
+        reg(Box::new(upstream_durations.clone()))?;
         let mut decisions = Vec::with_capacity(DecisionLabel::ALL.len());
         let mut durations = Vec::with_capacity(DecisionLabel::ALL.len());
         for &d in DecisionLabel::ALL {
@@ -333,6 +346,7 @@ impl Metrics {
             registry,
             decisions,
             durations,
+            upstream_durations,
             upstream_errors,
             keys,
             reload_success: reloads_vec.with_label_values(&["success"]),
@@ -361,6 +375,11 @@ impl Metrics {
         let i = decision.index();
         self.decisions[i][access as usize].inc();
         self.durations[i].observe(seconds);
+    }
+
+    /// The upstream answered a forwarded request's head after `seconds`.
+    pub fn upstream_duration(&self, seconds: f64) {
+        self.upstream_durations.observe(seconds);
     }
 
     /// Also counts requests per key (`[metrics] per_key`): one series per
@@ -507,6 +526,7 @@ mod tests {
             "keygate_decisions_total{access=\"none\",decision=\"missing_key\"} 0",
             "keygate_request_duration_seconds_bucket{decision=\"allowed\",le=\"0.001\"} 0",
             "keygate_upstream_errors_total{kind=\"protocol\"} 0",
+            "keygate_upstream_duration_seconds_count 0",
             "keygate_keys{access=\"read-only\"} 0",
             "keygate_reloads_total{result=\"failure\"} 0",
             "keygate_config_last_reload_successful 0",

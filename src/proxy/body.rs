@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::access::Record;
 use super::pool::Lease;
 use super::stall::Stall;
 use super::upstream::Progress;
@@ -37,6 +38,10 @@ struct Relay {
     lease: Option<Lease>,
     /// The body ended cleanly (its last frame was read).
     ended: bool,
+    /// Body bytes relayed to the client.
+    bytes: u64,
+    /// The access log line, written when the body is done.
+    record: Option<Box<Record>>,
 }
 
 /// Why an upstream body was cut: it stayed silent for `read_timeout`.
@@ -92,8 +97,20 @@ impl ProxyBody {
                 progress,
                 lease,
                 ended: false,
+                bytes: 0,
+                record: None,
             })),
             metrics: Some(metrics),
+        }
+    }
+}
+
+impl ProxyBody {
+    /// Logs `record` when this (upstream) body is done; a body of the
+    /// gateway's own is logged by its caller.
+    pub fn log_when_done(&mut self, record: Box<Record>) {
+        if let Inner::Upstream(relay) = &mut self.inner {
+            relay.record = Some(record);
         }
     }
 }
@@ -123,7 +140,9 @@ impl Body for ProxyBody {
                                 m.upstream_error(UpstreamErrorKind::Protocol);
                             }
                         }
-                        Some(Ok(_)) => {}
+                        Some(Ok(f)) => {
+                            relay.bytes += f.data_ref().map_or(0, |d| d.len() as u64);
+                        }
                     }
                     Poll::Ready(frame.map(|r| r.map_err(BodyError::from)))
                 }
@@ -161,11 +180,15 @@ impl Body for ProxyBody {
 /// halves of the exchange are whole.
 impl Drop for Relay {
     fn drop(&mut self) {
+        let whole = self.ended || self.body.is_end_stream();
         if let Some(lease) = self.lease.take()
-            && (self.ended || self.body.is_end_stream())
+            && whole
             && self.progress.request_done()
         {
             lease.release();
+        }
+        if let Some(record) = &self.record {
+            record.finish(self.progress.bytes_in(), self.bytes, whole);
         }
     }
 }

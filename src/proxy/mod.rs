@@ -7,6 +7,7 @@
 //! Everything that can go wrong while forwarding is a `ProxyError`, and every
 //! response the gateway writes itself is an `Answer` from `respond`.
 
+pub mod access;
 mod body;
 pub mod headers;
 mod log_path;
@@ -145,21 +146,111 @@ impl Gateway {
 
     /// Handles one request, start to response head. Any body will do: hyper's
     /// for a real connection, an in-memory one in tests.
-    pub async fn handle<B>(&self, req: Request<B>, conn: &ConnInfo) -> Response<ProxyBody>
+    pub async fn handle<B>(&self, mut req: Request<B>, conn: &ConnInfo) -> Response<ProxyBody>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BodyError>,
     {
         let started = Instant::now();
         let origin = req.headers().get(ORIGIN).cloned();
+        // For the log line, which is written once the request has gone.
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let version = req.version();
+        let request_id = self
+            .access_log
+            .then(|| access::request_id(req.headers_mut()));
+        let client = (!self.trusted_proxies.is_empty()).then(|| {
+            policy::client::client_ip(conn.peer.ip(), req.headers(), &self.trusted_proxies)
+        });
         let (outcome, key) = self.route(req, conn).await;
         let (mut response, label) = match outcome {
-            Routed::Forwarded(response, label) => (response, label),
+            Routed::Forwarded(mut response, label, upstream) => {
+                if self.access_log {
+                    let record = access::Record {
+                        method: method.clone(),
+                        path: uri
+                            .path_and_query()
+                            .cloned()
+                            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+                        version,
+                        request_id: request_id.clone(),
+                        client: match client {
+                            Some(ip) => HeaderValue::from_str(&ip.to_string())
+                                .unwrap_or_else(|_| conn.peer_ip.clone()),
+                            None => conn.peer_ip.clone(),
+                        },
+                        peer: conn.peer,
+                        peer_ip: conn.peer_ip.clone(),
+                        decision: label.as_str(),
+                        key_id: key.as_ref().map(|k| k.id.clone()),
+                        status: response.status().as_u16(),
+                        started,
+                        upstream,
+                    };
+                    response.body_mut().log_when_done(Box::new(record));
+                }
+                (response, label)
+            }
             Routed::Answered(answer, request_headers) => {
-                (answer.response(&request_headers), answer.label())
+                let response = answer.response(&request_headers);
+                let message = match answer {
+                    Answer::Rejected(_) | Answer::RateLimited(_) | Answer::HeadersTooLarge => {
+                        Some("request denied")
+                    }
+                    Answer::Failed(_) => self.access_log.then_some("request failed"),
+                    Answer::NotReady | Answer::Preflight(_) => {
+                        self.access_log.then_some("request answered")
+                    }
+                };
+                if let Some(message) = message {
+                    let (limit, scope) = match &answer {
+                        Answer::RateLimited(q) => (
+                            Some(&q.limit as &dyn std::fmt::Display),
+                            Some(q.scope.name()),
+                        ),
+                        _ => (None, None),
+                    };
+                    let resolved = client.map(|ip| ip.to_string());
+                    let peer_ip = conn.peer_ip.to_str().unwrap_or_default();
+                    access::log(
+                        &access::Request {
+                            method: &method,
+                            path: uri.path(),
+                            version,
+                            request_id: request_id.as_ref(),
+                            client: resolved.as_deref().unwrap_or(peer_ip),
+                            peer: conn.peer,
+                            peer_ip,
+                            bytes_in: None,
+                        },
+                        &access::Outcome {
+                            message,
+                            decision: answer.label().as_str(),
+                            reason: match answer {
+                                Answer::Rejected(r) => Some(r.detail()),
+                                _ => None,
+                            },
+                            key_id: key.as_ref().and_then(|k| k.id.to_str().ok()),
+                            status: response.status().as_u16(),
+                            bytes_out: http_body::Body::size_hint(response.body()).exact(),
+                            duration: started.elapsed(),
+                            upstream: None,
+                            complete: None,
+                            limit,
+                            scope,
+                        },
+                    );
+                }
+                (response, answer.label())
             }
         };
         respond::add_cors(&mut response, origin.as_ref(), self.settings.cors.as_ref());
+        if let Some(id) = request_id {
+            response
+                .headers_mut()
+                .insert(access::X_REQUEST_ID.clone(), id);
+        }
         let access = key.as_ref().map(|k| k.access);
         self.metrics
             .record_decision(label, access_label(access), started.elapsed().as_secs_f64());
@@ -179,7 +270,6 @@ impl Gateway {
         let answered =
             |answer, req: Request<B>| Routed::Answered(answer, req.into_parts().0.headers);
         if req.version() == Version::HTTP_2 && req.headers().len() > self.max_headers {
-            tracing::info!(decision = DecisionLabel::HeadersTooLarge.as_str(), headers = req.headers().len(), max_headers = self.max_headers, client.addr = %conn.peer, "request refused: too many header fields");
             return (answered(Answer::HeadersTooLarge, req), None);
         }
         // One snapshot for the request's whole life, whatever reloads meanwhile.
@@ -209,12 +299,6 @@ impl Gateway {
                     Verdict::Unlimited => None,
                     Verdict::Allowed(q) => Some(q),
                     Verdict::Limited(q) => {
-                        let client = policy::client::client_ip(
-                            conn.peer.ip(),
-                            req.headers(),
-                            &self.trusted_proxies,
-                        );
-                        tracing::info!(decision = DecisionLabel::RateLimited.as_str(), key.id = key.id(), limit = %q.limit, scope = ?q.scope, method = %req.method(), path = %LogPath(req.uri().path()), client.addr = %conn.peer, client.ip = %client, "request denied");
                         let caller = DecidedKey {
                             id: key.id_header.clone(),
                             access: key.access,
@@ -229,9 +313,7 @@ impl Gateway {
                     DecisionLabel::Allowed
                 };
                 if reported {
-                    tracing::warn!(decision = label.as_str(), key.id = key.id(), method = %req.method(), path = %LogPath(req.uri().path()), client.addr = %conn.peer, "full-access key used from a browser (report-only mode: forwarded)");
-                } else if self.access_log {
-                    tracing::info!(decision = label.as_str(), key.id = key.id(), method = %req.method(), path = %LogPath(req.uri().path()), client.addr = %conn.peer, "request allowed");
+                    tracing::warn!(decision = label.as_str(), key.id = key.id(), http.request.method = req.method().as_str(), url.path = %LogPath(req.uri().path()), network.peer.address = conn.peer_ip.to_str().unwrap_or_default(), "full-access key used from a browser (report-only mode: forwarded)");
                 }
                 if key.previous {
                     self.metrics.previous_secret_request();
@@ -249,21 +331,12 @@ impl Gateway {
                     access: identity.access,
                 });
                 let mut routed = self.forward(req, conn, Some(identity), label).await;
-                if let (Routed::Forwarded(response, _), Some(q)) = (&mut routed, quota) {
+                if let (Routed::Forwarded(response, ..), Some(q)) = (&mut routed, quota) {
                     respond::add_quota(response.headers_mut(), &q);
                 }
                 (routed, caller)
             }
             Decision::Deny { rejection, key } => {
-                tracing::info!(
-                    decision = rejection.code(),
-                    reason = rejection.detail(),
-                    key.id = key.map(|k| k.id()),
-                    method = %req.method(),
-                    path = %LogPath(req.uri().path()),
-                    client.addr = %conn.peer,
-                    "request denied"
-                );
                 let access = key.map(|k| DecidedKey {
                     id: k.id_header.clone(),
                     access: k.access,
@@ -283,7 +356,6 @@ impl Gateway {
                 (answered(Answer::Preflight(cors), req), None)
             }
             Decision::Preflight(Preflight::Deny(rejection)) => {
-                tracing::info!(decision = rejection.code(), method = %req.method(), client.addr = %conn.peer, "preflight denied");
                 drop(index);
                 (answered(Answer::Rejected(rejection), req), None)
             }
@@ -343,6 +415,7 @@ impl Gateway {
         parts.version = Version::HTTP_11;
 
         let body = body.map_err(Into::into).boxed_unsync();
+        let sent_at = Instant::now();
         let (mut response, progress, lease) = match self
             .upstream
             .send(Request::from_parts(parts, body))
@@ -364,6 +437,8 @@ impl Gateway {
                 return Routed::Answered(Answer::Failed(failed.error), http::HeaderMap::new());
             }
         };
+        let upstream_time = sent_at.elapsed();
+        self.metrics.upstream_duration(upstream_time.as_secs_f64());
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(client_side)) = (switching, client_upgrade) {
             let upstream_side = hyper::upgrade::on(&mut response);
@@ -396,6 +471,7 @@ impl Gateway {
                 ),
             ),
             label,
+            upstream_time,
         )
     }
 }
@@ -404,7 +480,8 @@ impl Gateway {
 /// the label), or answered by the gateway (with the request's headers, which
 /// a preflight answer reads).
 enum Routed<'a> {
-    Forwarded(Response<ProxyBody>, DecisionLabel),
+    /// With the time the upstream took to answer the head.
+    Forwarded(Response<ProxyBody>, DecisionLabel, std::time::Duration),
     Answered(Answer<'a>, http::HeaderMap),
 }
 

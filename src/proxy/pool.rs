@@ -32,7 +32,10 @@ use super::upstream::SentBody;
 /// within `connect_timeout`.
 pub type Connect = Box<
     dyn Fn() -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<http1::SendRequest<SentBody>, BodyError>> + Send>,
+            Box<
+                dyn std::future::Future<Output = Result<http1::SendRequest<SentBody>, BodyError>>
+                    + Send,
+            >,
         > + Send
         + Sync,
 >;

@@ -153,12 +153,7 @@ struct ErrorBody<'a> {
 
 /// A JSON error response.
 fn json_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
-    // Serialising two strings into a Vec cannot fail.
-    let body = serde_json::to_vec(&ErrorBody {
-        error: code,
-        message,
-    })
-    .unwrap_or_default();
+    let body = error_body(code, message);
     let mut r = Response::new(ProxyBody::full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -168,6 +163,28 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBo
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// `{"error": code, "message": message}`. The gateway's codes and messages
+/// need no escaping, and then the body is put together directly (a denial
+/// costs its response and little else); anything else goes through serde.
+fn error_body(code: &str, message: &str) -> Vec<u8> {
+    let plain = |s: &str| !s.bytes().any(|b| b == b'"' || b == b'\\' || b < b' ');
+    if plain(code) && plain(message) {
+        let mut body = Vec::with_capacity(code.len() + message.len() + 25);
+        body.extend_from_slice(b"{\"error\":\"");
+        body.extend_from_slice(code.as_bytes());
+        body.extend_from_slice(b"\",\"message\":\"");
+        body.extend_from_slice(message.as_bytes());
+        body.extend_from_slice(b"\"}");
+        return body;
+    }
+    // Serialising two strings into a Vec cannot fail.
+    serde_json::to_vec(&ErrorBody {
+        error: code,
+        message,
+    })
+    .unwrap_or_default()
 }
 
 fn rejection_response(r: Rejection) -> Response<ProxyBody> {
@@ -243,6 +260,22 @@ pub fn add_cors(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_bodies_are_the_json_serde_would_write() {
+        for (code, message) in [
+            ("invalid_key", "The API key is not valid."),
+            ("x", "a \"quoted\" word\\ and\na newline"),
+            ("", ""),
+        ] {
+            let expected = serde_json::to_vec(&ErrorBody {
+                error: code,
+                message,
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(error_body(code, message), expected);
+        }
+    }
     use crate::policy::InvalidReason;
     use http_body_util::BodyExt;
 

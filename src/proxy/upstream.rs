@@ -135,7 +135,9 @@ impl Upstream {
 
     /// The request target sent upstream: origin-form, the path and query.
     pub fn target(&self, path_and_query: Option<PathAndQuery>) -> Result<Uri, ProxyError> {
-        Ok(Uri::from(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/"))))
+        Ok(Uri::from(
+            path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")),
+        ))
     }
 
     /// Connections waiting in the pool now.
@@ -222,6 +224,8 @@ pub struct Progress {
     client_timed_out: AtomicBool,
     /// The whole request body was handed to the upstream connection.
     request_done: AtomicBool,
+    /// Request body bytes handed over so far.
+    bytes_in: AtomicU64,
 }
 
 /// The upstream owes the next step: take the body or send the head.
@@ -237,7 +241,13 @@ impl Progress {
             since_ms: AtomicU64::new(0),
             client_timed_out: AtomicBool::new(false),
             request_done: AtomicBool::new(false),
+            bytes_in: AtomicU64::new(0),
         }
+    }
+
+    /// Request body bytes handed to the upstream so far.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
     }
 
     /// True once the request body has been handed over whole: with the
@@ -330,7 +340,14 @@ impl Body for SentBody {
                 this.progress.set(AWAITING_UPSTREAM);
                 let done = match &frame {
                     None => true,
-                    Some(Ok(_)) => this.inner.is_end_stream(),
+                    Some(Ok(f)) => {
+                        if let Some(d) = f.data_ref() {
+                            this.progress
+                                .bytes_in
+                                .fetch_add(d.len() as u64, Ordering::Relaxed);
+                        }
+                        this.inner.is_end_stream()
+                    }
                     Some(Err(_)) => false,
                 };
                 if done {

@@ -50,8 +50,10 @@ async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
                         };
                     let mut resp = Response::new(body);
                     if path == "/close" {
-                        resp.headers_mut()
-                            .insert(http::header::CONNECTION, "close".parse().unwrap_or_else(|e| panic!("{e:?}")));
+                        resp.headers_mut().insert(
+                            http::header::CONNECTION,
+                            "close".parse().unwrap_or_else(|e| panic!("{e:?}")),
+                        );
                     }
                     Ok::<_, Infallible>(resp)
                 });
@@ -124,7 +126,11 @@ async fn whole_exchanges_reuse_one_connection() {
         };
         assert_eq!(exchange(&up, path, body, usize::MAX).await, 200);
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), 1, "GET, POST and chunked answers share one connection");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "GET, POST and chunked answers share one connection"
+    );
     assert_eq!(up.pool_idle(), 1);
 }
 
@@ -135,7 +141,11 @@ async fn connection_close_and_cut_bodies_are_not_reused_and_nothing_fails() {
     for _ in 0..10 {
         assert_eq!(exchange(&up, "/close", b"", usize::MAX).await, 200);
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), 10, "each Connection: close answer ends its connection");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        10,
+        "each Connection: close answer ends its connection"
+    );
     // A response dropped half-read leaves its connection mid-body: closed.
     for _ in 0..5 {
         assert_eq!(exchange(&up, "/big", b"", 1).await, 200);
