@@ -234,16 +234,43 @@ async fn json_logs_and_the_optional_access_log() {
         ..Setup::default()
     };
     let gw = TestGateway::start_with(&upstream.url(), setup);
-    get(
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let allowed_reply = get(
         &gw.url("/allowed?q=secret-looking"),
-        &[("x-api-key", &gw.keys.read_only)],
+        &[
+            ("x-api-key", &gw.keys.read_only),
+            ("traceparent", traceparent),
+        ],
     )
     .await;
-    get(
+    // A request id is made, sent upstream and returned; traceparent passes
+    // through untouched.
+    let made_id = allowed_reply
+        .header("x-request-id")
+        .expect("a request id on the response")
+        .to_string();
+    assert_eq!(made_id.len(), 36, "a UUID: {made_id}");
+    let seen = upstream.last();
+    assert_eq!(seen.headers["x-request-id"], made_id.as_str());
+    assert_eq!(seen.headers["traceparent"], traceparent);
+    // A valid incoming id is kept, end to end.
+    let kept = get(
+        &gw.url("/kept"),
+        &[("x-api-key", &gw.keys.read_only), ("x-request-id", "req-42")],
+    )
+    .await;
+    assert_eq!(kept.header("x-request-id"), Some("req-42"));
+    assert_eq!(upstream.last().headers["x-request-id"], "req-42");
+    let denied_reply = get(
         &gw.url("/denied"),
         &[("x-api-key", &gw.keys.full), ("origin", SHOP)],
     )
     .await;
+    assert_eq!(denied_reply.status, 403);
+    let denied_id = denied_reply
+        .header("x-request-id")
+        .expect("denials carry the request id too")
+        .to_string();
     // Unknown and malformed keys are logged as denials, never quoted.
     let unknown = "kg_thisKeyIsNotInTheStoreButLooksReal00";
     let malformed = "not-a-key-but-maybe-someone-s-password";
@@ -251,7 +278,7 @@ async fn json_logs_and_the_optional_access_log() {
         get(&gw.url("/denied"), &[("x-api-key", key)]).await;
     }
     // Every line these requests cause, the last included, before looking.
-    gw.wait_for_lines("request allowed", 1);
+    gw.wait_for_lines("request allowed", 2);
     gw.wait_for_lines("request denied", 3);
     for secret in [
         gw.keys.read_only.as_str(),
@@ -274,17 +301,44 @@ async fn json_logs_and_the_optional_access_log() {
         .iter()
         .find(|l| l["fields"]["message"] == "request denied")
         .unwrap();
-    assert_eq!(denied["fields"]["decision"], "browser_full_access");
-    assert_eq!(denied["fields"]["key.id"], "full");
-    assert_eq!(denied["fields"]["url.path"], "/denied");
+    let f = &denied["fields"];
+    assert_eq!(f["decision"], "browser_full_access");
+    assert_eq!(f["key.id"], "full");
+    assert_eq!(f["url.path"], "/denied");
+    assert_eq!(f["http.request.method"], "GET");
+    assert_eq!(f["http.response.status_code"], 403);
+    assert_eq!(f["client.address"], "127.0.0.1");
+    assert_eq!(f["network.peer.address"], "127.0.0.1");
+    assert!(f["network.peer.port"].as_u64().is_some_and(|p| p > 0));
+    assert_eq!(f["network.protocol.version"], "1.1");
+    assert_eq!(f["request.id"], denied_id.as_str());
+    assert!(f["http.response.body.size"].as_u64().is_some_and(|n| n > 0));
+    assert!(f["duration_us"].as_u64().is_some());
     let allowed = lines
         .iter()
         .find(|l| l["fields"]["message"] == "request allowed")
         .unwrap();
-    assert_eq!(allowed["fields"]["key.id"], "ro");
+    let f = &allowed["fields"];
+    assert_eq!(f["key.id"], "ro");
+    assert_eq!(f["url.path"], "/allowed", "the query must not be logged");
+    assert_eq!(f["decision"], "allowed");
+    assert_eq!(f["http.response.status_code"], 200);
+    assert_eq!(f["request.id"], made_id.as_str());
+    assert_eq!(f["http.request.body.size"], 0);
     assert_eq!(
-        allowed["fields"]["url.path"], "/allowed",
-        "the query must not be logged"
+        f["http.response.body.size"].as_u64(),
+        Some(allowed_reply.body.len() as u64),
+        "written after the response: its size is known"
+    );
+    assert_eq!(f["response.complete"], true);
+    let (total, upstream_us) = (
+        f["duration_us"].as_u64().unwrap(),
+        f["upstream.duration_us"].as_u64().unwrap(),
+    );
+    assert!(upstream_us <= total, "{upstream_us} <= {total}");
+    // The upstream's time has its own histogram.
+    assert!(
+        support::client::metric(gw.ops, "keygate_upstream_duration_seconds_count").await >= 2.0
     );
 }
 
