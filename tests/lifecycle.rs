@@ -256,7 +256,10 @@ async fn json_logs_and_the_optional_access_log() {
     // A valid incoming id is kept, end to end.
     let kept = get(
         &gw.url("/kept"),
-        &[("x-api-key", &gw.keys.read_only), ("x-request-id", "req-42")],
+        &[
+            ("x-api-key", &gw.keys.read_only),
+            ("x-request-id", "req-42"),
+        ],
     )
     .await;
     assert_eq!(kept.header("x-request-id"), Some("req-42"));

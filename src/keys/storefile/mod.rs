@@ -7,6 +7,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+mod fast;
+
 use super::record::Previous;
 use super::record::{format_time, normalize_origin, parse_time, validate_name};
 use super::{KeyHash, KeyId, KeyRecord, KeySet, UsageSample};
@@ -87,8 +89,20 @@ fn field<T, U>(
     })
 }
 
-/// Parses and validates a whole store.
+/// Parses and validates a whole store: the fast reader for the layout the
+/// CLI writes, the TOML parser for anything else (and for every error, so
+/// that it names the line).
 pub fn parse_store(src: &str) -> Result<KeySet, FileError> {
+    if let Some(records) = fast::read(src)
+        && let Ok(set) = KeySet::from_records(records)
+    {
+        return Ok(set);
+    }
+    parse_store_toml(src)
+}
+
+/// Parses and validates a whole store with the TOML parser.
+pub fn parse_store_toml(src: &str) -> Result<KeySet, FileError> {
     let raw: RawStore = toml::from_str(src).map_err(|e| FileError {
         line: e.span().map_or(1, |s| line_of(src, s.start)),
         message: e.message().trim().to_string(),
