@@ -3,8 +3,8 @@
 file store. Starts `keygate serve` (the binary given) with the config given
 (its store must exist), waits for the first "key store loaded" line, then N
 times sends SIGHUP and waits for the next one; after each, prints the
-reload's duration_ms from that line and the process's VmRSS. Stops the
-gateway on exit.
+reload's duration_ms from that line and the process's VmRSS then and 2 s
+later (what the allocator has given back by then). Stops the gateway on exit.
 
     python3 benches/reload_rss.py target/release/keygate keygate.toml [N]   # N = 10
 
@@ -50,12 +50,15 @@ def main():
                     raise SystemExit(f"no load: {line.strip()}")
             raise SystemExit("the gateway exited")
 
-        ms = next_load()
-        print(f"start     load {ms:6d} ms   RSS {rss_mib(proc.pid):8.1f} MiB", flush=True)
+        def report(what, ms):
+            now = rss_mib(proc.pid)
+            time.sleep(2)
+            print(f"{what:9s} load {ms:6d} ms   RSS {now:8.1f} MiB, 2 s later {rss_mib(proc.pid):8.1f} MiB", flush=True)
+
+        report("start", next_load())
         for i in range(1, n + 1):
             proc.send_signal(signal.SIGHUP)
-            ms = next_load()
-            print(f"reload {i:2d} load {ms:6d} ms   RSS {rss_mib(proc.pid):8.1f} MiB", flush=True)
+            report(f"reload {i:2d}", next_load())
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

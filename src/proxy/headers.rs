@@ -49,6 +49,11 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// When `keep_upgrade`, the `Upgrade` header and `Connection: upgrade` stay
 /// (a protocol switch must reach the other side).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of them: one pass over the (few) names
+    // present is much cheaper than hashing nine names to remove nothing.
+    if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
+        return;
+    }
     let upgrade = keep_upgrade
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten();
