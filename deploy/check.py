@@ -447,6 +447,13 @@ def metrics() -> None:
                 expr_errors(m[1], f"keygate.json variable {v['name']}", names, values)
                 count += 1
     expect(count > 20, f"only {count} expressions found")
+    # Every alert has a promtool test that makes it fire.
+    tests = yaml.safe_load((DEPLOY / "prometheus/keygate.rules.test.yml").read_text())
+    fired = {t["alertname"] for case in tests["tests"] for t in case.get("alert_rule_test", []) if t.get("exp_alerts")}
+    for g in rules["groups"]:
+        for r in g["rules"]:
+            if "alert" in r:
+                expect(r["alert"] in fired, f"keygate.rules.test.yml: no test makes {r['alert']} fire")
 
 
 def grafana() -> None:
@@ -466,7 +473,10 @@ def grafana() -> None:
                    f"panel {p['title']!r}: target")
     text = json.dumps(dash)
     for want in ("keygate_decisions_total", "keygate_request_duration_seconds_bucket", "keygate_upstream_errors_total",
-                 "keygate_config_last_reload_successful", "keygate_keys", "keygate_connections_active", "keygate_reloads_total"):
+                 "keygate_config_last_reload_successful", "keygate_keys", "keygate_connections_active", "keygate_reloads_total",
+                 "keygate_upstream_duration_seconds_bucket", "keygate_responses_total",
+                 "keygate_tls_certificate_expiry_timestamp_seconds", "keygate_tls_certificate_reloads_total",
+                 "keygate_tls_certificate_last_reload_successful"):
         expect(want in text, f"the dashboard does not show {want}")
 
 

@@ -490,8 +490,11 @@ async fn renewed_certificate_is_served_to_new_connections() {
     let (setup, first) = tls_setup(certs.path());
     let gw = TestGateway::start_with(&upstream.url(), setup);
     let old = tls_connect(gw.addr, &first, &[b"http/1.1"]).await;
+    // rcgen's default: valid until 4096-01-01.
+    let expiry = "keygate_tls_certificate_expiry_timestamp_seconds";
+    assert_eq!(metric(gw.ops, expiry).await, 67_090_118_400.0);
 
-    let (second, key) = self_signed();
+    let (second, key) = self_signed_until(2031, 6, 1);
     std::fs::write(certs.path().join("key.pem.tmp"), &key).unwrap();
     std::fs::write(certs.path().join("cert.pem.tmp"), &second).unwrap();
     std::fs::rename(
@@ -513,6 +516,25 @@ async fn renewed_certificate_is_served_to_new_connections() {
         rustls_pki_types::CertificateDer::from_pem_slice(second.as_bytes()).unwrap()
     );
     drop(old);
+    let reloads =
+        |result: &str| format!("keygate_tls_certificate_reloads_total{{result=\"{result}\"}}");
+    wait_for_metric(gw.ops, &reloads("success"), |v| v >= 1.0).await;
+    assert_eq!(metric(gw.ops, expiry).await, 1_938_038_400.0, "2031-06-01");
+    assert_eq!(
+        metric(gw.ops, "keygate_tls_certificate_last_reload_successful").await,
+        1.0
+    );
+
+    // A broken certificate: counted, flagged, and the renewed one stays.
+    std::fs::write(certs.path().join("cert.pem"), "not a certificate\n").unwrap();
+    wait_for_metric(gw.ops, &reloads("failure"), |v| v >= 1.0).await;
+    assert_eq!(
+        metric(gw.ops, "keygate_tls_certificate_last_reload_successful").await,
+        0.0
+    );
+    assert_eq!(metric(gw.ops, expiry).await, 1_938_038_400.0);
+    let still = tls_connect(gw.addr, &second, &[b"http/1.1"]).await;
+    drop(still);
 }
 
 #[tokio::test]

@@ -138,6 +138,12 @@ pub struct Metrics {
     decisions: Vec<[IntCounter; 3]>,
     durations: Vec<Histogram>,
     upstream_durations: Histogram,
+    /// `keygate_responses_total{class}`: 1xx to 5xx.
+    responses: [IntCounter; 5],
+    tls_expiry: IntGauge,
+    tls_reload_success: IntCounter,
+    tls_reload_failure: IntCounter,
+    tls_last_reload_ok: IntGauge,
     upstream_errors: [IntCounter; 3],
     keys: [IntGauge; 2],
     reload_success: IntCounter,
@@ -337,6 +343,36 @@ impl Metrics {
         )?;
         reg(Box::new(admin_signin_failures.clone()))?;
 
+        let responses_vec = IntCounterVec::new(
+            Opts::new(
+                "keygate_responses_total",
+                "Responses sent to clients, by status class (1xx to 5xx): the backend's answers and the gateway's own.",
+            ),
+            &["class"],
+        )?;
+        reg(Box::new(responses_vec.clone()))?;
+        let responses =
+            ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| responses_vec.with_label_values(&[c]));
+        let tls_expiry = IntGauge::new(
+            "keygate_tls_certificate_expiry_timestamp_seconds",
+            "When the certificate served on server.listen expires (Unix seconds); 0 without TLS.",
+        )?;
+        reg(Box::new(tls_expiry.clone()))?;
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "keygate_tls_certificate_reloads_total",
+                "Reloads of the server certificate (file change or SIGHUP), by result.",
+            ),
+            &["result"],
+        )?;
+        reg(Box::new(tls_reloads.clone()))?;
+        let tls_last_reload_ok = IntGauge::new(
+            "keygate_tls_certificate_last_reload_successful",
+            "0 while the last certificate reload failed (the previous certificate is still served); 1 otherwise.",
+        )?;
+        tls_last_reload_ok.set(1);
+        reg(Box::new(tls_last_reload_ok.clone()))?;
+
         #[cfg(target_os = "linux")]
         reg(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -347,6 +383,11 @@ impl Metrics {
             decisions,
             durations,
             upstream_durations,
+            responses,
+            tls_expiry,
+            tls_reload_success: tls_reloads.with_label_values(&["success"]),
+            tls_reload_failure: tls_reloads.with_label_values(&["failure"]),
+            tls_last_reload_ok,
             upstream_errors,
             keys,
             reload_success: reloads_vec.with_label_values(&["success"]),
@@ -375,6 +416,36 @@ impl Metrics {
         let i = decision.index();
         self.decisions[i][access as usize].inc();
         self.durations[i].observe(seconds);
+    }
+
+    /// One response sent to a client with this status.
+    pub fn response(&self, status: u16) {
+        if let Some(c) = (status / 100)
+            .checked_sub(1)
+            .and_then(|i| self.responses.get(usize::from(i)))
+        {
+            c.inc();
+        }
+    }
+
+    /// The server certificate in use expires at `unix_secs`.
+    pub fn tls_certificate(&self, unix_secs: i64) {
+        self.tls_expiry.set(unix_secs);
+    }
+
+    /// A certificate reload: its expiry when it worked.
+    pub fn tls_reload(&self, result: Result<i64, ()>) {
+        match result {
+            Ok(expiry) => {
+                self.tls_reload_success.inc();
+                self.tls_last_reload_ok.set(1);
+                self.tls_expiry.set(expiry);
+            }
+            Err(()) => {
+                self.tls_reload_failure.inc();
+                self.tls_last_reload_ok.set(0);
+            }
+        }
     }
 
     /// The upstream answered a forwarded request's head after `seconds`.
@@ -527,6 +598,10 @@ mod tests {
             "keygate_request_duration_seconds_bucket{decision=\"allowed\",le=\"0.001\"} 0",
             "keygate_upstream_errors_total{kind=\"protocol\"} 0",
             "keygate_upstream_duration_seconds_count 0",
+            "keygate_responses_total{class=\"5xx\"} 0",
+            "keygate_tls_certificate_expiry_timestamp_seconds 0",
+            "keygate_tls_certificate_reloads_total{result=\"failure\"} 0",
+            "keygate_tls_certificate_last_reload_successful 1",
             "keygate_keys{access=\"read-only\"} 0",
             "keygate_reloads_total{result=\"failure\"} 0",
             "keygate_config_last_reload_successful 0",

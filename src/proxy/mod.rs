@@ -252,6 +252,7 @@ impl Gateway {
                 .insert(access::X_REQUEST_ID.clone(), id);
         }
         let access = key.as_ref().map(|k| k.access);
+        self.metrics.response(response.status().as_u16());
         self.metrics
             .record_decision(label, access_label(access), started.elapsed().as_secs_f64());
         if let Some(k) = &key {

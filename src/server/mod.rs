@@ -5,6 +5,7 @@
 pub mod activity;
 mod io;
 pub mod tls;
+mod x509;
 
 use std::convert::Infallible;
 use std::future::Future;

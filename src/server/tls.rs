@@ -39,9 +39,22 @@ impl CertResolver {
     }
 
     /// Loads the files again; on error the current certificate stays.
-    pub fn reload(&self, files: &TlsFiles) -> Result<(), TlsError> {
-        self.current.store(Arc::new(load_certified_key(files)?));
-        Ok(())
+    /// Returns the new certificate's expiry.
+    pub fn reload(&self, files: &TlsFiles) -> Result<i64, TlsError> {
+        let key = Arc::new(load_certified_key(files)?);
+        self.current.store(key);
+        Ok(self.expiry())
+    }
+
+    /// When the served (leaf) certificate expires, in Unix seconds; 0 if
+    /// it cannot be read (the TLS library accepted it all the same).
+    pub fn expiry(&self) -> i64 {
+        self.current
+            .load()
+            .cert
+            .first()
+            .and_then(|c| super::x509::not_after(c))
+            .unwrap_or(0)
     }
 }
 

@@ -140,6 +140,18 @@ pub fn self_signed() -> (String, String) {
     (cert.cert.pem(), cert.signing_key.serialize_pem())
 }
 
+/// A self-signed certificate for localhost valid until the given day, and
+/// its key, in PEM.
+pub fn self_signed_until(year: i32, month: u8, day: u8) -> (String, String) {
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    params.not_after = rcgen::date_time_ymd(year, month, day);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
 /// Writes raw bytes and reads until the server closes (or 5 s pass).
 pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
