@@ -622,3 +622,203 @@ fn list_filters_and_the_store_from_the_environment() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr_line(&out).contains("$KG_TEST_UNSET_VAR"));
 }
+
+#[test]
+fn completions_for_bash_zsh_and_fish_and_a_man_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let bash = ok(keygate(dir.path(), &["completions", "bash"]));
+    assert!(
+        bash.contains("_keygate()") && bash.contains("rotate"),
+        "{bash}"
+    );
+    // The script is valid bash.
+    let script = dir.path().join("keygate.bash");
+    std::fs::write(&script, &bash).unwrap();
+    let syntax = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        syntax.status.success(),
+        "{}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+    let zsh = ok(keygate(dir.path(), &["completions", "zsh"]));
+    assert!(zsh.starts_with("#compdef keygate"), "{zsh}");
+    let fish = ok(keygate(dir.path(), &["completions", "fish"]));
+    assert!(fish.contains("complete -c keygate"), "{fish}");
+    // --access lists its values in every shell.
+    for script in [&bash, &zsh, &fish] {
+        assert!(script.contains("full-access"));
+    }
+    let bad = keygate(dir.path(), &["completions", "powershell"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let man = ok(keygate(dir.path(), &["man"]));
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH keygate"),
+        "{man}"
+    );
+    assert!(man.contains("completions"));
+}
+
+/// `keygate` with extra environment variables.
+fn keygate_env(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("KEYGATE_CONFIG")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn options_from_the_environment_override_the_file_and_name_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("keygate.toml"),
+        "[upstream]\nurl = \"http://file.example\"\n[keys]\nstore = \"keys.toml\"\n",
+    )
+    .unwrap();
+    create(dir.path(), "shop", "read-only");
+    let cfg = ["--config", "keygate.toml"];
+    let shown = ok(keygate_env(
+        dir.path(),
+        &[
+            ("KEYGATE_UPSTREAM_URL", "http://env.example:8000"),
+            ("KEYGATE_SERVER_WORKERS", "3"),
+            ("KEYGATE_LIMITS_SHARED", "redis://app:hunter2@redis:6379"),
+        ],
+        &["check", "--print-effective", cfg[0], cfg[1]],
+    ));
+    assert!(
+        shown.contains("url = \"http://env.example:8000\""),
+        "{shown}"
+    );
+    assert!(shown.contains("workers = 3"), "{shown}");
+    assert!(
+        shown.contains("# upstream.url from KEYGATE_UPSTREAM_URL"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("hunter2"),
+        "a password was printed: {shown}"
+    );
+    assert!(shown.contains("redis://app:****@redis:6379"), "{shown}");
+    assert!(
+        shown.contains("keys.toml: ok"),
+        "then the usual check: {shown}"
+    );
+
+    // A misspelt option, a value of the wrong kind, a value the option
+    // refuses: exit 1, one line naming the variable.
+    for (var, value) in [
+        ("KEYGATE_UPSTREAM_URLL", "http://x"),
+        ("KEYGATE_SERVER_WORKERS", "two"),
+        ("KEYGATE_UPSTREAM_CONNECT_TIMEOUT", "soon"),
+        ("KEYGATE_UPSTREAM_URL", "ftp://nope"),
+    ] {
+        let out = keygate_env(dir.path(), &[(var, value)], &["check", cfg[0], cfg[1]]);
+        assert_eq!(out.status.code(), Some(1), "{var}");
+        let line = stderr_line(&out);
+        assert!(line.contains(var), "{var}: {line}");
+    }
+    // With --json, errors are JSON on stderr, same exit code.
+    let out = keygate_env(
+        dir.path(),
+        &[("KEYGATE_SERVER_WORKERS", "two")],
+        &["check", "--json", cfg[0], cfg[1]],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["error"], "error");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("KEYGATE_SERVER_WORKERS")
+    );
+}
+
+#[test]
+fn every_printing_command_speaks_json_and_so_do_its_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = |out: Output| -> serde_json::Value { serde_json::from_str(&ok(out)).unwrap() };
+    let key = create(dir.path(), "shop", "read-only");
+    let id = key["id"].as_str().unwrap().to_string();
+    let updated = json(keys(
+        dir.path(),
+        &["update", &id, "--name", "Shop 2", "--json"],
+    ));
+    assert_eq!(updated["name"], "Shop 2");
+    assert_eq!(updated["access"], "read-only");
+    let rotated = json(keys(dir.path(), &["rotate", &id, "--json"]));
+    assert!(
+        rotated["key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("kg_"))
+    );
+    let deleted = json(keys(dir.path(), &["delete", &id, "--yes", "--json"]));
+    assert_eq!(deleted["id"], id.as_str());
+    assert_eq!(deleted["deleted"], true);
+    std::fs::write(
+        dir.path().join("keygate.toml"),
+        "[upstream]\nurl = \"http://a\"\n[keys]\nstore = \"keys.toml\"\n",
+    )
+    .unwrap();
+    let checked = json(keygate(
+        dir.path(),
+        &["check", "--json", "--config", "keygate.toml"],
+    ));
+    assert_eq!(checked["ok"], true);
+    assert_eq!(checked["keys"], 0);
+    // The deleted key's secret and the one it had before its rotation.
+    assert_eq!(checked["revoked_hashes"], 2);
+    let migrated = json(keygate(
+        dir.path(),
+        &["migrate", "--json", "--config", "keygate.toml"],
+    ));
+    assert_eq!(migrated["store"], "file");
+    let token = json(keygate(
+        dir.path(),
+        &[
+            "tokens",
+            "create",
+            "--name",
+            "ops",
+            "--json",
+            "--config",
+            "keygate.toml",
+        ],
+    ));
+    assert_eq!(token["name"], "ops");
+    let gone = json(keygate(
+        dir.path(),
+        &[
+            "tokens",
+            "delete",
+            "ops",
+            "--json",
+            "--config",
+            "keygate.toml",
+        ],
+    ));
+    assert_eq!(gone["deleted"], true);
+
+    // Errors: JSON on stderr, exit codes unchanged.
+    let missing = keys(dir.path(), &["show", "nope", "--json"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let err: serde_json::Value = serde_json::from_slice(&missing.stderr).unwrap();
+    assert_eq!(err["error"], "not_found");
+    assert!(err["message"].as_str().unwrap().contains("nope"));
+    let usage = keys(
+        dir.path(),
+        &["create", "--json", "--name", "x", "--access", "admin"],
+    );
+    assert_eq!(usage.status.code(), Some(2));
+    let err: serde_json::Value = serde_json::from_slice(&usage.stderr).unwrap();
+    assert_eq!(err["error"], "usage");
+    assert!(err["message"].as_str().unwrap().contains("admin"), "{err}");
+}

@@ -7,7 +7,7 @@ use crate::keys::{Access, KeyIndex};
 use crate::store::Store;
 use crate::store::postgres::schema;
 
-pub fn run(args: &ConfigArg) -> Result<(), CliError> {
+pub fn run(args: &ConfigArg, json: bool) -> Result<(), CliError> {
     let path = super::config_path(args.config.as_deref());
     let config = super::load_config(&path)?;
     // The same loading `serve` does: PEM files parsed, key matched to the
@@ -31,6 +31,26 @@ pub fn run(args: &ConfigArg) -> Result<(), CliError> {
     };
     let snapshot = store.load()?;
     let index = KeyIndex::build(&snapshot);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "ok": true,
+                "config": path.display().to_string(),
+                "store": store.label(),
+                "schema_version": match &store {
+                    Store::File(_) => None,
+                    Store::Postgres(pg) => Some(pg.schema_version()?),
+                },
+                "keys": snapshot.keys.len(),
+                "read_only": index.count(Access::ReadOnly),
+                "full_access": index.count(Access::FullAccess),
+                "revoked_hashes": snapshot.revoked.len(),
+                "revoked_in_store": index.revoked_in_store(),
+            })
+        );
+        return Ok(());
+    }
     println!("{}: ok", path.display());
     println!(
         "{}: ok, {schema_note}{} key(s): {} read-only, {} full-access; {} revoked hash(es){}",
@@ -47,12 +67,57 @@ pub fn run(args: &ConfigArg) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `keygate check --print-effective`: the file's options with those the
+/// environment sets over them (each named in a comment), as TOML, with
+/// passwords in URLs redacted.
+pub fn print_effective(args: &ConfigArg) -> Result<(), CliError> {
+    use crate::config::env;
+    let path = super::config_path(args.config.as_deref());
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| CliError::user(format!("cannot read config {}: {e}", path.display())))?;
+    let overrides =
+        super::env_overrides().map_err(|e| CliError::user(format!("{}: {e}", path.display())))?;
+    let mut table = crate::config::effective_table(&text, &overrides)
+        .map_err(|e| CliError::user(format!("{}:{}", path.display(), e.0)))?;
+    for option in env::SECRET {
+        let mut at = Some(&mut table);
+        let mut parts = option.split('.').peekable();
+        while let (Some(part), Some(t)) = (parts.next(), at.take()) {
+            if parts.peek().is_none() {
+                if let Some(toml::Value::String(s)) = t.get_mut(part) {
+                    *s = env::redact(s);
+                }
+            } else if let Some(toml::Value::Table(next)) = t.get_mut(part) {
+                at = Some(next);
+            }
+        }
+    }
+    println!("# The configuration in force: {}", path.display());
+    for o in &overrides {
+        println!("# {} from {}", o.option, o.var);
+    }
+    println!("# (options not listed take their defaults: README, Configuration)");
+    print!(
+        "{}",
+        toml::to_string(&table).map_err(|e| CliError::user(e.to_string()))?
+    );
+    println!();
+    Ok(())
+}
+
 /// `keygate migrate`: only the PostgreSQL store has a schema; a file store
 /// needs nothing, which is said rather than silently ignored.
-pub fn migrate(args: &ConfigArg) -> Result<(), CliError> {
+pub fn migrate(args: &ConfigArg, json: bool) -> Result<(), CliError> {
     let path = super::config_path(args.config.as_deref());
     let config = super::load_config(&path)?;
     match &config.keys.store {
+        StoreLocation::File(p) if json => {
+            println!(
+                "{}",
+                serde_json::json!({"store": "file", "path": p.display().to_string(), "migrated": false, "schema_version": null})
+            );
+            Ok(())
+        }
         StoreLocation::File(p) => {
             println!(
                 "{}: keys.store is a file ({}): there is no schema to migrate",
@@ -68,7 +133,12 @@ pub fn migrate(args: &ConfigArg) -> Result<(), CliError> {
                 return Err(CliError::user("keys.store is not a PostgreSQL URL"));
             };
             let (before, after) = pg.migrate()?;
-            if before == after {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"store": pg.label(), "migrated": before != after, "from_version": before, "schema_version": after})
+                );
+            } else if before == after {
                 println!(
                     "{}: schema already at version {after} (current): nothing to do",
                     pg.label()

@@ -6,6 +6,7 @@ mod check;
 mod demo;
 mod keys;
 mod logging;
+mod notify;
 mod serve;
 mod snippet;
 mod tokens;
@@ -37,8 +38,17 @@ pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("cannot read config {}: {e}", path.display())))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    Config::from_toml(&text, base, &|name| std::env::var(name).ok())
+    let overrides = env_overrides().map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+    Config::from_toml_with(&text, base, &|name| std::env::var(name).ok(), &overrides)
         .map_err(|e| ConfigError(format!("{}:{}", path.display(), e.0)))
+}
+
+/// The `KEYGATE_<SECTION>_<OPTION>` variables set in this process.
+pub fn env_overrides() -> Result<Vec<crate::config::env::Override>, String> {
+    crate::config::env::overrides(
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+    )
 }
 
 /// A failed command: a one-line message and its exit code.
@@ -46,6 +56,8 @@ pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
 pub struct CliError {
     message: String,
     code: u8,
+    /// What went wrong, for `--json` errors: `usage`, `not_found`, `error`.
+    kind: &'static str,
 }
 
 impl CliError {
@@ -54,6 +66,15 @@ impl CliError {
         CliError {
             message: message.into(),
             code: 1,
+            kind: "error",
+        }
+    }
+
+    /// A user error about something that does not exist (exit 1).
+    pub fn not_found(message: impl Into<String>) -> Self {
+        CliError {
+            kind: "not_found",
+            ..CliError::user(message)
         }
     }
 
@@ -62,11 +83,18 @@ impl CliError {
         CliError {
             message: message.into(),
             code: 2,
+            kind: "usage",
         }
     }
 
     pub fn exit_code(&self) -> u8 {
         self.code
+    }
+
+    /// The error as `--json` prints it on stderr: `{"error": kind,
+    /// "message": ...}` on one line.
+    pub fn json(&self) -> String {
+        serde_json::json!({"error": self.kind, "message": self.to_string()}).to_string()
     }
 }
 
@@ -129,14 +157,36 @@ pub struct ConfigArg {
     config: Option<PathBuf>,
 }
 
+#[derive(Debug, Args, Clone)]
+pub struct JsonConfigArg {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print the result as JSON (errors too, on stderr)
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print the result as JSON (errors too, on stderr)
+    #[arg(long)]
+    json: bool,
+    /// Print the configuration in force: the file with the options set by
+    /// KEYGATE_<SECTION>_<OPTION> variables over it, passwords redacted
+    #[arg(long)]
+    print_effective: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gateway.
     Serve(ConfigArg),
     /// Validate the config and the key store; exit 1 with clear errors.
-    Check(ConfigArg),
+    Check(CheckArgs),
     /// Create or upgrade the schema of a PostgreSQL key store.
-    Migrate(ConfigArg),
+    Migrate(JsonConfigArg),
     /// Manage API keys.
     Keys(keys::KeysArgs),
     /// Manage admin tokens (the admin API and console).
@@ -147,6 +197,21 @@ enum Command {
     /// Try keygate: the gateway on the shipped config, a built-in echo backend
     /// and two throwaway keys, with curl lines to run.
     Demo(ConfigArg),
+    /// Print a shell completion script on stdout, e.g.
+    /// `keygate completions bash > /etc/bash_completion.d/keygate`.
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Print the manual page (roff) on stdout: `keygate man | man -l -`.
+    Man,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 /// Runs a parsed command line.
@@ -154,10 +219,30 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve(c) => serve::run(&c),
         Command::Demo(c) => demo::run(&c),
-        Command::Check(c) => check::run(&c),
-        Command::Migrate(c) => check::migrate(&c),
+        Command::Check(c) => {
+            if c.print_effective {
+                check::print_effective(&c.config)?;
+            }
+            check::run(&c.config, c.json)
+        }
+        Command::Migrate(c) => check::migrate(&c.config, c.json),
         Command::Keys(k) => keys::run(k),
         Command::Tokens(t) => tokens::run(t),
         Command::Admin(c) => serve::run_admin(&c),
+        Command::Completions { shell } => {
+            let shell = match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "keygate", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            Ok(())
+        }
     }
 }

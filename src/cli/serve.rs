@@ -92,10 +92,15 @@ async fn run_gateway(
         None => None,
         Some(files) => {
             let resolver = tls::CertResolver::load(files)?;
-            let (watched, reloaded) = (files.clone(), resolver.clone());
+            metrics.tls_certificate(resolver.expiry());
+            let (watched, reloaded, counted) = (files.clone(), resolver.clone(), metrics.clone());
             let watcher = CertWatcher::new(
                 vec![files.cert.clone(), files.key.clone()],
-                Box::new(move || Ok(reloaded.reload(&watched)?)),
+                Box::new(move || {
+                    let result = reloaded.reload(&watched);
+                    counted.tls_reload(result.as_ref().map(|e| *e).map_err(|_| ()));
+                    Ok(result.map(|_| ())?)
+                }),
             );
             tokio::spawn(watcher.watch(hangup.clone()));
             Some(tls::server_config(resolver)?)
@@ -149,12 +154,24 @@ async fn run_gateway(
     }
     tracing::info!(client.addr = %client_addr, ops.addr = %ops_addr, tls = config.server.tls.is_some(), upstream = %redacted_url(&config.upstream.url), "keygate listening");
     on_ready(client_addr, ops_addr, admin_addr);
+    if super::notify::wanted() {
+        // Ready for systemd when ready for /readyz: once a key index is
+        // loaded (a database store may take a while).
+        let loaded = health.clone();
+        tokio::spawn(async move {
+            while !loaded.is_loaded() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            super::notify::notify("READY=1\nSTATUS=serving");
+        });
+    }
 
     let shutdown = async {
         tokio::select! {
             _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "shutting down: draining connections"),
             _ = interrupt.recv() => tracing::info!(signal = "SIGINT", "shutting down: draining connections"),
         }
+        super::notify::notify("STOPPING=1\nSTATUS=draining");
     };
     match server::run(
         listener,

@@ -41,7 +41,11 @@ enum TokensCommand {
         json: bool,
     },
     /// Delete an admin token: it stops working at once (sessions too).
-    Delete { name: String },
+    Delete {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -154,7 +158,7 @@ pub fn run(args: TokensArgs) -> Result<(), CliError> {
                 }
             }
         }
-        TokensCommand::Delete { name } => {
+        TokensCommand::Delete { name, json } => {
             file.modify(|tokens| {
                 let before = tokens.len();
                 tokens.retain(|t| t.name != name);
@@ -166,7 +170,11 @@ pub fn run(args: TokensArgs) -> Result<(), CliError> {
                 Ok(())
             })?;
             audit(&log, "token.delete", None, json!({"name": name}));
-            writeln!(out, "Deleted admin token {name:?}: it no longer works.")?;
+            if json {
+                writeln!(out, "{}", json!({"name": name, "deleted": true}))?;
+            } else {
+                writeln!(out, "Deleted admin token {name:?}: it no longer works.")?;
+            }
         }
     }
     Ok(())

@@ -6,6 +6,7 @@
 //! file, loading certificates and parsing a database URL in full happen at
 //! the edges (`cli`, `server::tls`, `store`), never here.
 
+pub mod env;
 pub mod net;
 mod raw;
 mod validate;
@@ -233,23 +234,98 @@ impl Config {
         base: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| line_of(text, s.start));
-            // Only the option's name: its value may be a secret (a database URL).
-            let src_line = line
-                .and_then(|l| text.lines().nth(l - 1))
-                .map(|l| l.split('=').next().unwrap_or_default().trim())
-                .unwrap_or_default();
-            let msg = e.message().trim();
-            match line {
-                Some(l) if !src_line.is_empty() => {
-                    ConfigError(format!("{l}: {msg} (in `{src_line}`)"))
-                }
-                Some(l) => ConfigError(format!("{l}: {msg}")),
-                None => ConfigError(format!(" {msg}")),
-            }
-        })?;
+        Self::from_toml_with(text, base, env, &[])
+    }
+
+    /// `from_toml` with options set from the environment (`env::overrides`)
+    /// over the file's. An error in a value from the environment names its
+    /// variable.
+    pub fn from_toml_with(
+        text: &str,
+        base: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        overrides: &[env::Override],
+    ) -> Result<Config, ConfigError> {
+        if overrides.is_empty() {
+            return Self::from_file_text(text, base, env);
+        }
+        // The file's own mistakes keep their line, unless it lacks a field
+        // the environment may supply.
+        if let Err(e) = toml::from_str::<RawConfig>(text)
+            && !e.message().contains("missing field")
+        {
+            return Err(file_error(text, &e));
+        }
+        let table = effective_table(text, overrides)?;
+        let raw: RawConfig =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    ConfigError(format!(" {}", name_vars(e.message().trim(), overrides)))
+                })?;
+        validate::validate(raw, base, env)
+            .map_err(|m| ConfigError(format!(" {}", name_vars(&m, overrides))))
+    }
+
+    fn from_file_text(
+        text: &str,
+        base: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| file_error(text, &e))?;
         validate::validate(raw, base, env).map_err(|m| ConfigError(format!(" {m}")))
+    }
+}
+
+/// The file's table with the environment's options set over it.
+pub fn effective_table(
+    text: &str,
+    overrides: &[env::Override],
+) -> Result<toml::Table, ConfigError> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| file_error(text, &e))?;
+    env::apply(&mut table, overrides).map_err(|e| ConfigError(format!(" {e}")))?;
+    Ok(table)
+}
+
+/// Says which variable set an option a message names: `upstream.url` →
+/// `upstream.url (from KEYGATE_UPSTREAM_URL)`; a message naming none of
+/// them says which variables were in play.
+fn name_vars(message: &str, overrides: &[env::Override]) -> String {
+    let mut out = message.to_string();
+    let mut named = false;
+    // Longest first: `upstream.read_timeout` before a shorter prefix.
+    let mut by_len: Vec<&env::Override> = overrides.iter().collect();
+    by_len.sort_by_key(|o| std::cmp::Reverse(o.option.len()));
+    for o in by_len {
+        if let Some(i) = out.find(o.option) {
+            let end = i + o.option.len();
+            out.replace_range(i..end, &format!("{} (from {})", o.option, o.var));
+            named = true;
+        }
+    }
+    if !named {
+        let vars: Vec<&str> = overrides.iter().map(|o| o.var.as_str()).collect();
+        out.push_str(&format!(
+            " (with {} set in the environment)",
+            vars.join(", ")
+        ));
+    }
+    out
+}
+
+/// A file's parse error, with its line and the option's name (never its
+/// value: it may be a secret, a database URL).
+fn file_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e.span().map(|s| line_of(text, s.start));
+    let src_line = line
+        .and_then(|l| text.lines().nth(l - 1))
+        .map(|l| l.split('=').next().unwrap_or_default().trim())
+        .unwrap_or_default();
+    let msg = e.message().trim();
+    match line {
+        Some(l) if !src_line.is_empty() => ConfigError(format!("{l}: {msg} (in `{src_line}`)")),
+        Some(l) => ConfigError(format!("{l}: {msg}")),
+        None => ConfigError(format!(" {msg}")),
     }
 }
 

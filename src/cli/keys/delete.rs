@@ -10,6 +10,7 @@ pub(super) fn delete(
     out: &mut impl Write,
     id: &str,
     yes: bool,
+    json: bool,
 ) -> Result<(), CliError> {
     let record = find(t, id)?;
     if !yes {
@@ -35,6 +36,14 @@ pub(super) fn delete(
         Some(id),
         serde_json::json!({"name": removed.name}),
     );
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"id": removed.id.as_str(), "name": removed.name, "deleted": true, "revoked": true})
+        )?;
+        return Ok(());
+    }
     writeln!(
         out,
         "Deleted key {} ({:?}); its hash is on the revocation list.",

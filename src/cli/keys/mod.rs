@@ -85,6 +85,8 @@ enum KeysCommand {
         /// Allow upgrading read-only to full-access
         #[arg(long)]
         force: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Delete a key, irreversibly: its hash is added to the revocation list.
     Delete {
@@ -92,6 +94,8 @@ enum KeysCommand {
         /// Do not ask for confirmation
         #[arg(long)]
         yes: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Give a key a new secret, printed once; the current one keeps working
     /// until the grace period ends, then is refused and revoked.
@@ -222,6 +226,7 @@ pub fn run(args: KeysArgs) -> Result<(), CliError> {
             access,
             rate_limit,
             force,
+            json,
         } => update::update(
             &t,
             &mut out,
@@ -233,8 +238,9 @@ pub fn run(args: KeysArgs) -> Result<(), CliError> {
                 ..KeyUpdate::default()
             },
             force,
+            json,
         ),
-        KeysCommand::Delete { id, yes } => delete::delete(&t, &mut out, &id, yes),
+        KeysCommand::Delete { id, yes, json } => delete::delete(&t, &mut out, &id, yes, json),
         KeysCommand::Rotate { id, grace, json } => rotate::rotate(&t, &mut out, &id, &grace, json),
         KeysCommand::Snippet { id, gateway_url } => {
             let record = find(&t, &id)?;
@@ -280,6 +286,6 @@ fn load(t: &Target) -> Result<crate::keys::KeySet, CliError> {
 fn find(t: &Target, id: &str) -> Result<KeyRecord, CliError> {
     t.store.find(id)?.ok_or_else(|| {
         let missing = crate::keys::KeySetError::NotFound(id.to_string());
-        CliError::user(format!("{missing} in {}", t.store.label()))
+        CliError::not_found(format!("{missing} in {}", t.store.label()))
     })
 }

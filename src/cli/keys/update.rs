@@ -14,6 +14,7 @@ pub(super) fn update(
     id: &str,
     change: KeyUpdate,
     force: bool,
+    json: bool,
 ) -> Result<(), CliError> {
     if change.name.is_none()
         && change.access.is_none()
@@ -50,6 +51,10 @@ pub(super) fn update(
         Some(id),
         serde_json::Value::Object(changes),
     );
+    if json {
+        writeln!(out, "{}", super::key_json(&record, None))?;
+        return Ok(());
+    }
     let limit = record.rate_limit.map_or_else(
         || "the default rate limit".to_string(),
         |l| format!("rate limit {l}"),
