@@ -339,10 +339,14 @@ async fn json_logs_and_the_optional_access_log() {
         f["upstream.duration_us"].as_u64().unwrap(),
     );
     assert!(upstream_us <= total, "{upstream_us} <= {total}");
-    // The upstream's time has its own histogram.
+    // The upstream's time has its own histogram; responses count by class.
     assert!(
         support::client::metric(gw.ops, "keygate_upstream_duration_seconds_count").await >= 2.0
     );
+    let class = |c: &str| format!("keygate_responses_total{{class=\"{c}\"}}");
+    assert_eq!(support::client::metric(gw.ops, &class("2xx")).await, 2.0);
+    assert_eq!(support::client::metric(gw.ops, &class("4xx")).await, 3.0);
+    assert_eq!(support::client::metric(gw.ops, &class("5xx")).await, 0.0);
 }
 
 #[tokio::test]
@@ -353,4 +357,52 @@ async fn access_log_is_off_by_default() {
     get(&gw.url("/"), &[]).await;
     gw.wait_for_output("request denied");
     assert!(!gw.output().contains("request allowed"));
+}
+
+/// systemd's `Type=notify`: READY=1 once the gateway serves, STOPPING=1 when
+/// it starts draining, over the datagram socket `$NOTIFY_SOCKET` names.
+#[tokio::test]
+async fn systemd_hears_ready_once_serving_and_stopping_on_drain() {
+    let upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut gw = TestGateway::start_with(
+        &upstream.url(),
+        Setup {
+            env: vec![("NOTIFY_SOCKET".into(), path.display().to_string())],
+            ..Setup::default()
+        },
+    );
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("READY=1 within 10 s");
+    let ready = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    assert_serving(&gw).await;
+    gw.signal("TERM");
+    let n = socket.recv(&mut buf).expect("STOPPING=1 within 10 s");
+    let stopping = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    assert!(gw.wait_exit().success());
+}
+
+/// 12-factor: an option set by `KEYGATE_<SECTION>_<OPTION>` reaches the
+/// running gateway (the file leaves the access log off).
+#[tokio::test]
+async fn the_access_log_switched_on_from_the_environment() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start_with(
+        &upstream.url(),
+        Setup {
+            env: vec![("KEYGATE_LOG_ACCESS_LOG".into(), "true".into())],
+            ..Setup::default()
+        },
+    );
+    let r = get(&gw.url("/from-env"), &[("x-api-key", &gw.keys.read_only)]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("x-request-id").is_some());
+    gw.wait_for_output("request allowed");
 }

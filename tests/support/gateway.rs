@@ -36,6 +36,8 @@ pub struct Setup {
     pub log: String,
     /// Whole extra tables, e.g. `[cors]`.
     pub tables: String,
+    /// Environment variables for the gateway process.
+    pub env: Vec<(String, String)>,
 }
 
 /// A child process killed (and reaped) when dropped, so that a failing test
@@ -120,7 +122,8 @@ impl TestGateway {
             setup.server, setup.upstream, setup.keys, setup.policy, log, setup.tables
         );
         std::fs::write(dir.path().join("keygate.toml"), config).unwrap();
-        let (child, addr, ops, output) = spawn_serve(&dir.path().join("keygate.toml"));
+        let (child, addr, ops, output) =
+            spawn_serve_env(&dir.path().join("keygate.toml"), &setup.env);
         TestGateway {
             child,
             addr,
@@ -266,8 +269,17 @@ pub fn address_in(line: &str, field: &str) -> SocketAddr {
 
 /// Starts `keygate serve --config <path>` and waits for its "listening" line.
 pub fn spawn_serve(config: &Path) -> (Process, SocketAddr, SocketAddr, Arc<Mutex<Vec<String>>>) {
+    spawn_serve_env(config, &[])
+}
+
+/// `spawn_serve` with extra environment variables.
+pub fn spawn_serve_env(
+    config: &Path,
+    env: &[(String, String)],
+) -> (Process, SocketAddr, SocketAddr, Arc<Mutex<Vec<String>>>) {
     let mut child = Command::new(BIN)
         .args(["serve", "--config", config.to_str().unwrap()])
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
