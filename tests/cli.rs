@@ -822,3 +822,72 @@ fn every_printing_command_speaks_json_and_so_do_its_errors() {
     assert_eq!(err["error"], "usage");
     assert!(err["message"].as_str().unwrap().contains("admin"), "{err}");
 }
+
+/// The store is edited in place: comments, blank lines and untouched keys
+/// stay as the operator wrote them, through every `keys` command.
+#[test]
+fn hand_written_comments_survive_every_keys_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = create(dir.path(), "Shop", "read-only");
+    let erp = create(dir.path(), "ERP", "full-access");
+    let (shop, erp) = (shop["id"].as_str().unwrap(), erp["id"].as_str().unwrap());
+    let path = dir.path().join("keys.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let second = text.rfind("[[keys]]").unwrap();
+    let mut hand = format!(
+        "# Hand-written: ask Ana before deleting anything.\n{}# ERP: server side only!\n{}",
+        &text[..second],
+        &text[second..]
+    );
+    hand = hand.replace("name = \"Shop\"", "name = \"Shop\"   # the storefront");
+    std::fs::write(&path, &hand).unwrap();
+    let store = || std::fs::read_to_string(&path).unwrap();
+
+    ok(keys(dir.path(), &["update", shop, "--name", "Shop 2"]));
+    let now = store();
+    assert_eq!(
+        now,
+        hand.replace("name = \"Shop\"   #", "name = \"Shop 2\"   #"),
+        "a rename changes that value only"
+    );
+    ok(keys(dir.path(), &["update", shop, "--rate-limit", "10/s"]));
+    assert!(store().contains("rate_limit = \"10/s\""));
+    ok(keys(dir.path(), &["update", shop, "--rate-limit", "none"]));
+    assert!(!store().contains("rate_limit = "));
+    ok(keys(dir.path(), &["rotate", erp, "--grace", "1h"]));
+    assert!(store().contains("previous_hash = "));
+    ok(keys(
+        dir.path(),
+        &["create", "--name", "New", "--access", "read-only"],
+    ));
+    let import = dir.path().join("import.tsv");
+    std::fs::write(
+        &import,
+        "legacy-secret-for-the-comment-test\tread-only\tImported\n",
+    )
+    .unwrap();
+    ok(keys(dir.path(), &["import", import.to_str().unwrap()]));
+    let now = store();
+    for kept in [
+        "# Hand-written: ask Ana before deleting anything.",
+        "# ERP: server side only!",
+        "name = \"Shop 2\"   # the storefront",
+        "name = \"New\"",
+        "name = \"Imported\"",
+    ] {
+        assert!(now.contains(kept), "{kept:?} lost:\n{now}");
+    }
+    // A deleted key's table goes with the comment above it; the rest stays.
+    ok(keys(dir.path(), &["delete", erp, "--yes"]));
+    let now = store();
+    assert!(!now.contains("ERP"), "{now}");
+    assert!(
+        now.starts_with("# Hand-written: ask Ana before deleting anything.\n"),
+        "{now}"
+    );
+    assert!(
+        now.contains("name = \"Shop 2\"   # the storefront"),
+        "{now}"
+    );
+    ok(keys(dir.path(), &["list"]));
+}

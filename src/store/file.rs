@@ -101,18 +101,27 @@ impl FileStore {
         change: impl FnOnce(&mut KeySet, &HashSet<KeyHash>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let _lock = self.lock()?;
-        let mut keys = match read_text(&self.path) {
+        let (mut keys, old) = match read_text(&self.path) {
             Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                KeySet::default()
+                (KeySet::default(), None)
             }
-            text => storefile::parse_store(&text?).map_err(|error| StoreError::Invalid {
-                path: self.path.clone(),
-                error,
-            })?,
+            text => {
+                let text = text?;
+                let keys = storefile::parse_store(&text).map_err(|error| StoreError::Invalid {
+                    path: self.path.clone(),
+                    error,
+                })?;
+                (keys, Some(text))
+            }
         };
         let revoked = self.load_revoked()?;
         let out = change(&mut keys, &revoked)?;
-        self.write(&keys)?;
+        // Edited in place, keeping what was written by hand; whole if that
+        // cannot be done faithfully.
+        match old.and_then(|old| storefile::edit::over(&old, &keys)) {
+            Some(text) => write_atomic(&self.path, &text)?,
+            None => self.write(&keys)?,
+        }
         Ok(out)
     }
 

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+pub mod edit;
 mod fast;
 
 use super::record::Previous;
