@@ -48,6 +48,7 @@ pub const OPTIONS: &[(&str, Kind)] = &[
     ("upstream.ca", Kind::Str),
     ("upstream.pool_idle_timeout", Kind::Str),
     ("upstream.pool_max_idle", Kind::Int),
+    ("upstream.protocol", Kind::Str),
     ("keys.store", Kind::Str),
     ("keys.store_env", Kind::Str),
     ("keys.resync_interval", Kind::Str),

@@ -18,7 +18,7 @@ use std::time::Duration;
 use http::{HeaderName, Uri};
 
 use raw::RawConfig;
-pub use raw::{BrowserFullAccess, LogFormat, parse_duration};
+pub use raw::{BrowserFullAccess, LogFormat, UpstreamProtocol, parse_duration};
 
 use crate::keys::RateLimit;
 use crate::keys::storefile::line_of;
@@ -169,6 +169,7 @@ pub struct UpstreamConfig {
     pub ca: Option<PathBuf>,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle: usize,
+    pub protocol: UpstreamProtocol,
 }
 
 /// Where the keys live.

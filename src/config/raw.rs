@@ -128,6 +128,17 @@ pub struct RawUpstream {
     pub ca: Option<String>,
     pub pool_idle_timeout: Option<DurationStr>,
     pub pool_max_idle: Option<usize>,
+    pub protocol: Option<UpstreamProtocol>,
+}
+
+/// What the upstream speaks: HTTP/1.1, or HTTP/2 (h2c for `http://`, h2
+/// by ALPN for `https://`), which gRPC backends need.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    Http2,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -175,6 +175,7 @@ pub(super) fn validate(
         ca: u.ca.map(|c| resolve(base, &c)),
         pool_idle_timeout: u.pool_idle_timeout.map_or(Duration::from_secs(90), |d| d.0),
         pool_max_idle: u.pool_max_idle.unwrap_or(256),
+        protocol: u.protocol.unwrap_or_default(),
     };
     for (name, d) in [
         ("upstream.connect_timeout", upstream.connect_timeout),

@@ -153,6 +153,7 @@ impl Gateway {
     {
         let started = Instant::now();
         let origin = req.headers().get(ORIGIN).cloned();
+        let grpc = respond::is_grpc(req.headers());
         // For the log line, which is written once the request has gone.
         let method = req.method().clone();
         let uri = req.uri().clone();
@@ -193,7 +194,7 @@ impl Gateway {
                 (response, label)
             }
             Routed::Answered(answer, request_headers) => {
-                let response = answer.response(&request_headers);
+                let response = answer.response(&request_headers, grpc);
                 let message = match answer {
                     Answer::Rejected(_) | Answer::RateLimited(_) | Answer::HeadersTooLarge => {
                         Some("request denied")
@@ -412,7 +413,19 @@ impl Gateway {
             key_header: &self.settings.header,
             forward_key: self.forward_key,
         };
+        // gRPC needs `te: trailers` to reach an HTTP/2 backend; to HTTP/1.1
+        // it is hop-by-hop.
+        let te_trailers = self.upstream.is_http2()
+            && parts
+                .headers
+                .get(http::header::TE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         headers::rewrite_request(&mut parts.headers, &caller, upgrade);
+        if te_trailers {
+            parts
+                .headers
+                .insert(http::header::TE, HeaderValue::from_static("trailers"));
+        }
         parts.version = Version::HTTP_11;
 
         let body = body.map_err(Into::into).boxed_unsync();

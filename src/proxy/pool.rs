@@ -15,30 +15,53 @@
 //! turned the page yet) or closed (the upstream said `Connection: close`,
 //! or went away while idle), and a closed one is thrown away.
 //!
-//! The seam for an HTTP/2 upstream is `Pool::checkout`/`Lease`: an h2
-//! sender is shared by every request instead of taken by one, so its lease
-//! would hold a clone and its release would do nothing.
+//! An HTTP/2 upstream (`upstream.protocol = "http2"`, gRPC's) shares one
+//! connection between all requests, as streams: its lease holds a clone of
+//! the sender and its release does nothing. A closed one is replaced by
+//! the next request that finds it so.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use hyper::client::conn::http1;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
 use tokio::time::Instant;
 
 use super::body::BodyError;
 use super::upstream::SentBody;
 
 /// Opens a connection to the upstream (TCP, and TLS for `https://`),
-/// within `connect_timeout`.
+/// within `connect_timeout`, and starts HTTP/1.1 or HTTP/2 on it.
 pub type Connect = Box<
-    dyn Fn() -> std::pin::Pin<
-            Box<
-                dyn std::future::Future<Output = Result<http1::SendRequest<SentBody>, BodyError>>
-                    + Send,
-            >,
-        > + Send
+    dyn Fn()
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Sender, BodyError>> + Send>>
+        + Send
         + Sync,
 >;
+
+/// A connection's sending half.
+pub enum Sender {
+    H1(http1::SendRequest<SentBody>),
+    H2(http2::SendRequest<SentBody>),
+}
+
+type TrySend = Result<Response<Incoming>, TrySendError<Request<SentBody>>>;
+
+impl Sender {
+    /// Sends a request; a request the connection never wrote comes back in
+    /// the error, to be sent on another.
+    pub fn try_send(
+        &mut self,
+        req: Request<SentBody>,
+    ) -> impl std::future::Future<Output = TrySend> + Send + 'static {
+        use futures_util::future::Either;
+        match self {
+            Sender::H1(s) => Either::Left(s.try_send_request(req)),
+            Sender::H2(s) => Either::Right(s.try_send_request(req)),
+        }
+    }
+}
 
 struct Idle {
     sender: http1::SendRequest<SentBody>,
@@ -53,12 +76,14 @@ struct Stack {
 
 pub struct Pool {
     stack: Arc<Stack>,
+    /// HTTP/2: the one connection every request shares.
+    shared: Mutex<Option<http2::SendRequest<SentBody>>>,
     connect: Connect,
 }
 
 /// A connection taken from the pool for one exchange.
 pub struct Lease {
-    sender: Option<http1::SendRequest<SentBody>>,
+    sender: Option<Sender>,
     stack: Weak<Stack>,
 }
 
@@ -90,11 +115,25 @@ impl Pool {
                 }
             });
         }
-        Pool { stack, connect }
+        Pool {
+            stack,
+            shared: Mutex::new(None),
+            connect,
+        }
     }
 
     /// The most recently returned connection that is still open, or a new one.
     pub async fn checkout(&self) -> Result<Lease, ConnectFailed> {
+        let shared = {
+            let guard = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            guard.as_ref().filter(|s| !s.is_closed()).cloned()
+        };
+        if let Some(mut h2) = shared {
+            // Waits for a free stream; an error means the connection ended.
+            if h2.ready().await.is_ok() {
+                return Ok(self.lease(Sender::H2(h2)));
+            }
+        }
         loop {
             let popped = {
                 let mut idle = self.stack.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -107,7 +146,7 @@ impl Pool {
             // Ready at once, or in the time the connection task takes to
             // finish the previous exchange; an error means it is closed.
             if idle.sender.ready().await.is_ok() {
-                return Ok(self.lease(idle.sender));
+                return Ok(self.lease(Sender::H1(idle.sender)));
             }
         }
         self.fresh().await
@@ -120,10 +159,13 @@ impl Pool {
             tracing::debug!(error = %e, "no connection to the upstream");
             ConnectFailed
         })?;
+        if let Sender::H2(h2) = &sender {
+            *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = Some(h2.clone());
+        }
         Ok(self.lease(sender))
     }
 
-    fn lease(&self, sender: http1::SendRequest<SentBody>) -> Lease {
+    fn lease(&self, sender: Sender) -> Lease {
         Lease {
             sender: Some(sender),
             stack: Arc::downgrade(&self.stack),
@@ -150,13 +192,15 @@ impl Stack {
 }
 
 impl Lease {
-    pub fn sender(&mut self) -> Option<&mut http1::SendRequest<SentBody>> {
+    pub fn sender(&mut self) -> Option<&mut Sender> {
         self.sender.as_mut()
     }
 
-    /// The exchange is whole: the connection can carry the next one.
+    /// The exchange is whole: the connection can carry the next one (an
+    /// HTTP/2 connection never left the pool).
     pub fn release(mut self) {
-        let (Some(sender), Some(stack)) = (self.sender.take(), self.stack.upgrade()) else {
+        let (Some(Sender::H1(sender)), Some(stack)) = (self.sender.take(), self.stack.upgrade())
+        else {
             return;
         };
         if sender.is_closed() {

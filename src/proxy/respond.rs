@@ -47,51 +47,122 @@ impl Answer<'_> {
         }
     }
 
-    /// The response; `request` is the request's headers (a preflight
-    /// echoes the headers it asked for).
-    pub fn response(self, request: &HeaderMap) -> Response<ProxyBody> {
+    /// Status, wire code and message of every answer but a preflight.
+    const fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            Answer::Rejected(r) => rejection_response(r),
-            Answer::Failed(e) => {
-                let (status, code, message) = e.parts();
-                json_error(status, code, message)
-            }
-            Answer::NotReady => {
-                let mut r = json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not_ready",
-                    "the gateway has not loaded its keys yet; retry shortly",
-                );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                r
-            }
-            Answer::HeadersTooLarge => json_error(
+            Answer::Rejected(r) => (r.status(), r.code(), r.message()),
+            Answer::Failed(e) => e.parts(),
+            Answer::NotReady => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the gateway has not loaded its keys yet; retry shortly",
+            ),
+            Answer::HeadersTooLarge => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers_too_large",
                 "too many header fields",
             ),
-            Answer::Preflight(cors) => preflight_response(request, cors),
-            Answer::RateLimited(quota) => {
-                let mut r = json_error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    match quota.scope {
-                        Scope::Key => {
-                            "this API key's rate limit is spent; retry after the time in Retry-After"
-                        }
-                        Scope::Client => {
-                            "this API key's rate limit for your address is spent; retry after the time in Retry-After"
-                        }
-                    },
-                );
-                let h = r.headers_mut();
-                h.insert(header::RETRY_AFTER, HeaderValue::from(quota.reset_secs));
-                add_quota(h, &quota);
-                r
-            }
+            Answer::Preflight(_) => (StatusCode::NO_CONTENT, "preflight", ""),
+            Answer::RateLimited(quota) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                match quota.scope {
+                    Scope::Key => {
+                        "this API key's rate limit is spent; retry after the time in Retry-After"
+                    }
+                    Scope::Client => {
+                        "this API key's rate limit for your address is spent; retry after the time in Retry-After"
+                    }
+                },
+            ),
         }
     }
+
+    /// The response; `request` is the request's headers (a preflight
+    /// echoes the headers it asked for). For a gRPC request (`grpc`), the
+    /// answer is a gRPC error, as Envoy gives: HTTP 200 with `grpc-status`
+    /// and `grpc-message` and no body, since a gRPC client reads only those.
+    pub fn response(self, request: &HeaderMap, grpc: bool) -> Response<ProxyBody> {
+        if let Answer::Preflight(cors) = self {
+            return preflight_response(request, cors);
+        }
+        let (status, code, message) = self.parts();
+        let mut r = if grpc {
+            grpc_error(status, code, message)
+        } else {
+            json_error(status, code, message)
+        };
+        let h = r.headers_mut();
+        match self {
+            Answer::Rejected(_) if status == StatusCode::UNAUTHORIZED && !grpc => {
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Answer::NotReady => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Answer::RateLimited(quota) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(quota.reset_secs));
+                add_quota(h, &quota);
+            }
+            _ => {}
+        }
+        r
+    }
+}
+
+/// True for a gRPC request (`content-type: application/grpc`, `+proto`,
+/// `+json`, ...).
+pub fn is_grpc(request: &HeaderMap) -> bool {
+    request.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= 16 && v[..16].eq_ignore_ascii_case(b"application/grpc")
+    })
+}
+
+/// The gRPC status for what would have been `status`: the mapping of
+/// gRPC's "HTTP to gRPC status" table, except 429 (RESOURCE_EXHAUSTED, a
+/// quota) and 504/408 (DEADLINE_EXCEEDED), as Envoy's rate-limit and
+/// timeout filters answer.
+pub const fn grpc_status(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        401 => 16,       // UNAUTHENTICATED
+        403 => 7,        // PERMISSION_DENIED
+        429 => 8,        // RESOURCE_EXHAUSTED
+        502 | 503 => 14, // UNAVAILABLE
+        504 | 408 => 4,  // DEADLINE_EXCEEDED
+        400 | 431 => 13, // INTERNAL
+        _ => 2,          // UNKNOWN
+    }
+}
+
+/// A gRPC error in "Trailers-Only" form: status 200, the status and
+/// message in the headers, no body.
+fn grpc_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::empty());
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(grpc_status(status)));
+    if let Ok(v) = HeaderValue::from_str(&grpc_message(&format!("{code}: {message}"))) {
+        h.insert("grpc-message", v);
+    }
+    r
+}
+
+/// `grpc-message` is percent-encoded: bytes outside printable ASCII, and
+/// `%` itself.
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// An operational failure while forwarding (not a policy outcome).
@@ -187,15 +258,6 @@ fn error_body(code: &str, message: &str) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-fn rejection_response(r: Rejection) -> Response<ProxyBody> {
-    let mut resp = json_error(r.status(), r.code(), r.message());
-    if r.status() == StatusCode::UNAUTHORIZED {
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    resp
-}
-
 /// The gateway's answer to an allowed CORS preflight: 204, only safe methods.
 fn preflight_response(request: &HeaderMap, cors: &CorsConfig) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::empty());
@@ -262,6 +324,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn grpc_requests_get_grpc_statuses_in_trailers_only_answers() {
+        for (status, grpc) in [
+            (401, 16),
+            (403, 7),
+            (429, 8),
+            (502, 14),
+            (503, 14),
+            (504, 4),
+            (408, 4),
+            (400, 13),
+            (431, 13),
+            (418, 2),
+        ] {
+            let s = StatusCode::from_u16(status).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(grpc_status(s), grpc, "{status}");
+        }
+        let r = grpc_error(StatusCode::FORBIDDEN, "read_only_method", "100% refused\né");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-type"], "application/grpc");
+        assert_eq!(r.headers()["grpc-status"], "7");
+        assert_eq!(
+            r.headers()["grpc-message"],
+            "read_only_method: 100%25 refused%0A%C3%A9"
+        );
+        let mut h = HeaderMap::new();
+        for (ct, yes) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("Application/GRPC+json", true),
+            ("application/json", false),
+            ("application/grp", false),
+        ] {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            assert_eq!(is_grpc(&h), yes, "{ct}");
+        }
+    }
+
+    #[test]
     fn error_bodies_are_the_json_serde_would_write() {
         for (code, message) in [
             ("invalid_key", "The API key is not valid."),
@@ -293,7 +393,7 @@ mod tests {
     #[test]
     fn rejections_are_json_with_code_and_message() {
         let r = Answer::Rejected(Rejection::InvalidKey(InvalidReason::Unknown))
-            .response(&HeaderMap::new());
+            .response(&HeaderMap::new(), false);
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(
             r.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
@@ -337,7 +437,7 @@ mod tests {
             (Answer::Preflight(&cors), 204, None),
         ] {
             let label = answer.label().as_str();
-            let r = answer.response(&none);
+            let r = answer.response(&none, false);
             assert_eq!(r.status().as_u16(), status, "{answer:?}");
             match code {
                 Some(code) => {
@@ -355,7 +455,8 @@ mod tests {
             allowed_origins: vec!["https://shop.example.com".into()],
             max_age: Duration::from_secs(60),
         };
-        let mut r = Answer::Rejected(Rejection::BrowserFullAccess).response(&HeaderMap::new());
+        let mut r =
+            Answer::Rejected(Rejection::BrowserFullAccess).response(&HeaderMap::new(), false);
         add_cors(
             &mut r,
             Some(&HeaderValue::from_static("https://evil.example")),

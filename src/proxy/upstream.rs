@@ -31,13 +31,14 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::time::Instant;
 
 use super::body::BodyError;
-use super::pool::{Connect, Lease, Pool};
+use super::pool::{Connect, Lease, Pool, Sender};
 use super::respond::ProxyError;
 use super::stall::Stall;
 use crate::config::UpstreamConfig;
@@ -64,6 +65,9 @@ impl std::error::Error for UpstreamError {}
 /// The backend every allowed request goes to.
 pub struct Upstream {
     pool: Pool,
+    /// `upstream.protocol = "http2"`: requests go as HTTP/2 with an
+    /// absolute target (`:scheme`, `:authority`).
+    http2: Option<(http::uri::Scheme, http::uri::Authority)>,
     /// `Host` for a request that came without one (HTTP/2 without
     /// `:authority`).
     host: HeaderValue,
@@ -89,11 +93,16 @@ impl Upstream {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(cfg.connect_timeout));
         let tls = client_tls(cfg).map_err(UpstreamError)?;
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        let http2 = cfg.protocol == crate::config::UpstreamProtocol::Http2;
+        let tls = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+            .https_or_http();
+        // h2 over TLS is chosen by ALPN; h2c (http://) speaks it at once.
+        let connector = if http2 {
+            tls.enable_http2().wrap_connector(http)
+        } else {
+            tls.enable_http1().wrap_connector(http)
+        };
         let (scheme, authority) = match (cfg.url.scheme(), cfg.url.authority()) {
             (Some(s), Some(a)) => (s.clone(), a.clone()),
             _ => {
@@ -120,17 +129,28 @@ impl Upstream {
             inner: connector,
             limit: cfg.connect_timeout,
         };
+        let target = match (origin.scheme(), origin.authority()) {
+            (Some(s), Some(a)) => (s.clone(), a.clone()),
+            _ => return Err(UpstreamError(format!("upstream.url {}: no host", cfg.url))),
+        };
+        let connect = if http2 {
+            http2_connect(connector, origin)
+        } else {
+            http1_connect(connector, origin, h1)
+        };
         Ok(Upstream {
-            pool: Pool::new(
-                http1_connect(connector, origin, h1),
-                cfg.pool_max_idle,
-                cfg.pool_idle_timeout,
-            ),
+            pool: Pool::new(connect, cfg.pool_max_idle, cfg.pool_idle_timeout),
+            http2: http2.then_some(target),
             host,
             response_timeout: cfg.response_timeout,
             read_timeout: cfg.read_timeout,
             body_timeout,
         })
+    }
+
+    /// True when the upstream speaks HTTP/2.
+    pub fn is_http2(&self) -> bool {
+        self.http2.is_some()
     }
 
     /// The request target sent upstream: origin-form, the path and query.
@@ -160,7 +180,26 @@ impl Upstream {
         &self,
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Arc<Progress>, Lease), SendError> {
-        if !req.headers().contains_key(HOST) {
+        if let Some((scheme, authority)) = &self.http2 {
+            // HTTP/2 carries the host in `:authority`: the client's Host,
+            // else the upstream's.
+            let authority = req
+                .headers_mut()
+                .remove(HOST)
+                .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+                .unwrap_or_else(|| authority.clone());
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            parts.scheme = Some(scheme.clone());
+            parts.authority = Some(authority);
+            if parts.path_and_query.is_none() {
+                parts.path_and_query = Some(PathAndQuery::from_static("/"));
+            }
+            *req.uri_mut() = Uri::from_parts(parts).map_err(|_| SendError {
+                error: ProxyError::BadTarget,
+                kind: None,
+            })?;
+            *req.version_mut() = http::Version::HTTP_2;
+        } else if !req.headers().contains_key(HOST) {
             req.headers_mut().insert(HOST, self.host.clone());
         }
         let progress = Arc::new(Progress::new());
@@ -171,7 +210,7 @@ impl Upstream {
             let Some(sender) = lease.sender() else {
                 return Err(Failure::Protocol);
             };
-            match sender.try_send_request(req).await {
+            match sender.try_send(req).await {
                 Ok(resp) => Ok((resp, lease)),
                 Err(mut e) => match e.take_message() {
                     // Never written: the pooled connection closed as it was
@@ -182,7 +221,7 @@ impl Upstream {
                         let Some(sender) = lease.sender() else {
                             return Err(Failure::Protocol);
                         };
-                        match sender.send_request(req).await {
+                        match sender.try_send(req).await {
                             Ok(resp) => Ok((resp, lease)),
                             Err(_) => Err(Failure::Protocol),
                         }
@@ -438,7 +477,31 @@ fn http1_connect(connector: BoundedConnector, origin: Uri, h1: http1::Builder) -
                 // sender; nothing to report here.
                 let _ = conn.with_upgrades().await;
             });
-            Ok(sender)
+            Ok(Sender::H1(sender))
+        })
+    })
+}
+
+/// Opens a connection with `connector` and starts hyper's HTTP/2 on it
+/// (prior knowledge for `http://`, ALPN for `https://`), with keep-alive
+/// pings so that a dead shared connection is noticed.
+fn http2_connect(connector: BoundedConnector, origin: Uri) -> Connect {
+    Box::new(move || {
+        let mut connector = connector.clone();
+        let origin = origin.clone();
+        Box::pin(async move {
+            let io = tower_service::Service::call(&mut connector, origin).await?;
+            let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(20))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .max_send_buf_size(UPSTREAM_BUFFER_BYTES)
+                .handshake(io)
+                .await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(Sender::H2(sender))
         })
     })
 }

@@ -77,6 +77,7 @@ fn upstream(addr: SocketAddr, idle_timeout: Duration) -> Upstream {
         ca: None,
         pool_idle_timeout: idle_timeout,
         pool_max_idle: 16,
+        protocol: crate::config::UpstreamProtocol::Http1,
     };
     Upstream::new(&cfg, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}"))
 }
