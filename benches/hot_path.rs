@@ -76,13 +76,24 @@ fn bench_decide(c: &mut Criterion) {
     };
     let now = SystemTime::now();
     let mut group = c.benchmark_group("decide");
-    for n in [1_000, 100_000, 1_000_000] {
+    // KG_BENCH_DECIDE_SIZES=1000000,10000000 for the 10M-key figure (about
+    // 5 GB and a minute to build).
+    let sizes: Vec<usize> = std::env::var("KG_BENCH_DECIDE_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000, 100_000, 1_000_000]);
+    for n in sizes {
         let (keys, probe) = keyset(n);
         let index = KeyIndex::build(&StoreSnapshot {
             keys,
             revoked: Default::default(),
             revoked_later: Default::default(),
         });
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+            && let Some(rss) = status.lines().find(|l| l.starts_with("VmRSS:"))
+        {
+            eprintln!("decide/{n}: index built; {rss}");
+        }
         let allowed = headers(&probe);
         let unknown = headers(&token::generate("kg").unwrap());
         group.bench_with_input(BenchmarkId::new("allowed", n), &allowed, |b, h| {
