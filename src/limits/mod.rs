@@ -100,9 +100,9 @@ impl Quota {
         out.extend_from_slice(self.scope.name().as_bytes());
         out.push(b'"');
         out.extend_from_slice(a);
-        push_u64(&mut out, x);
+        out.extend_from_slice(itoa::Buffer::new().format(x).as_bytes());
         out.extend_from_slice(b);
-        push_u64(&mut out, y);
+        out.extend_from_slice(itoa::Buffer::new().format(y).as_bytes());
         // Quotes, letters, digits, `;` and `=` only: always a valid value.
         HeaderValue::from_maybe_shared(bytes::Bytes::from(out))
             .unwrap_or_else(|_| HeaderValue::from_static("\"key\""))
@@ -119,21 +119,6 @@ pub fn client_group(ip: IpAddr) -> IpAddr {
         }
         other => other,
     }
-}
-
-/// Appends `n` in decimal.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// The verdict on one request.

@@ -219,18 +219,8 @@ impl Visit for JsonFields<'_> {
 
 /// Appends `n` in decimal, without `fmt`'s machinery (a log line carries
 /// several: status, port, sizes, durations).
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend(digits[i..].iter().map(|&d| char::from(d)));
+fn push_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// Appends `s` as a JSON string.
