@@ -76,8 +76,9 @@ struct Stack {
 
 pub struct Pool {
     stack: Arc<Stack>,
-    /// HTTP/2: the one connection every request shares.
-    shared: Mutex<Option<http2::SendRequest<SentBody>>>,
+    /// HTTP/2: the one connection every request shares (`None` for an
+    /// HTTP/1.1 upstream, which never takes this lock).
+    shared: Option<Mutex<Option<http2::SendRequest<SentBody>>>>,
     connect: Connect,
 }
 
@@ -92,7 +93,9 @@ pub struct Lease {
 pub struct ConnectFailed;
 
 impl Pool {
-    pub fn new(connect: Connect, max_idle: usize, idle_timeout: Duration) -> Pool {
+    /// `http2`: the upstream speaks HTTP/2 and `connect` opens shared
+    /// connections (`Sender::H2`).
+    pub fn new(connect: Connect, max_idle: usize, idle_timeout: Duration, http2: bool) -> Pool {
         let stack = Arc::new(Stack {
             idle: Mutex::new(Vec::new()),
             max_idle,
@@ -117,17 +120,17 @@ impl Pool {
         }
         Pool {
             stack,
-            shared: Mutex::new(None),
+            shared: http2.then(|| Mutex::new(None)),
             connect,
         }
     }
 
     /// The most recently returned connection that is still open, or a new one.
     pub async fn checkout(&self) -> Result<Lease, ConnectFailed> {
-        let shared = {
-            let guard = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let shared = self.shared.as_ref().and_then(|m| {
+            let guard = m.lock().unwrap_or_else(|e| e.into_inner());
             guard.as_ref().filter(|s| !s.is_closed()).cloned()
-        };
+        });
         if let Some(mut h2) = shared {
             // Waits for a free stream; an error means the connection ended.
             if h2.ready().await.is_ok() {
@@ -159,8 +162,8 @@ impl Pool {
             tracing::debug!(error = %e, "no connection to the upstream");
             ConnectFailed
         })?;
-        if let Sender::H2(h2) = &sender {
-            *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = Some(h2.clone());
+        if let (Sender::H2(h2), Some(m)) = (&sender, &self.shared) {
+            *m.lock().unwrap_or_else(|e| e.into_inner()) = Some(h2.clone());
         }
         Ok(self.lease(sender))
     }

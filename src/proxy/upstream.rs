@@ -139,7 +139,7 @@ impl Upstream {
             http1_connect(connector, origin, h1)
         };
         Ok(Upstream {
-            pool: Pool::new(connect, cfg.pool_max_idle, cfg.pool_idle_timeout),
+            pool: Pool::new(connect, cfg.pool_max_idle, cfg.pool_idle_timeout, http2),
             http2: http2.then_some(target),
             host,
             response_timeout: cfg.response_timeout,
