@@ -428,11 +428,7 @@ async fn a_deleted_token_stops_working_at_once() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     assert_eq!(
         call(admin, "GET", "/admin/v1/keys", &t, None).await.status,
         401
@@ -739,11 +735,7 @@ fn on_postgresql_tokens_and_the_audit_trail_are_tables() {
         .args(["--name", "ops", "--role", "admin", "--json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let token = serde_json::from_slice::<Value>(&out.stdout).unwrap()["token"]
         .as_str()
         .unwrap()

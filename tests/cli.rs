@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
-use support::BIN;
+use support::{BIN, assert_succeeded};
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -26,11 +26,7 @@ fn keys(dir: &Path, args: &[&str]) -> Output {
 }
 
 fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -327,11 +323,7 @@ fn concurrent_creates_lose_nothing() {
         .collect();
     for c in children {
         let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_succeeded(&out);
     }
     let list: serde_json::Value =
         serde_json::from_str(&ok(keys(dir.path(), &["list", "--json"]))).unwrap();
@@ -396,11 +388,7 @@ fn keygate_config_env_is_honoured() {
         .env("KEYGATE_CONFIG", dir.path().join("custom.toml"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     assert!(dir.path().join("k.toml").exists());
 }
 
@@ -432,11 +420,7 @@ fn usage_errors_exit_2_and_user_errors_exit_1() {
 fn the_shipped_config_and_store_check_clean() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = keygate(root, &["check"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
 }
 
 /// Runs `keygate keys --store keys.toml <args>` in `dir` through bash, with

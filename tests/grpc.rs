@@ -80,11 +80,7 @@ fn calls(python: &PathBuf, target: &str, calls: serde_json::Value) -> serde_json
         .arg(calls.to_string())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     serde_json::from_slice(&out.stdout).unwrap()
 }
 

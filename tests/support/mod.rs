@@ -14,3 +14,13 @@ pub mod webdriver;
 pub use client::*;
 pub use gateway::*;
 pub use upstream::*;
+
+/// Asserts a command exited 0, showing its stderr if not.
+pub fn assert_succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
