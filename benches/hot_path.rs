@@ -251,20 +251,21 @@ fn bench_metrics(c: &mut Criterion) {
 /// request pays once limits exist in the config).
 fn bench_limits(c: &mut Criterion) {
     use keygate::config::LimitsConfig;
-    use keygate::keys::{KeyEntry, KeyUsage};
+    use keygate::keys::{KeyEntry, KeyUsage, Rare};
     use keygate::limits::Limiter;
     use std::net::{IpAddr, Ipv4Addr};
     use std::sync::Arc;
 
-    let entry = |access, own: Option<&str>| KeyEntry {
-        id_header: HeaderValue::from_static("key_bench"),
-        access,
-        expires: None,
-        origins: Box::new([]),
-        not_after: None,
-        previous: false,
-        rate_limit: own.map(|s| s.parse().unwrap()),
-        usage: Arc::new(KeyUsage::default()),
+    let entry = |access, own: Option<&str>| {
+        KeyEntry::new(
+            HeaderValue::from_static("key_bench"),
+            access,
+            Arc::new(KeyUsage::default()),
+            Rare {
+                rate_limit: own.map(|s| s.parse().unwrap()),
+                ..Rare::default()
+            },
+        )
     };
     let client = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
     let limiter = Limiter::new(&LimitsConfig {

@@ -17,24 +17,35 @@ use super::{Access, KeyHash, KeyUsage, RateLimit, StoreSnapshot, UsageTable};
 
 /// What the request path needs to know about a key; built once per reload so
 /// that a request allocates nothing to name its key to the backend.
+///
+/// Kept small (64 bytes): the index holds a million of these inline in its
+/// hash table, so what most keys do not have (an expiry, origins, an end
+/// of grace, a limit of their own) lives apart, behind one pointer that is
+/// `None` for a plain key.
 #[derive(Debug, Clone)]
 pub struct KeyEntry {
     /// The key id, kept only as the ready `x-keygate-key-id` header value
     /// (ids are `[a-z0-9_]`, so it is also valid text): one copy per key.
     pub id_header: HeaderValue,
     pub access: Access,
+    /// This is a rotated key's previous secret (counted apart in metrics).
+    pub previous: bool,
+    /// The key's use, shared with every other index of this process.
+    pub usage: Arc<KeyUsage>,
+    rare: Option<Box<Rare>>,
+}
+
+/// The fields few keys have.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rare {
     pub expires: Option<SystemTime>,
     pub origins: Box<[String]>,
     /// From this time the hash is refused as revoked (`invalid_key`, unlike
     /// `expires`): the end of a rotated secret's grace period, or a
     /// revocation listed for a time still to come.
     pub not_after: Option<SystemTime>,
-    /// This is a rotated key's previous secret (counted apart in metrics).
-    pub previous: bool,
     /// The key's own rate limit (`None`: its access type's default).
     pub rate_limit: Option<RateLimit>,
-    /// The key's use, shared with every other index of this process.
-    pub usage: Arc<KeyUsage>,
 }
 
 #[derive(Debug, Clone)]
@@ -113,32 +124,64 @@ fn entries(
     usage: &mut HashMap<String, Arc<KeyUsage>>,
 ) -> Option<(KeyEntry, Option<(KeyHash, KeyEntry)>)> {
     let id_header = HeaderValue::from_str(r.id.as_str()).ok()?;
-    let current = KeyEntry {
+    let current = KeyEntry::new(
         id_header,
-        access: r.access,
-        expires: r.expires,
-        origins: r.origins.clone().into_boxed_slice(),
-        not_after: later(&r.hash),
-        previous: false,
-        rate_limit: r.rate_limit,
-        usage: super::usage::counters(usage, r.id.as_str()),
-    };
+        r.access,
+        super::usage::counters(usage, r.id.as_str()),
+        Rare {
+            expires: r.expires,
+            origins: r.origins.clone().into_boxed_slice(),
+            not_after: later(&r.hash),
+            rate_limit: r.rate_limit,
+        },
+    );
     let previous = r.previous.map(|p| {
         let until = later(&p.hash).map_or(p.until, |t| t.min(p.until));
-        let entry = KeyEntry {
-            not_after: Some(until),
-            previous: true,
-            ..current.clone()
-        };
+        let mut entry = current.clone();
+        entry.previous = true;
+        entry.rare.get_or_insert_with(Box::default).not_after = Some(until);
         (p.hash, entry)
     });
     Some((current, previous))
 }
 
 impl KeyEntry {
+    pub fn new(id_header: HeaderValue, access: Access, usage: Arc<KeyUsage>, rare: Rare) -> Self {
+        KeyEntry {
+            id_header,
+            access,
+            previous: false,
+            usage,
+            rare: (rare != Rare::default()).then(|| Box::new(rare)),
+        }
+    }
+
     /// The key's public id.
     pub fn id(&self) -> &str {
         self.id_header.to_str().unwrap_or_default()
+    }
+
+    pub fn expires(&self) -> Option<SystemTime> {
+        self.rare.as_ref().and_then(|r| r.expires)
+    }
+
+    /// Browser origins allowed for the key; empty means any.
+    pub fn origins(&self) -> &[String] {
+        self.rare.as_ref().map_or(&[], |r| &r.origins)
+    }
+
+    pub fn not_after(&self) -> Option<SystemTime> {
+        self.rare.as_ref().and_then(|r| r.not_after)
+    }
+
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        self.rare.as_ref().and_then(|r| r.rate_limit)
+    }
+
+    /// Refuses the hash from `t` on (or from its earlier end already set).
+    pub fn end_at(&mut self, t: SystemTime) {
+        let rare = self.rare.get_or_insert_with(Box::default);
+        rare.not_after = Some(rare.not_after.map_or(t, |n| n.min(t)));
     }
 }
 
@@ -239,7 +282,7 @@ impl KeyIndex {
             // needs nothing (unknown until then, revoked after).
             if let Some(Slot::Active(e)) = next.slot(h) {
                 let mut e = e.clone();
-                e.not_after = Some(e.not_after.map_or(*t, |n| n.min(*t)));
+                e.end_at(*t);
                 next.overlay.insert(*h, Slot::Active(e));
             }
         }
@@ -331,6 +374,28 @@ impl KeyIndex {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_entry_stays_small_and_keeps_rare_fields_apart() {
+        // The index holds a million of these inline: keep them at 64 bytes.
+        assert!(
+            std::mem::size_of::<KeyEntry>() <= 64,
+            "{}",
+            std::mem::size_of::<KeyEntry>()
+        );
+        let plain = KeyEntry::new(
+            HeaderValue::from_static("k"),
+            Access::ReadOnly,
+            Arc::new(KeyUsage::default()),
+            Rare::default(),
+        );
+        assert!(plain.rare.is_none() && plain.origins().is_empty() && plain.expires().is_none());
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(100);
+        let mut ended = plain.clone();
+        ended.end_at(t);
+        ended.end_at(t + std::time::Duration::from_secs(1));
+        assert_eq!(ended.not_after(), Some(t), "the earlier end wins");
+    }
+
     use super::*;
     use crate::keys::{KeyId, KeyRecord, KeySet};
     use std::time::UNIX_EPOCH;
@@ -504,11 +569,11 @@ mod tests {
             revoked_later: [(KeyHash::of(b"sb"), later)].into_iter().collect(),
         });
         assert!(matches!(idx.lookup(&KeyHash::of(b"new")),
-            Lookup::Found(e) if e.id() == "a" && !e.previous && e.not_after.is_none()));
+            Lookup::Found(e) if e.id() == "a" && !e.previous && e.not_after().is_none()));
         assert!(matches!(idx.lookup(&KeyHash::of(b"old")),
-            Lookup::Found(e) if e.id() == "a" && e.previous && e.not_after == Some(until)));
+            Lookup::Found(e) if e.id() == "a" && e.previous && e.not_after() == Some(until)));
         assert!(matches!(idx.lookup(&KeyHash::of(b"sb")),
-            Lookup::Found(e) if e.not_after == Some(later)));
+            Lookup::Found(e) if e.not_after() == Some(later)));
         assert_eq!(counts(&idx), (1, 1));
         // Pushed as a change (PostgreSQL): "b" rotates; its old secret
         // becomes the previous one and leaves the counts.
@@ -523,7 +588,7 @@ mod tests {
             ..IndexDelta::default()
         });
         assert!(matches!(next.lookup(&KeyHash::of(b"sb")),
-            Lookup::Found(e) if e.previous && e.not_after == Some(until)));
+            Lookup::Found(e) if e.previous && e.not_after() == Some(until)));
         assert!(matches!(next.lookup(&KeyHash::of(b"sb2")), Lookup::Found(e) if !e.previous));
         assert_eq!(counts(&next), (1, 1));
     }

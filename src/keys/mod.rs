@@ -19,7 +19,7 @@ mod usage;
 
 pub use hash::KeyHash;
 pub use id::KeyId;
-pub use index::{IndexDelta, KeyEntry, KeyIndex, Lookup, SharedIndex};
+pub use index::{IndexDelta, KeyEntry, KeyIndex, Lookup, Rare, SharedIndex};
 pub use keyset::{KeySet, KeySetError, KeyUpdate, StoreSnapshot};
 pub use rate::{RateCell, RateLimit};
 pub use record::{Access, KeyRecord};

@@ -211,7 +211,7 @@ impl Limiter {
         client: impl FnOnce() -> IpAddr,
         now: impl FnOnce() -> u64,
     ) -> Verdict {
-        let key_limit = key.rate_limit.or(match key.access {
+        let key_limit = key.rate_limit().or(match key.access {
             Access::ReadOnly => self.read_only,
             Access::FullAccess => self.full_access,
         });

@@ -5,19 +5,18 @@ use http::HeaderValue;
 
 use super::*;
 use crate::config::LimitsConfig;
-use crate::keys::{Access, KeyEntry, KeyUsage};
+use crate::keys::{Access, KeyEntry, KeyUsage, Rare};
 
 fn entry(access: Access, own: Option<&str>) -> KeyEntry {
-    KeyEntry {
-        id_header: HeaderValue::from_static("key_a"),
+    KeyEntry::new(
+        HeaderValue::from_static("key_a"),
         access,
-        expires: None,
-        origins: Box::new([]),
-        not_after: None,
-        previous: false,
-        rate_limit: own.map(|s| s.parse().unwrap_or_else(|e| panic!("{e}"))),
-        usage: Arc::new(KeyUsage::default()),
-    }
+        Arc::new(KeyUsage::default()),
+        Rare {
+            rate_limit: own.map(|s| s.parse().unwrap_or_else(|e| panic!("{e}"))),
+            ..Rare::default()
+        },
+    )
 }
 
 fn lim(s: &str) -> Option<RateLimit> {

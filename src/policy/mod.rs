@@ -151,14 +151,14 @@ pub fn decide<'k, 's>(
     };
     // A rotated-away secret past its grace, or a revocation that has come
     // into force since the index was built: refused like any revoked key.
-    if key.not_after.is_some_and(|t| t <= now) {
+    if key.not_after().is_some_and(|t| t <= now) {
         return deny(Rejection::InvalidKey(InvalidReason::Revoked));
     }
     let deny_key = |rejection| Decision::Deny {
         rejection,
         key: Some(key),
     };
-    if key.expires.is_some_and(|t| t <= now) {
+    if key.expires().is_some_and(|t| t <= now) {
         return deny_key(Rejection::ExpiredKey);
     }
     // Same rule as `is_browser`, from the scan.
@@ -170,10 +170,10 @@ pub fn decide<'k, 's>(
             BrowserFullAccess::Report => reported = true,
         }
     }
-    if browser && !key.origins.is_empty() {
+    if browser && !key.origins().is_empty() {
         let listed = scan
             .origin
-            .is_some_and(|o| origin_listed(o.as_bytes(), &key.origins));
+            .is_some_and(|o| origin_listed(o.as_bytes(), key.origins()));
         if !listed {
             return deny_key(Rejection::OriginNotAllowed);
         }
