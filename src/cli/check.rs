@@ -79,17 +79,12 @@ pub fn print_effective(args: &ConfigArg) -> Result<(), CliError> {
         super::env_overrides().map_err(|e| CliError::user(format!("{}: {e}", path.display())))?;
     let mut table = crate::config::effective_table(&text, &overrides)
         .map_err(|e| CliError::user(format!("{}:{}", path.display(), e.0)))?;
-    for option in env::SECRET {
-        let mut at = Some(&mut table);
-        let mut parts = option.split('.').peekable();
-        while let (Some(part), Some(t)) = (parts.next(), at.take()) {
-            if parts.peek().is_none() {
-                if let Some(toml::Value::String(s)) = t.get_mut(part) {
-                    *s = env::redact(s);
-                }
-            } else if let Some(toml::Value::Table(next)) = t.get_mut(part) {
-                at = Some(next);
-            }
+    // Both are `section.option`.
+    for (section, option) in env::SECRET.iter().filter_map(|o| o.split_once('.')) {
+        if let Some(toml::Value::Table(t)) = table.get_mut(section)
+            && let Some(toml::Value::String(s)) = t.get_mut(option)
+        {
+            *s = env::redact(s);
         }
     }
     println!("# The configuration in force: {}", path.display());

@@ -398,10 +398,7 @@ impl Gateway {
         {
             parts.headers.insert(HOST, v);
         }
-        parts.uri = match self.upstream.target(path_and_query) {
-            Ok(uri) => uri,
-            Err(e) => return Routed::Answered(Answer::Failed(e), parts.headers),
-        };
+        parts.uri = self.upstream.target(path_and_query);
         let caller = Caller {
             peer: &conn.peer_ip,
             tls: conn.tls,

@@ -173,7 +173,8 @@ pub enum ProxyError {
     Unavailable,
     /// No response head within `upstream.response_timeout`.
     Timeout,
-    /// The request target cannot be forwarded (e.g. `OPTIONS *`).
+    /// The request target cannot be forwarded (`OPTIONS *` to an HTTP/2
+    /// backend; an HTTP/1.1 backend gets it as sent).
     BadTarget,
     /// The client went silent mid-body for `server.body_timeout`.
     RequestTimeout,

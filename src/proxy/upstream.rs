@@ -154,10 +154,8 @@ impl Upstream {
     }
 
     /// The request target sent upstream: origin-form, the path and query.
-    pub fn target(&self, path_and_query: Option<PathAndQuery>) -> Result<Uri, ProxyError> {
-        Ok(Uri::from(
-            path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")),
-        ))
+    pub fn target(&self, path_and_query: Option<PathAndQuery>) -> Uri {
+        Uri::from(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")))
     }
 
     /// Connections waiting in the pool now.
