@@ -232,7 +232,7 @@ fn bench_metrics(c: &mut Criterion) {
     });
     // The usage count of an allowed request: the same second (a load and an
     // add), and a new second (a load, a store and an add).
-    let usage = keygate::keys::UsageTable::default().for_key("k");
+    let usage = keygate::keys::UsageTable::default().for_key("k").unwrap();
     c.bench_function("usage/record_same_second", |b| {
         b.iter(|| usage.record(black_box(1_800_000_000)))
     });
@@ -258,9 +258,8 @@ fn bench_limits(c: &mut Criterion) {
 
     let entry = |access, own: Option<&str>| {
         KeyEntry::new(
-            HeaderValue::from_static("key_bench"),
             access,
-            Arc::new(KeyUsage::default()),
+            Arc::new(KeyUsage::new(HeaderValue::from_static("key_bench"))),
             Rare {
                 rate_limit: own.map(|s| s.parse().unwrap()),
                 ..Rare::default()

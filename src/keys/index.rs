@@ -14,25 +14,26 @@ use http::HeaderValue;
 
 use super::hash::DigestState;
 use super::{Access, KeyHash, KeyUsage, RateLimit, StoreSnapshot, UsageTable};
+use table::DenseMap;
+
+mod table;
 
 /// What the request path needs to know about a key; built once per reload so
 /// that a request allocates nothing to name its key to the backend.
 ///
-/// Kept small (64 bytes): the index holds a million of these inline in its
-/// hash table, so what most keys do not have (an expiry, origins, an end
-/// of grace, a limit of their own) lives apart, behind one pointer that is
-/// `None` for a plain key.
+/// Kept small (24 bytes): the index holds a million of these inline in its
+/// hash table. The id lives once per process with the key's counters, and
+/// what most keys do not have (an expiry, origins, an end of grace, a limit
+/// of their own) lives apart, behind one pointer that is `None` for a plain
+/// key.
 #[derive(Debug, Clone)]
 pub struct KeyEntry {
-    /// The key id, kept only as the ready `x-keygate-key-id` header value
-    /// (ids are `[a-z0-9_]`, so it is also valid text): one copy per key.
-    pub id_header: HeaderValue,
+    /// The key's use and id, shared with every other index of this process.
+    pub usage: Arc<KeyUsage>,
+    rare: Option<Box<Rare>>,
     pub access: Access,
     /// This is a rotated key's previous secret (counted apart in metrics).
     pub previous: bool,
-    /// The key's use, shared with every other index of this process.
-    pub usage: Arc<KeyUsage>,
-    rare: Option<Box<Rare>>,
 }
 
 /// The fields few keys have.
@@ -80,7 +81,7 @@ const MAX_OVERLAY: usize = 4096;
 /// Digest → key, plus counts for the `keygate_keys` gauge.
 #[derive(Debug, Default, Clone)]
 pub struct KeyIndex {
-    base: Arc<Map>,
+    base: Arc<DenseMap>,
     /// Changes since `base` was built; consulted first. Usually empty.
     overlay: Map,
     read_only: usize,
@@ -121,13 +122,11 @@ impl IndexDelta {
 fn entries(
     r: &super::KeyRecord,
     later: impl Fn(&KeyHash) -> Option<SystemTime>,
-    usage: &mut HashMap<String, Arc<KeyUsage>>,
+    usage: &mut super::usage::Table,
 ) -> Option<(KeyEntry, Option<(KeyHash, KeyEntry)>)> {
-    let id_header = HeaderValue::from_str(r.id.as_str()).ok()?;
     let current = KeyEntry::new(
-        id_header,
         r.access,
-        super::usage::counters(usage, r.id.as_str()),
+        usage.counters(r.id.as_str())?,
         Rare {
             expires: r.expires,
             origins: r.origins.clone().into_boxed_slice(),
@@ -146,9 +145,8 @@ fn entries(
 }
 
 impl KeyEntry {
-    pub fn new(id_header: HeaderValue, access: Access, usage: Arc<KeyUsage>, rare: Rare) -> Self {
+    pub fn new(access: Access, usage: Arc<KeyUsage>, rare: Rare) -> Self {
         KeyEntry {
-            id_header,
             access,
             previous: false,
             usage,
@@ -158,7 +156,12 @@ impl KeyEntry {
 
     /// The key's public id.
     pub fn id(&self) -> &str {
-        self.id_header.to_str().unwrap_or_default()
+        self.usage.id()
+    }
+
+    /// The id as the ready `x-keygate-key-id` header value.
+    pub fn id_header(&self) -> &HeaderValue {
+        self.usage.id_header()
     }
 
     pub fn expires(&self) -> Option<SystemTime> {
@@ -195,10 +198,10 @@ impl KeyIndex {
     /// revoked from a time to come works until then. Entries count their
     /// use in `usage`, shared with the indexes before and after this one.
     pub fn build_with_usage(snapshot: &StoreSnapshot, usage: Arc<UsageTable>) -> Self {
-        let mut map = HashMap::with_capacity_and_hasher(
-            snapshot.keys.len() + snapshot.revoked.len(),
-            DigestState::default(),
-        );
+        let rotated = snapshot.keys.records().iter();
+        let rotated = rotated.filter(|r| r.previous.is_some()).count();
+        let mut map =
+            DenseMap::with_capacity(snapshot.keys.len() + rotated + snapshot.revoked.len());
         let (mut read_only, mut full_access, mut revoked_in_store) = (0, 0, 0);
         let later = |h: &KeyHash| snapshot.revoked_later.get(h).copied();
         let mut counters = usage.map();
@@ -305,15 +308,15 @@ impl KeyIndex {
 
     /// Folds the overlay into a new base map.
     fn compact(&mut self) {
-        let mut map = Map::clone(&self.base);
+        let mut map = DenseMap::with_capacity(self.base.len() + self.overlay.len());
+        for (h, slot) in self.base.iter() {
+            if !self.overlay.contains_key(h) {
+                map.insert(*h, slot.clone());
+            }
+        }
         for (h, slot) in self.overlay.drain() {
-            match slot {
-                Slot::Absent => {
-                    map.remove(&h);
-                }
-                s => {
-                    map.insert(h, s);
-                }
+            if !matches!(slot, Slot::Absent) {
+                map.insert(h, slot);
             }
         }
         self.base = Arc::new(map);
@@ -376,16 +379,17 @@ impl KeyIndex {
 mod tests {
     #[test]
     fn an_entry_stays_small_and_keeps_rare_fields_apart() {
-        // The index holds a million of these inline: keep them at 64 bytes.
+        // The index holds a million of these inline: keep them at 24 bytes,
+        // and a slot (an entry or a revocation) no larger.
         assert!(
-            std::mem::size_of::<KeyEntry>() <= 64,
-            "{}",
-            std::mem::size_of::<KeyEntry>()
+            std::mem::size_of::<KeyEntry>() <= 24 && std::mem::size_of::<Slot>() <= 24,
+            "{} {}",
+            std::mem::size_of::<KeyEntry>(),
+            std::mem::size_of::<Slot>()
         );
         let plain = KeyEntry::new(
-            HeaderValue::from_static("k"),
             Access::ReadOnly,
-            Arc::new(KeyUsage::default()),
+            Arc::new(KeyUsage::new(HeaderValue::from_static("k"))),
             Rare::default(),
         );
         assert!(plain.rare.is_none() && plain.origins().is_empty() && plain.expires().is_none());

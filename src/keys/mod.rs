@@ -23,4 +23,4 @@ pub use index::{IndexDelta, KeyEntry, KeyIndex, Lookup, Rare, SharedIndex};
 pub use keyset::{KeySet, KeySetError, KeyUpdate, StoreSnapshot};
 pub use rate::{RateCell, RateLimit};
 pub use record::{Access, KeyRecord};
-pub use usage::{KeyUsage, UsageSample, UsageTable};
+pub use usage::{KeyUsage, UsageFingerprint, UsageSample, UsageTable};

@@ -5,17 +5,25 @@
 //! a process points its entries at the same counters, so a reload loses no
 //! count.
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use http::HeaderValue;
 
 use super::rate::RateCell;
 
 /// One key's use, and its rate-limit bucket (state that, like the
 /// counts, must outlive every index and costs no lookup: the index entry
-/// points here).
+/// points here). It also holds the key's id, as the ready
+/// `x-keygate-key-id` header value: made once per key and process, so a
+/// reload of a million keys makes no id again, and an index entry is one
+/// pointer to here plus the access type.
 #[derive(Debug)]
 pub struct KeyUsage {
+    id_header: HeaderValue,
     /// Unix seconds of the last allowed request; 0 for none.
     last_used: AtomicU64,
     requests: AtomicU64,
@@ -26,10 +34,12 @@ pub struct KeyUsage {
     pub rate: RateCell,
 }
 
-impl Default for KeyUsage {
-    fn default() -> Self {
+impl KeyUsage {
+    /// Fresh counters for the key whose id is `id_header`.
+    pub fn new(id_header: HeaderValue) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         KeyUsage {
+            id_header,
             last_used: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             serial: NEXT.fetch_add(1, Ordering::Relaxed),
@@ -39,6 +49,16 @@ impl Default for KeyUsage {
 }
 
 impl KeyUsage {
+    /// The key's id as a header value (ids are `[a-z0-9_]`).
+    pub fn id_header(&self) -> &HeaderValue {
+        &self.id_header
+    }
+
+    /// The key's public id.
+    pub fn id(&self) -> &str {
+        self.id_header.to_str().unwrap_or_default()
+    }
+
     /// An allowed request at `unix_secs`. The last-used time is written at
     /// most once a second per key: a load, and a store only when it moved.
     pub fn record(&self, unix_secs: u64) {
@@ -66,27 +86,92 @@ pub struct UsageSample {
     pub requests: u64,
 }
 
+/// A table member, found by its id: the id lives in the counters, not a
+/// second time as the table's key.
+#[derive(Debug)]
+pub(super) struct ById(Arc<KeyUsage>);
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `str` hashes: `Borrow<str>` requires it.
+        self.0.id().hash(state);
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id() == other.0.id()
+    }
+}
+
+impl Eq for ById {}
+
+impl Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        self.0.id()
+    }
+}
+
+/// The counters by id, and a generation that moves whenever the set of
+/// keys does or persisted counts are added in: with the sum of the
+/// request counts (which only grow) it tells a writer whether anything
+/// changed without keeping a copy of a million counters to compare.
+#[derive(Debug, Default)]
+pub(super) struct Table {
+    set: HashSet<ById>,
+    generation: u64,
+}
+
+impl Table {
+    /// The counters of `id`, new ones at zero the first time; `None` for an
+    /// id that cannot be a header value (never a valid key id).
+    #[allow(clippy::mutable_key_type)] // `ById` hashes the id alone, which never changes
+    pub(super) fn counters(&mut self, id: &str) -> Option<Arc<KeyUsage>> {
+        // A reload asks for every key it already knows: no allocation then.
+        if let Some(ById(usage)) = self.set.get(id) {
+            return Some(usage.clone());
+        }
+        let usage = Arc::new(KeyUsage::new(HeaderValue::from_str(id).ok()?));
+        self.set.insert(ById(usage.clone()));
+        self.generation += 1;
+        Some(usage)
+    }
+}
+
+/// What `UsageTable::fingerprint` returns: equal fingerprints, equal
+/// counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageFingerprint {
+    generation: u64,
+    requests: u64,
+}
+
 /// Every key's counters, by id.
 #[derive(Debug, Default)]
 pub struct UsageTable {
-    by_id: Mutex<HashMap<String, Arc<KeyUsage>>>,
+    by_id: Mutex<Table>,
 }
 
 impl UsageTable {
-    pub(super) fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<KeyUsage>>> {
+    pub(super) fn map(&self) -> std::sync::MutexGuard<'_, Table> {
         // Counters stay usable even if a panic held the lock: they are atomics.
         self.by_id.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The counters of key `id` (new ones at zero the first time).
-    pub fn for_key(&self, id: &str) -> Arc<KeyUsage> {
-        counters(&mut self.map(), id)
+    /// The counters of key `id` (new ones at zero the first time); `None`
+    /// for an id that cannot be a header value (never a valid key id).
+    pub fn for_key(&self, id: &str) -> Option<Arc<KeyUsage>> {
+        self.map().counters(id)
     }
 
     /// Starts key `id` from what was persisted: the later last-used time
     /// wins, and requests counted before start are added.
     pub fn seed(&self, id: &str, sample: UsageSample) {
-        let usage = self.for_key(id);
+        let mut table = self.map();
+        let Some(usage) = table.counters(id) else {
+            return;
+        };
+        table.generation += 1;
         if let Some(t) = sample.last_used {
             usage.last_used.fetch_max(t, Ordering::Relaxed);
         }
@@ -97,13 +182,14 @@ impl UsageTable {
     pub fn samples(&self) -> Vec<(String, UsageSample)> {
         let mut all: Vec<(String, UsageSample)> = self
             .map()
+            .set
             .iter()
-            .map(|(id, u)| {
+            .map(|ById(u)| {
                 let sample = UsageSample {
                     last_used: u.last_used(),
                     requests: u.requests(),
                 };
-                (id.clone(), sample)
+                (u.id().to_owned(), sample)
             })
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
@@ -112,18 +198,26 @@ impl UsageTable {
 
     /// Forgets keys that are gone (`keep` says which stay).
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        self.map().retain(|id, _| keep(id));
+        let mut table = self.map();
+        let before = table.set.len();
+        table.set.retain(|u| keep(u.0.id()));
+        if table.set.len() != before {
+            table.generation += 1;
+        }
     }
-}
 
-/// The counters of `id` in a locked table: an index build locks it once
-/// for all its keys.
-pub(super) fn counters(map: &mut HashMap<String, Arc<KeyUsage>>, id: &str) -> Arc<KeyUsage> {
-    // A reload asks for every key it already knows: no allocation then.
-    if let Some(usage) = map.get(id) {
-        return usage.clone();
+    /// Changes whenever what `samples` returns does (keys come or go, a
+    /// count moves), read in one pass without allocating.
+    pub fn fingerprint(&self) -> UsageFingerprint {
+        let table = self.map();
+        UsageFingerprint {
+            generation: table.generation,
+            requests: table
+                .set
+                .iter()
+                .fold(0u64, |sum, u| sum.wrapping_add(u.0.requests())),
+        }
     }
-    map.entry(id.to_string()).or_default().clone()
 }
 
 #[cfg(test)]
@@ -133,14 +227,19 @@ mod tests {
     #[test]
     fn counts_survive_in_the_table_and_the_last_time_only_moves_forward() {
         let table = UsageTable::default();
-        let a = table.for_key("a");
+        let a = table.for_key("a").unwrap_or_else(|| panic!("valid id"));
         a.record(100);
         a.record(90);
         a.record(100);
         assert_eq!(a.last_used(), Some(100));
         assert_eq!(a.requests(), 3);
         // A later index gets the same counters.
-        assert!(Arc::ptr_eq(&a, &table.for_key("a")));
+        assert!(
+            table
+                .for_key("a")
+                .is_some_and(|again| Arc::ptr_eq(&a, &again))
+        );
+        assert!(table.for_key("bad\nid").is_none());
         table.seed(
             "a",
             UsageSample {
@@ -177,6 +276,37 @@ mod tests {
         );
         table.retain(|id| id == "b");
         assert_eq!(table.samples().len(), 1);
-        assert_eq!(UsageTable::default().for_key("new").last_used(), None);
+    }
+
+    #[test]
+    fn the_fingerprint_moves_with_every_change_and_only_then() {
+        let table = UsageTable::default();
+        let a = table.for_key("a").unwrap_or_else(|| panic!("valid id"));
+        let mut last = table.fingerprint();
+        let mut moved = |what: &str, expect: bool| {
+            let now = table.fingerprint();
+            assert_eq!(now != last, expect, "{what}");
+            last = now;
+        };
+        moved("nothing", false);
+        a.record(100);
+        moved("a request", true);
+        a.record(100);
+        moved("a request in the same second", true);
+        table.for_key("a");
+        moved("a known key asked for", false);
+        table.for_key("b");
+        moved("a new key", true);
+        table.seed("b", UsageSample::default());
+        moved("persisted counts added", true);
+        table.retain(|_| true);
+        moved("nothing forgotten", false);
+        table.retain(|id| id == "a");
+        moved("a key forgotten", true);
+        assert!(
+            UsageTable::default()
+                .for_key("new")
+                .is_some_and(|u| u.last_used().is_none() && u.id() == "new")
+        );
     }
 }

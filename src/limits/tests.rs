@@ -9,9 +9,8 @@ use crate::keys::{Access, KeyEntry, KeyUsage, Rare};
 
 fn entry(access: Access, own: Option<&str>) -> KeyEntry {
     KeyEntry::new(
-        HeaderValue::from_static("key_a"),
         access,
-        Arc::new(KeyUsage::default()),
+        Arc::new(KeyUsage::new(HeaderValue::from_static("key_a"))),
         Rare {
             rate_limit: own.map(|s| s.parse().unwrap_or_else(|e| panic!("{e}"))),
             ..Rare::default()

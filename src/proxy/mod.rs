@@ -302,7 +302,7 @@ impl Gateway {
                     Verdict::Allowed(q) => Some(q),
                     Verdict::Limited(q) => {
                         let caller = DecidedKey {
-                            id: key.id_header.clone(),
+                            id: key.id_header().clone(),
                             access: key.access,
                         };
                         drop(index);
@@ -323,7 +323,7 @@ impl Gateway {
                 key.usage
                     .record(now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
                 let identity = Identity {
-                    id: key.id_header.clone(),
+                    id: key.id_header().clone(),
                     access: key.access,
                     source,
                 };
@@ -340,7 +340,7 @@ impl Gateway {
             }
             Decision::Deny { rejection, key } => {
                 let access = key.map(|k| DecidedKey {
-                    id: k.id_header.clone(),
+                    id: k.id_header().clone(),
                     access: k.access,
                 });
                 drop(index);

@@ -9,7 +9,7 @@
 //! cost nothing. Every look at the files (stat included) and every index
 //! build runs on the blocking pool, never on a request worker.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
 
@@ -41,9 +41,10 @@ pub struct ReloadStats {
 pub struct FileWatcher {
     store: FileStore,
     publisher: Publisher,
-    /// hash(id) → hash(record) of the last good load, for the diff: 16 bytes
-    /// a key instead of a second copy of the store.
-    last: HashMap<u64, u64>,
+    /// (hash(id), hash(record)) of the last good load, sorted, for the diff:
+    /// 16 bytes a key instead of a second copy of the store (or the 36 a
+    /// hash map of them takes at a million keys).
+    last: Vec<(u64, u64)>,
     /// Metadata of the store files as of the last load attempt, taken before
     /// reading them: a change that lands during or after the read is seen.
     store_seen: Fingerprint,
@@ -55,12 +56,37 @@ pub struct FileWatcher {
     revoked_seen: HashSet<KeyHash>,
 }
 
+/// Keys added, removed and changed from `old` to `new`, both sorted by id
+/// digest: one merge walk.
+fn compare(old: &[(u64, u64)], new: &[(u64, u64)]) -> (usize, usize, usize) {
+    let (mut i, mut j) = (0, 0);
+    let (mut added, mut removed, mut changed) = (0, 0, 0);
+    while i < old.len() && j < new.len() {
+        match old[i].0.cmp(&new[j].0) {
+            std::cmp::Ordering::Less => {
+                removed += 1;
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                added += 1;
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                changed += usize::from(old[i].1 != new[j].1);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    (added + new.len() - j, removed + old.len() - i, changed)
+}
+
 impl FileWatcher {
     pub fn new(store: FileStore, publisher: Publisher) -> Self {
         FileWatcher {
             store,
             publisher,
-            last: HashMap::new(),
+            last: Vec::new(),
             store_seen: Fingerprint::default(),
             content_seen: None,
             revoked_seen: HashSet::new(),
@@ -112,6 +138,8 @@ impl FileWatcher {
                 took: started.elapsed(),
             },
         );
+        drop(snapshot);
+        super::release_free_memory();
         Ok(stats)
     }
 
@@ -121,7 +149,7 @@ impl FileWatcher {
             v(&mut h);
             h.finish()
         };
-        let next: HashMap<u64, u64> = snapshot
+        let mut next: Vec<(u64, u64)> = snapshot
             .keys
             .records()
             .iter()
@@ -131,19 +159,8 @@ impl FileWatcher {
                 (id, content)
             })
             .collect();
-        let added = next
-            .keys()
-            .filter(|id| !self.last.contains_key(*id))
-            .count();
-        let removed = self
-            .last
-            .keys()
-            .filter(|id| !next.contains_key(*id))
-            .count();
-        let changed = next
-            .iter()
-            .filter(|(id, v)| self.last.get(*id).is_some_and(|old| old != *v))
-            .count();
+        next.sort_unstable();
+        let (added, removed, changed) = compare(&self.last, &next);
         let stats = ReloadStats {
             keys: next.len(),
             added,
@@ -177,5 +194,20 @@ impl FileWatcher {
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compare;
+
+    #[test]
+    fn the_merge_walk_counts_added_removed_and_changed_keys() {
+        let old = [(1, 10), (3, 30), (5, 50), (7, 70)];
+        let new = [(0, 0), (3, 30), (5, 51), (8, 80), (9, 90)];
+        assert_eq!(compare(&old, &new), (3, 2, 1));
+        assert_eq!(compare(&[], &new), (5, 0, 0));
+        assert_eq!(compare(&old, &[]), (0, 4, 0));
+        assert_eq!(compare(&old, &old), (0, 0, 0));
     }
 }

@@ -17,7 +17,10 @@ pub mod file;
 mod fingerprint;
 pub mod postgres;
 mod snapshot;
+mod trim;
 pub mod usage;
+
+pub(crate) use trim::release_free_memory;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

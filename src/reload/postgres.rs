@@ -20,6 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
@@ -28,7 +29,7 @@ use tokio_postgres::{Client, IsolationLevel};
 
 use super::snapshot::LocalSnapshot;
 use super::{Hangup, Publisher, Report};
-use crate::keys::{KeyHash, KeyIndex, StoreSnapshot, UsageSample};
+use crate::keys::{KeyHash, KeyIndex, StoreSnapshot, UsageSample, UsageTable};
 use crate::metrics::unix_ms;
 use crate::store::StoreError;
 use crate::store::postgres::{self, PgStore, schema};
@@ -111,7 +112,7 @@ impl PgSync {
                 let keys = snapshot.keys.len();
                 let started = Instant::now();
                 let usage = self.publisher.usage();
-                match build_off_thread(move || KeyIndex::build_with_usage(&snapshot, usage)).await {
+                match build_off_thread(move || full_build(snapshot, usage)).await {
                     Ok(index) => {
                         self.publisher.full(
                             index,
@@ -353,8 +354,7 @@ impl PgSync {
                     snap.mirror_full(&snapshot);
                 }
                 let usage = self.publisher.usage();
-                let index =
-                    build_off_thread(move || KeyIndex::build_with_usage(&snapshot, usage)).await?;
+                let index = build_off_thread(move || full_build(snapshot, usage)).await?;
                 let cause = if self.version.is_none() {
                     "start"
                 } else {
@@ -416,6 +416,15 @@ fn postgres_err(store: &PgStore, action: &str, e: &tokio_postgres::Error) -> Sto
 }
 
 /// Index work runs on the blocking pool, never on a request worker.
+/// An index of the whole snapshot; the snapshot's records are dropped and
+/// their memory handed back before the index is published.
+fn full_build(snapshot: StoreSnapshot, usage: Arc<UsageTable>) -> KeyIndex {
+    let index = KeyIndex::build_with_usage(&snapshot, usage);
+    drop(snapshot);
+    super::release_free_memory();
+    index
+}
+
 async fn build_off_thread(
     f: impl FnOnce() -> KeyIndex + Send + 'static,
 ) -> Result<KeyIndex, StoreError> {

@@ -8,7 +8,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::keys::{UsageSample, UsageTable};
+use crate::keys::{UsageFingerprint, UsageTable};
 use crate::store::{FileStore, StoreError};
 
 /// How often changed counters are written.
@@ -17,7 +17,10 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 pub struct UsageFile {
     store: FileStore,
     table: Arc<UsageTable>,
-    written: Vec<(String, UsageSample)>,
+    /// The counters as last written or read, as a fingerprint: a copy of
+    /// them would cost about 80 bytes a key, twice (this writer and the
+    /// one kept for shutdown).
+    written: Option<UsageFingerprint>,
 }
 
 impl UsageFile {
@@ -25,15 +28,17 @@ impl UsageFile {
     /// read is logged and left to be replaced).
     pub fn open(store: FileStore, table: Arc<UsageTable>) -> Self {
         let written = match store.load_usage() {
-            Ok(samples) => samples,
+            Ok(samples) => {
+                for (id, sample) in &samples {
+                    table.seed(id, *sample);
+                }
+                Some(table.fingerprint())
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "key usage file unreadable; counting from zero");
-                Vec::new()
+                None
             }
         };
-        for (id, sample) in &written {
-            table.seed(id, *sample);
-        }
         UsageFile {
             store,
             table,
@@ -82,18 +87,20 @@ impl UsageFile {
         UsageFile {
             store: self.store.clone(),
             table: self.table.clone(),
-            written: self.written.clone(),
+            written: self.written,
         }
     }
 
     /// Writes the counters if they changed since the last write.
     pub fn flush(&mut self) -> Result<(), StoreError> {
-        let now = self.table.samples();
-        if now == self.written {
+        // Taken before the samples: a count that moves in between is in the
+        // file and makes the next flush write again (never the reverse).
+        let now = self.table.fingerprint();
+        if Some(now) == self.written {
             return Ok(());
         }
-        self.store.write_usage(&now)?;
-        self.written = now;
+        self.store.write_usage(&self.table.samples())?;
+        self.written = Some(now);
         Ok(())
     }
 }
