@@ -88,6 +88,50 @@ async fn sigterm_waits_for_an_open_websocket_tunnel() {
     );
 }
 
+/// `workers = 1` serves on one single-threaded runtime (no work-stealing
+/// scheduler, PERFORMANCE.md): everything still works on it: forwarding, a
+/// WebSocket tunnel, a reload on SIGHUP, a drain that waits for a request.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_worker_forwards_tunnels_reloads_and_drains() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = TestUpstream::start().await;
+    let mut gw = TestGateway::start_with(
+        &upstream.url(),
+        Setup {
+            server: "workers = 1".into(),
+            ..Setup::default()
+        },
+    );
+    let r = get(&gw.url("/"), &[("x-api-key", &gw.keys.read_only)]).await;
+    assert_eq!(r.status, 200);
+    let (mut tcp, head) = websocket_upgrade(gw.addr, &gw.keys.read_only).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    tcp.write_all(b"one thread").await.unwrap();
+    let mut echoed = [0u8; 10];
+    tcp.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"one thread");
+    drop(tcp);
+
+    gw.signal("HUP");
+    wait_until("the reload", || async {
+        gw.output().matches("key store loaded").count() >= 2
+    })
+    .await;
+
+    let url = gw.url("/slow/1000");
+    let key = gw.keys.read_only.clone();
+    let in_flight = tokio::spawn(async move { get(&url, &[("x-api-key", &key)]).await });
+    wait_until("the upstream to see the slow request", || async {
+        upstream.seen().iter().any(|s| s.uri.contains("/slow/"))
+    })
+    .await;
+    gw.signal("TERM");
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "slow done");
+    assert!(gw.wait_exit().success());
+}
+
 #[tokio::test]
 async fn drain_timeout_bounds_the_wait() {
     let upstream = TestUpstream::start().await;

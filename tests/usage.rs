@@ -93,9 +93,19 @@ async fn usage_that_cannot_be_written_is_logged_and_serving_goes_on() {
     // A folder where keys.usage should be: every write of it fails. (The
     // gateway may have written the file at start; it writes again only
     // when a count changes.)
+    // Its first write may land between the two steps: then again.
     let usage = gw.dir.path().join("keys.usage");
-    let _ = std::fs::remove_file(&usage);
-    std::fs::create_dir(&usage).unwrap();
+    let started = Instant::now();
+    loop {
+        let _ = std::fs::remove_file(&usage);
+        match std::fs::create_dir(&usage) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                assert!(started.elapsed() < Duration::from_secs(10), "{e}");
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
     let r = get(&gw.url("/"), &[("x-api-key", &gw.keys.read_only)]).await;
     assert_eq!(r.status, 200);
     // The next write comes within one flush interval (10 s).

@@ -12,6 +12,7 @@
 # One worker, one kept-alive connection, the harness's backend (built if missing) on 127.0.0.1.
 # Each mode runs the gateway under callgrind twice, with 300 and 1,300 requests, and prints
 # (I(1300) - I(300)) / 1000, so that start-up and shutdown cancel out. Needs valgrind and python3.
+# KG_CALLGRIND_KEEP=DIR keeps each run's callgrind file there (for callgrind_annotate).
 # Every process it starts is stopped by PID; all traffic stays on 127.0.0.1.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -72,6 +73,7 @@ total() { # mode n -> instructions
   for _ in $(seq 1 300); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
   python3 "$d/requests.py" "$port" "$2" "$1" "$k"
   kill -TERM "$pid"; wait "$pid" || true
+  [ -z "${KG_CALLGRIND_KEEP:-}" ] || cp "$d/cg.$2" "$KG_CALLGRIND_KEEP/$(basename "$bin").$1.$2.callgrind"
   awk '/^(summary|totals):/ {print $2; exit}' "$d/cg.$2"
 }
 for mode in "${modes[@]}"; do

@@ -30,10 +30,19 @@ pub fn serve(
     on_ready: impl FnOnce(SocketAddr, SocketAddr, Option<SocketAddr>) + Send,
 ) -> Result<(), CliError> {
     logging::init(&config.log)?;
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.server.workers {
-        rt.worker_threads(n);
-    }
+    // One worker: a single-threaded runtime, as one nginx worker is, with
+    // no work-stealing scheduler to pay for (about 1,000 instructions a
+    // request, PERFORMANCE.md); blocking work (store loads) still runs on
+    // the blocking pool's threads.
+    let mut rt = match config.server.workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            rt.worker_threads(n);
+            rt
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let rt = rt
         .enable_all()
         .build()
