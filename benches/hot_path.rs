@@ -21,8 +21,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use keygate::config::BrowserFullAccess;
 use keygate::keys::{
-    Access, IndexDelta, KeyHash, KeyId, KeyIndex, KeyRecord, KeySet, StoreSnapshot, storefile,
-    token,
+    Access, IndexDelta, KeyHash, KeyId, KeyIndex, KeyRecord, KeySet, Lookup, StoreSnapshot,
+    storefile, token,
 };
 use keygate::metrics::{AccessLabel, DecisionLabel, Metrics};
 use keygate::policy::{Decision, PolicySettings, RequestHead, decide};
@@ -84,6 +84,14 @@ fn bench_decide(c: &mut Criterion) {
         .unwrap_or_else(|| vec![1_000, 100_000, 1_000_000]);
     for n in sizes {
         let (keys, probe) = keyset(n);
+        // 65,536 keys of the store, for lookups that each go to another
+        // key (at 1M keys, mostly out of the CPU caches).
+        let spread: Vec<KeyHash> = keys
+            .records()
+            .iter()
+            .step_by((n / 65_536).max(1))
+            .map(|r| r.hash)
+            .collect();
         let index = KeyIndex::build(&StoreSnapshot {
             keys,
             revoked: Default::default(),
@@ -106,6 +114,15 @@ fn bench_decide(c: &mut Criterion) {
                 let d = decide(head, &index, &settings, now);
                 assert!(matches!(d, Decision::Allow { .. }));
                 black_box(d);
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("lookup_spread", n), &spread, |b, s| {
+            // An odd stride visits every key in an order that defeats the
+            // prefetcher.
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 40_503) % s.len();
+                black_box(matches!(index.lookup(&s[i]), Lookup::Found(_)))
             })
         });
         group.bench_with_input(BenchmarkId::new("unknown_key", n), &unknown, |b, h| {

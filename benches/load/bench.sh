@@ -26,8 +26,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   pkill -x nginx 2>/dev/null || true
 fi
 
-(cd "$repo" && cargo build --release --quiet)
-export KEYGATE_BIN="$repo/target/release/keygate"
+# KEYGATE_BIN=path runs that binary (an older build, to compare) instead of building this tree.
+if [ -z "${KEYGATE_BIN:-}" ]; then
+  (cd "$repo" && cargo build --release --quiet)
+  KEYGATE_BIN="$repo/target/release/keygate"
+fi
+export KEYGATE_BIN
 export GATEWAY_NAME="${GATEWAY_NAME:-keygate}"
 export GATEWAY_PORT="${GATEWAY_PORT:-18090}"
 # keygate serves h2c (prior knowledge) on its one port.

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# A/B of keygate binaries: proxy CPU time per request, the binaries alternating round by round so
+# that a machine that drifts (a VM's neighbours) drifts for both. Where the side-by-side harness
+# compares keygate with nginx and HAProxy, this compares two builds of keygate.
+#
+#   benches/load/ab.sh ROUNDS LAYOUT MODE BINARY...     # e.g. ab.sh 3 split get old/keygate new/keygate
+#
+# LAYOUT: split (keygate on CPU 1, wrk and the harness's backend on CPU 0) or onecore (all on CPU 0).
+# MODE: get, or post (an 81-byte JSON body). One worker, one full-access key, wrk -t1 -c64, 2 s of
+# warm-up then 8 s measured; CPU time (user + system) of the gateway from /proc over the requests
+# wrk counted, and wrk's p99. Every process it starts is stopped by PID; traffic stays on 127.0.0.1.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+[ $# -ge 4 ] || { sed -n 2,11p "$0" >&2; exit 2; }
+rounds=$1 layout=$2 mode=$3; shift 3
+command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
+backend="$here/backend/target/release/kg-perf-backend"
+[ -x "$backend" ] || (cd "$here/backend" && cargo build --release --quiet)
+up=18381 port=18390
+d=$(mktemp -d); pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$d"; }
+trap cleanup EXIT
+taskset -c 0 "$backend" "127.0.0.1:$up" 1 >/dev/null 2>&1 & pids+=($!)
+cat >"$d/keygate.toml" <<TOML
+[server]
+listen = "127.0.0.1:$port"
+workers = 1
+[upstream]
+url = "http://127.0.0.1:$up"
+[keys]
+store = "keys.toml"
+[metrics]
+listen = "127.0.0.1:$((port + 1))"
+[log]
+level = "warn"
+TOML
+key=$("$1" keys create --config "$d/keygate.toml" --name ab --access full-access --json \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+case "$layout" in split) cpu=1 ;; onecore) cpu=0 ;; *) echo "layout: split or onecore" >&2; exit 2 ;; esac
+lua=()
+if [ "$mode" = post ]; then
+  cat >"$d/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"points": 5, "member": "m-123", "reason": "purchase", "ref": "abcdefghij"}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+  lua=(-s "$d/post.lua")
+fi
+url="http://127.0.0.1:$port/v1/things?x=1"
+for r in $(seq 1 "$rounds"); do
+  for bin in "$@"; do
+    (cd "$d" && exec taskset -c "$cpu" "$bin" serve --config keygate.toml >/dev/null 2>&1) & gp=$!
+    pids+=($gp)
+    for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+    taskset -c 0 wrk -t1 -c64 -d2s "${lua[@]}" -H "x-api-key: $key" "$url" >/dev/null
+    t0=$(awk '{print $14 + $15}' "/proc/$gp/stat")
+    out=$(taskset -c 0 wrk -t1 -c64 -d8s --latency "${lua[@]}" -H "x-api-key: $key" "$url")
+    t1=$(awk '{print $14 + $15}' "/proc/$gp/stat")
+    n=$(echo "$out" | awk '/requests in/ {print $1}')
+    p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+    ticks=$(getconf CLK_TCK)
+    echo "round $r $bin $layout $mode: $n requests, $(python3 -c "print(round(($t1 - $t0) * 1e6 / $ticks / $n, 2))") us CPU/request, p99 $p99"
+    kill "$gp"; wait "$gp" 2>/dev/null || true
+  done
+done
