@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # A/B of keygate binaries: proxy CPU time per request, the binaries alternating round by round so
 # that a machine that drifts (a VM's neighbours) drifts for both. Where the side-by-side harness
 # compares keygate with nginx and HAProxy, this compares two builds of keygate.
@@ -14,28 +15,12 @@ here="$(cd "$(dirname "$0")" && pwd)"
 [ $# -ge 4 ] || { sed -n 2,11p "$0" >&2; exit 2; }
 rounds=$1 layout=$2 mode=$3; shift 3
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
-backend="$here/backend/target/release/kg-perf-backend"
-[ -x "$backend" ] || (cd "$here/backend" && cargo build --release --quiet)
 up=18381 port=18390
-d=$(mktemp -d); pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$d"; }
-trap cleanup EXIT
+# shellcheck source=common.sh
+source "$here/common.sh"
 taskset -c 0 "$backend" "127.0.0.1:$up" 1 >/dev/null 2>&1 & pids+=($!)
-cat >"$d/keygate.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-workers = 1
-[upstream]
-url = "http://127.0.0.1:$up"
-[keys]
-store = "keys.toml"
-[metrics]
-listen = "127.0.0.1:$((port + 1))"
-[log]
-level = "warn"
-TOML
-key=$("$1" keys create --config "$d/keygate.toml" --name ab --access full-access --json \
-  | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+write_config "$port" "$up" "$((port + 1))" warn
+key=$(create_key "$1" ab full-access)
 case "$layout" in split) cpu=1 ;; onecore) cpu=0 ;; *) echo "layout: split or onecore" >&2; exit 2 ;; esac
 lua=()
 if [ "$mode" = post ]; then
@@ -50,7 +35,7 @@ url="http://127.0.0.1:$port/v1/things?x=1"
 for r in $(seq 1 "$rounds"); do
   for bin in "$@"; do
     (cd "$d" && exec taskset -c "$cpu" "$bin" serve --config keygate.toml >/dev/null 2>&1) & gp=$!
-    pids+=($gp)
+    pids+=("$gp")
     for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
     taskset -c 0 wrk -t1 -c64 -d2s "${lua[@]}" -H "x-api-key: $key" "$url" >/dev/null
     t0=$(awk '{print $14 + $15}' "/proc/$gp/stat")

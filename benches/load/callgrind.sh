@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Instructions per request of a keygate binary, counted by callgrind: repeatable to about 1% on
 # this machine whatever else runs, where wall-clock figures move by 10-20% between runs.
 #
@@ -19,31 +20,13 @@ here="$(cd "$(dirname "$0")" && pwd)"
 bin="$(realpath "$1")"; shift
 modes=("$@"); [ ${#modes[@]} -gt 0 ] || modes=(get post deny)
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
-backend="$here/backend/target/release/kg-perf-backend"
-[ -x "$backend" ] || (cd "$here/backend" && cargo build --release --quiet)
 port=18190 ops=18191 up=18181
-d=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$d"; }
-trap cleanup EXIT
+# shellcheck source=common.sh
+source "$here/common.sh"
 "$backend" "127.0.0.1:$up" 1 >/dev/null 2>&1 & pids+=($!)
-cat >"$d/keygate.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-workers = 1
-[upstream]
-url = "http://127.0.0.1:$up"
-[keys]
-store = "keys.toml"
-[metrics]
-listen = "127.0.0.1:$ops"
-[log]
-level = "warn"
-TOML
-key=$("$bin" keys create --config "$d/keygate.toml" --name callgrind --access full-access --json \
-  | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
-limkey=$("$bin" keys create --config "$d/keygate.toml" --name limited --access full-access \
-  --rate-limit 1000000/s --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+write_config "$port" "$up" "$ops" warn
+key=$(create_key "$bin" callgrind full-access)
+limkey=$(create_key "$bin" limited full-access --rate-limit 1000000/s)
 cp "$d/keygate.toml" "$d/keygate-limited.toml"
 cp "$d/keygate.toml" "$d/keygate-shared.toml"
 sed 's/^level = "warn"/level = "info"/' "$d/keygate.toml" >"$d/keygate-denylog.toml"
@@ -69,7 +52,7 @@ total() { # mode n -> instructions
     denylog) config="$d/keygate-denylog.toml" ;;
   esac
   valgrind --tool=callgrind --callgrind-out-file="$d/cg.$2" "$bin" serve --config "$config" 2>/dev/null &
-  local pid=$!; pids+=($pid)
+  local pid=$!; pids+=("$pid")
   for _ in $(seq 1 300); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
   python3 "$d/requests.py" "$port" "$2" "$1" "$k"
   kill -TERM "$pid"; wait "$pid" || true

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Latency of allowed requests while the gateway reloads a big key store, against the same load
 # without reloads: does a reload slow requests down?
 #
@@ -18,28 +19,11 @@ bin="$(realpath "$1")"
 nkeys="${2:-1000000}"
 secs="${3:-30}"
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
-backend="$here/backend/target/release/kg-perf-backend"
-[ -x "$backend" ] || (cd "$here/backend" && cargo build --release --quiet)
 port=18290 ops=18291 up=18281
-d=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$d"; }
-trap cleanup EXIT
-cat >"$d/keygate.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-workers = 1
-[upstream]
-url = "http://127.0.0.1:$up"
-[keys]
-store = "keys.toml"
-[metrics]
-listen = "127.0.0.1:$ops"
-[log]
-level = "info"
-TOML
-key=$("$bin" keys create --config "$d/keygate.toml" --name probe --access read-only --json \
-  | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+# shellcheck source=common.sh
+source "$here/common.sh"
+write_config "$port" "$up" "$ops" info
+key=$(create_key "$bin" probe read-only)
 python3 "$here/../gen_store.py" "$nkeys" | tail -n +2 >>"$d/keys.toml"
 taskset -c 0 "$backend" "127.0.0.1:$up" 1 >/dev/null 2>&1 & pids+=($!)
 if [ "${PIN:-1}" = 1 ]; then cpus=1; else cpus=0,1; fi
