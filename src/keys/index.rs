@@ -21,8 +21,8 @@ mod table;
 /// What the request path needs to know about a key; built once per reload so
 /// that a request allocates nothing to name its key to the backend.
 ///
-/// Kept small (24 bytes): the index holds a million of these inline in its
-/// hash table. The id lives once per process with the key's counters, and
+/// Kept small (24 bytes): the index holds a million of these side by side
+/// (`table::DenseMap`). The id lives once per process with the key's counters, and
 /// what most keys do not have (an expiry, origins, an end of grace, a limit
 /// of their own) lives apart, behind one pointer that is `None` for a plain
 /// key.
