@@ -102,6 +102,7 @@ async fn usage_that_cannot_be_written_is_logged_and_serving_goes_on() {
             Ok(()) => break,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 assert!(started.elapsed() < Duration::from_secs(10), "{e}");
+                std::thread::sleep(Duration::from_millis(5));
             }
             Err(e) => panic!("{e}"),
         }

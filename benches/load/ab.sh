@@ -14,13 +14,15 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 [ $# -ge 4 ] || { sed -n 2,11p "$0" >&2; exit 2; }
 rounds=$1 layout=$2 mode=$3; shift 3
+bins=()
+for b in "$@"; do bins+=("$(realpath "$b")"); done
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
 up=18381 port=18390
 # shellcheck source=common.sh
 source "$here/common.sh"
 taskset -c 0 "$backend" "127.0.0.1:$up" 1 >/dev/null 2>&1 & pids+=($!)
 write_config "$port" "$up" "$((port + 1))" warn
-key=$(create_key "$1" ab full-access)
+key=$(create_key "${bins[0]}" ab full-access)
 case "$layout" in split) cpu=1 ;; onecore) cpu=0 ;; *) echo "layout: split or onecore" >&2; exit 2 ;; esac
 lua=()
 if [ "$mode" = post ]; then
@@ -33,10 +35,11 @@ LUA
 fi
 url="http://127.0.0.1:$port/v1/things?x=1"
 for r in $(seq 1 "$rounds"); do
-  for bin in "$@"; do
+  for bin in "${bins[@]}"; do
     (cd "$d" && exec taskset -c "$cpu" "$bin" serve --config keygate.toml >/dev/null 2>&1) & gp=$!
     pids+=("$gp")
     for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+    (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$bin did not start" >&2; exit 1; }
     taskset -c 0 wrk -t1 -c64 -d2s "${lua[@]}" -H "x-api-key: $key" "$url" >/dev/null
     t0=$(awk '{print $14 + $15}' "/proc/$gp/stat")
     out=$(taskset -c 0 wrk -t1 -c64 -d8s --latency "${lua[@]}" -H "x-api-key: $key" "$url")

@@ -231,8 +231,13 @@ impl Ctx {
     async fn usage(&self) -> std::collections::HashMap<String, UsageSample> {
         let store = self.admin.store.clone();
         let mut usage = blocking(move || store.usage()).await.unwrap_or_default();
-        if let Some(live) = &self.admin.live_usage {
-            for (id, sample) in live.samples() {
+        if let Some(live) = self.admin.live_usage.clone() {
+            // Off the runtime: the table's lock is held by an index build
+            // for as long as it takes (seconds at a million keys).
+            let samples = blocking(move || Ok(live.samples()))
+                .await
+                .unwrap_or_default();
+            for (id, sample) in samples {
                 let entry = usage.entry(id).or_default();
                 entry.last_used = entry.last_used.max(sample.last_used);
                 entry.requests = entry.requests.max(sample.requests);

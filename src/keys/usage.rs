@@ -19,8 +19,8 @@ use super::rate::RateCell;
 /// counts, must outlive every index and costs no lookup: the index entry
 /// points here). It also holds the key's id, as the ready
 /// `x-keygate-key-id` header value: made once per key and process, so a
-/// reload of a million keys makes no id again, and an index entry is one
-/// pointer to here plus the access type.
+/// reload of a million keys makes no id again, and an index entry needs no
+/// copy of it.
 #[derive(Debug)]
 pub struct KeyUsage {
     id_header: HeaderValue,
@@ -131,7 +131,12 @@ impl Table {
         if let Some(ById(usage)) = self.set.get(id) {
             return Some(usage.clone());
         }
-        let usage = Arc::new(KeyUsage::new(HeaderValue::from_str(id).ok()?));
+        // Read back as text too (`HeaderValue` takes bytes over 0x7f that
+        // `to_str` refuses): `ById` hashes and compares that text.
+        let header = HeaderValue::from_str(id)
+            .ok()
+            .filter(|h| h.to_str().is_ok())?;
+        let usage = Arc::new(KeyUsage::new(header));
         self.set.insert(ById(usage.clone()));
         self.generation += 1;
         Some(usage)
@@ -240,6 +245,10 @@ mod tests {
                 .is_some_and(|again| Arc::ptr_eq(&a, &again))
         );
         assert!(table.for_key("bad\nid").is_none());
+        assert!(
+            table.for_key("caf\u{e9}").is_none(),
+            "not text once a header value"
+        );
         table.seed(
             "a",
             UsageSample {

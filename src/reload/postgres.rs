@@ -415,7 +415,6 @@ fn postgres_err(store: &PgStore, action: &str, e: &tokio_postgres::Error) -> Sto
     postgres::db_err(store, action, e)
 }
 
-/// Index work runs on the blocking pool, never on a request worker.
 /// An index of the whole snapshot; the snapshot's records are dropped and
 /// their memory handed back before the index is published.
 fn full_build(snapshot: StoreSnapshot, usage: Arc<UsageTable>) -> KeyIndex {
@@ -425,6 +424,7 @@ fn full_build(snapshot: StoreSnapshot, usage: Arc<UsageTable>) -> KeyIndex {
     index
 }
 
+/// Index work runs on the blocking pool, never on a request worker.
 async fn build_off_thread(
     f: impl FnOnce() -> KeyIndex + Send + 'static,
 ) -> Result<KeyIndex, StoreError> {

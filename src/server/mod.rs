@@ -69,14 +69,7 @@ pub async fn run(
         .max_header_size(config.max_header_bytes)
         // Room for the head plus what arrives with it; beyond this hyper
         // answers 431 before the head is even complete.
-        .max_buf_size(config.max_header_bytes.max(8192) + 16 * 1024)
-        // A response's head and body chunks copied into one buffer and
-        // written with write(2), rather than queued for writev(2): fewer
-        // instructions for the small responses an API serves (-2 % a GET,
-        // PERFORMANCE.md), and what TLS needs anyway. The buffer stays
-        // within max_buf_size. (Upstream writes keep writev: flattening
-        // them held more memory per stalled upload, tests/bounds.rs.)
-        .writev(false);
+        .max_buf_size(config.max_header_bytes.max(8192) + 16 * 1024);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     // Flow control bounds what a client can make the gateway buffer per
     // connection (README, "Memory").
