@@ -7,7 +7,12 @@ backend="$here/backend/target/release/kg-perf-backend"
 [ -x "$backend" ] || (cd "$here/backend" && cargo build --release --quiet)
 d=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$d"; }
+# Waits for each process before removing $d: a gateway writes keys.usage there as it stops.
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$d"
+}
 trap cleanup EXIT
 
 # write_config PORT UPSTREAM_PORT OPS_PORT LOG_LEVEL: $d/keygate.toml, one worker, store keys.toml.

@@ -11,7 +11,7 @@
 # on CPU 0.
 # Two wrk runs of SECONDS each, `quiet` then `reloading` (SIGHUP every 5 s, each reload running
 # to its end before the next), each after a 3 s warm-up; prints wrk's latency distribution and
-# the reloads' durations. Needs wrk, taskset and python3. Every process it starts is stopped by
+# the reloads' durations (a reload still running when the load ends is waited for). Needs wrk, taskset and python3. Every process it starts is stopped by
 # PID; all traffic stays on 127.0.0.1.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -43,8 +43,15 @@ echo "== reloading (SIGHUP every 5 s)"
     sleep 5
     n=$(grep -c "key store loaded" "$d/gateway.log")
     kill -HUP "$gw"
+    echo hup >>"$d/hups"
     for _ in $(seq 1 300); do [ "$(grep -c "key store loaded" "$d/gateway.log")" -gt "$n" ] && break; sleep 0.1; done
   done
 ) & pids+=($!)
 load | grep -E "Latency|50%|75%|90%|99%|Requests/sec|Non-2xx"
+kill "${pids[-1]}" 2>/dev/null || true
+# A reload still running when the load stopped is waited for (up to 2 minutes), so that its
+# duration is reported too.
+sighups() { grep -c 'cause="sighup"' "$d/gateway.log" || true; }
+for _ in $(seq 1 1200); do [ "$(sighups)" -ge "$(wc -l <"$d/hups")" ] && break; sleep 0.1; done
+[ -n "${KG_KEEP_LOG:-}" ] && cp "$d/gateway.log" "$KG_KEEP_LOG"
 echo "reloads (duration_ms): $(grep -o 'cause="sighup".*duration_ms=[0-9]*' "$d/gateway.log" | grep -o 'duration_ms=[0-9]*' | cut -d= -f2 | tr '\n' ' ')"

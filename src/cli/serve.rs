@@ -18,6 +18,9 @@ use crate::reload::{CertWatcher, FileWatcher, Hangup, PgSync, Publisher, UsageFi
 use crate::server::{self, Drain, tls};
 use crate::store::Store;
 
+/// How long the last usage write waits for the loader thread at shutdown.
+const USAGE_WRITE_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub fn run(args: &ConfigArg) -> Result<(), CliError> {
     let config = super::load_config(&super::config_path(args.config.as_deref()))?;
     serve(config, |_, _, _| {})
@@ -153,7 +156,7 @@ async fn run_gateway(
     if let Some(watcher) = file_watcher {
         tokio::spawn(watcher.watch(hangup.clone()));
     }
-    let mut usage_at_exit = usage_file.as_ref().map(UsageFile::last_write);
+    let usage_at_exit = usage_file.as_ref().map(UsageFile::last_write);
     if let Some(usage) = usage_file {
         tokio::spawn(usage.run());
     }
@@ -199,10 +202,19 @@ async fn run_gateway(
         }
     }
     // What was counted since the last periodic write survives the restart.
-    if let Some(usage) = usage_at_exit.as_mut()
-        && let Err(e) = usage.flush()
-    {
-        tracing::warn!(error = %e, "cannot write key usage at shutdown");
+    // On the loader thread, after whatever it has queued (a periodic write,
+    // the freeing of an old index and its deleted keys' counters), bounded.
+    if let Some(mut usage) = usage_at_exit {
+        let write = crate::reload::loader::run(move || usage.flush());
+        match tokio::time::timeout(USAGE_WRITE_AT_EXIT, write).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "cannot write key usage at shutdown"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot write key usage at shutdown"),
+            Err(_) => tracing::warn!(
+                waited = ?USAGE_WRITE_AT_EXIT,
+                "key usage not written at shutdown: the loader thread is busy"
+            ),
+        }
     }
     Ok(())
 }

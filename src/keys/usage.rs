@@ -183,12 +183,15 @@ impl UsageTable {
         usage.requests.fetch_add(sample.requests, Ordering::Relaxed);
     }
 
-    /// Every key's use now, by id, sorted.
+    /// The use of every key used at all, by id, sorted. A key left out was
+    /// never used (what every reader assumes of a key it does not find):
+    /// a million-key store with a few keys in use writes a few lines.
     pub fn samples(&self) -> Vec<(String, UsageSample)> {
         let mut all: Vec<(String, UsageSample)> = self
             .map()
             .set
             .iter()
+            .filter(|ById(u)| u.requests() > 0 || u.last_used().is_some())
             .map(|ById(u)| {
                 let sample = UsageSample {
                     last_used: u.last_used(),
@@ -201,11 +204,14 @@ impl UsageTable {
         all
     }
 
-    /// Forgets keys that are gone (`keep` says which stay).
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+    /// Forgets the counters no index holds any more: keys deleted from the
+    /// store (once the index that had them is freed) and persisted counts
+    /// of ids the store does not have. Called after each full load, so
+    /// `keys.usage` and the table do not keep deleted keys for ever.
+    pub fn forget_unused(&self) {
         let mut table = self.map();
         let before = table.set.len();
-        table.set.retain(|u| keep(u.0.id()));
+        table.set.retain(|u| Arc::strong_count(&u.0) > 1);
         if table.set.len() != before {
             table.generation += 1;
         }
@@ -263,6 +269,8 @@ mod tests {
                 requests: 1,
             },
         );
+        // Known but never used: left out.
+        let c = table.for_key("c");
         let samples = table.samples();
         assert_eq!(
             samples,
@@ -283,8 +291,14 @@ mod tests {
                 ),
             ]
         );
-        table.retain(|id| id == "b");
-        assert_eq!(table.samples().len(), 1);
+        // Only `a` is held now (here, as an index would): `b` and `c` go.
+        drop(c);
+        table.forget_unused();
+        let left: Vec<String> = table.samples().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(left, ["a"]);
+        drop(a);
+        table.forget_unused();
+        assert!(table.samples().is_empty());
     }
 
     #[test]
@@ -308,9 +322,11 @@ mod tests {
         moved("a new key", true);
         table.seed("b", UsageSample::default());
         moved("persisted counts added", true);
-        table.retain(|_| true);
+        let b = table.for_key("b");
+        table.forget_unused();
         moved("nothing forgotten", false);
-        table.retain(|id| id == "a");
+        drop(b);
+        table.forget_unused();
         moved("a key forgotten", true);
         assert!(
             UsageTable::default()

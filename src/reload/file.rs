@@ -7,7 +7,7 @@
 //! same-size rewrite within one tick of the clock), the store's content hash
 //! is compared every few seconds while the file is small enough for that to
 //! cost nothing. Every look at the files (stat included) and every index
-//! build runs on the blocking pool, never on a request worker.
+//! build runs on the loader thread (`loader`), never on a request worker.
 
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};

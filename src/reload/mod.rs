@@ -15,6 +15,7 @@
 pub mod certs;
 pub mod file;
 mod fingerprint;
+pub(crate) mod loader;
 pub mod postgres;
 mod snapshot;
 mod trim;
@@ -96,7 +97,10 @@ impl Publisher {
     /// a successful reload, the gateway marked ready, one log line.
     pub fn full(&self, index: KeyIndex, report: &Report<'_>) {
         let counts = counts(&index);
-        self.index.store(Arc::new(index));
+        let usage = index.usage().clone();
+        let old = self.index.swap(Arc::new(index));
+        // The old index freed, counters of deleted keys are held by nothing.
+        loader::retire(old, move || usage.forget_unused());
         self.metrics.reload(Ok(counts), unix_secs());
         if let Some(n) = report.changes {
             self.metrics.store_changes_applied(n);
@@ -123,7 +127,7 @@ impl Publisher {
     /// counts and the changes counter updated; not a reload.
     pub fn delta(&self, index: KeyIndex, report: &Report<'_>) {
         self.metrics.set_keys(counts(&index));
-        self.index.store(Arc::new(index));
+        loader::retire(self.index.swap(Arc::new(index)), || ());
         let n = report.changes.unwrap_or(0);
         self.metrics.store_changes_applied(n);
         tracing::info!(
@@ -144,8 +148,8 @@ impl Publisher {
 
 /// Runs `look(state, forced, polls)` every `POLL_INTERVAL`, and at once on
 /// SIGHUP with `forced`, until the task is dropped. `look` runs on the
-/// blocking pool: it stats and reads files, which must never happen on a
-/// request worker.
+/// loader thread: it stats and reads files and builds indexes, which must
+/// never happen on a request worker, nor at a request worker's priority.
 async fn poll_files<T: Send + 'static>(
     mut state: T,
     mut hup: Hangup,
@@ -161,7 +165,7 @@ async fn poll_files<T: Send + 'static>(
             () = hup.recv() => true,
         };
         polls = polls.wrapping_add(1);
-        let joined = tokio::task::spawn_blocking(move || {
+        let joined = loader::run(move || {
             look(&mut state, forced, polls);
             state
         })

@@ -424,11 +424,11 @@ fn full_build(snapshot: StoreSnapshot, usage: Arc<UsageTable>) -> KeyIndex {
     index
 }
 
-/// Index work runs on the blocking pool, never on a request worker.
+/// Index work runs on the loader thread, never on a request worker.
 async fn build_off_thread(
     f: impl FnOnce() -> KeyIndex + Send + 'static,
 ) -> Result<KeyIndex, StoreError> {
-    tokio::task::spawn_blocking(f)
+    super::loader::run(f)
         .await
         .map_err(|e| StoreError::Database(format!("index build failed: {e}")))
 }

@@ -6,7 +6,8 @@
 //! set after a few reloads (PERFORMANCE.md, "Large stores"). `malloc_trim`
 //! releases every whole free page of every arena. Elsewhere: nothing.
 //!
-//! The only `unsafe` in the crate: one FFI call that takes no pointer.
+//! With `loader`'s `setpriority`, the only `unsafe` in the crate: FFI calls
+//! that take no pointer.
 
 /// Returns free heap pages to the system; takes a few milliseconds for a
 /// heap of a few hundred megabytes, so it runs once per full load, off the

@@ -47,14 +47,14 @@ impl UsageFile {
     }
 
     /// Writes the counters when they changed, every `FLUSH_INTERVAL`, on the
-    /// blocking pool, until the task is dropped or the folder turns out not
+    /// loader thread, until the task is dropped or the folder turns out not
     /// to be writable.
     pub async fn run(mut self) {
         let mut tick = tokio::time::interval(FLUSH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let joined = tokio::task::spawn_blocking(move || {
+            let joined = super::loader::run(move || {
                 let result = self.flush();
                 (self, result)
             })

@@ -9,6 +9,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use super::StoreError;
@@ -287,7 +288,11 @@ pub(super) fn write_atomic(path: &Path, text: &str) -> Result<(), StoreError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    // Unique per write, not only per process: the usage writer and the
+    // shutdown's last write may replace the same file at the same moment.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp.{}.{n}", std::process::id()));
     let io_err = |action, source| StoreError::Io {
         path: tmp.clone(),
         action,
@@ -377,5 +382,36 @@ mod tests {
         let revoked = store.load_revoked().unwrap_or_else(|e| panic!("{e}"));
         assert!(revoked.contains(&KeyHash::of(b"first")), "{revoked:?}");
         assert!(revoked.contains(&KeyHash::of(b"second")), "{revoked:?}");
+    }
+
+    #[test]
+    fn two_writers_replacing_one_file_at_once_leave_one_whole_copy() {
+        // The usage writer and the shutdown's last write do this: with one
+        // temp name per process, one truncated the other's file mid-write
+        // and the other's rename failed.
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("keys.usage");
+        let texts = ["a".repeat(256 * 1024), "b".repeat(200 * 1024)];
+        std::thread::scope(|s| {
+            for text in &texts {
+                let path = &path;
+                s.spawn(move || {
+                    for _ in 0..50 {
+                        write_atomic(path, text).unwrap_or_else(|e| panic!("{e}"));
+                    }
+                });
+            }
+        });
+        let left = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            texts.contains(&left),
+            "a mixed file of {} bytes",
+            left.len()
+        );
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        assert_eq!(names, ["keys.usage"], "temp files left behind");
     }
 }
