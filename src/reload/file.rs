@@ -138,8 +138,9 @@ impl FileWatcher {
                 took: started.elapsed(),
             },
         );
+        // Freed before the index that this one replaced is (`Publisher::full`
+        // hands memory back after both).
         drop(snapshot);
-        super::release_free_memory();
         Ok(stats)
     }
 

@@ -21,7 +21,7 @@ mod snapshot;
 mod trim;
 pub mod usage;
 
-pub(crate) use trim::release_free_memory;
+use trim::release_free_memory;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -99,8 +99,13 @@ impl Publisher {
         let counts = counts(&index);
         let usage = index.usage().clone();
         let old = self.index.swap(Arc::new(index));
-        // The old index freed, counters of deleted keys are held by nothing.
-        loader::retire(old, move || usage.forget_unused());
+        // Once the old index is freed: counters of deleted keys are held by
+        // nothing, and the load's garbage (the parsed store, the old index)
+        // can go back to the system in one pass.
+        loader::retire(old, move || {
+            usage.forget_unused();
+            release_free_memory();
+        });
         self.metrics.reload(Ok(counts), unix_secs());
         if let Some(n) = report.changes {
             self.metrics.store_changes_applied(n);

@@ -415,12 +415,11 @@ fn postgres_err(store: &PgStore, action: &str, e: &tokio_postgres::Error) -> Sto
     postgres::db_err(store, action, e)
 }
 
-/// An index of the whole snapshot; the snapshot's records are dropped and
-/// their memory handed back before the index is published.
+/// An index of the whole snapshot; the snapshot's records are dropped here,
+/// on the loader thread (`Publisher::full` hands the memory back).
 fn full_build(snapshot: StoreSnapshot, usage: Arc<UsageTable>) -> KeyIndex {
     let index = KeyIndex::build_with_usage(&snapshot, usage);
     drop(snapshot);
-    super::release_free_memory();
     index
 }
 

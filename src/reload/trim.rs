@@ -10,8 +10,8 @@
 //! that take no pointer.
 
 /// Returns free heap pages to the system; takes a few milliseconds for a
-/// heap of a few hundred megabytes, so it runs once per full load, off the
-/// request path.
+/// heap of a few hundred megabytes, so it runs once per full load, on the
+/// loader thread once the replaced index is freed.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 pub fn release_free_memory() {
