@@ -11,8 +11,9 @@
 # on CPU 0.
 # Two wrk runs of SECONDS each, `quiet` then `reloading` (SIGHUP every 5 s, each reload running
 # to its end before the next), each after a 3 s warm-up; prints wrk's latency distribution and
-# the reloads' durations (a reload still running when the load ends is waited for). Needs wrk, taskset and python3. Every process it starts is stopped by
-# PID; all traffic stays on 127.0.0.1.
+# the reloads' durations (a reload still running when the load ends is waited for, up to 2
+# minutes). KG_KEEP_LOG=FILE keeps the gateway's log. Needs wrk, taskset and python3. Every
+# process it starts is stopped by PID; all traffic stays on 127.0.0.1.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 bin="$(realpath "$1")"
