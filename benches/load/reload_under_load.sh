@@ -39,6 +39,7 @@ load() {
 echo "== quiet ($nkeys keys)"
 load | grep -E "Latency|50%|75%|90%|99%|Requests/sec|Non-2xx"
 echo "== reloading (SIGHUP every 5 s)"
+: >"$d/hups"
 (
   for _ in $(seq 1 $(( (secs + 3) / 5 ))); do
     sleep 5

@@ -6,10 +6,11 @@
 //! count.
 
 use std::borrow::Borrow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 
@@ -120,7 +121,16 @@ impl Borrow<str> for ById {
 pub(super) struct Table {
     set: HashSet<ById>,
     generation: u64,
+    /// Ids whose counters no index held at a sweep, since when: forgotten
+    /// only once that has lasted `FORGET_AFTER` (few: deleted keys).
+    orphans: HashMap<Box<str>, Instant>,
 }
+
+/// How long a key's counters outlive its last index. A key missing from
+/// one load and back in the next (a store half-written by hand, a bad row
+/// skipped and fixed) must keep its last use: that is what an operator
+/// reads before deleting a key.
+pub const FORGET_AFTER: Duration = Duration::from_secs(600);
 
 impl Table {
     /// The counters of `id`, new ones at zero the first time; `None` for an
@@ -204,16 +214,33 @@ impl UsageTable {
         all
     }
 
-    /// Forgets the counters no index holds any more: keys deleted from the
-    /// store (once the index that had them is freed) and persisted counts
-    /// of ids the store does not have. Called after each full load, so
-    /// `keys.usage` and the table do not keep deleted keys for ever.
-    pub fn forget_unused(&self) {
+    /// Forgets the counters no index has held for `FORGET_AFTER` (as seen
+    /// by these sweeps, one after each full load): keys deleted from the
+    /// store and persisted counts of ids the store does not have. Without
+    /// it the table and `keys.usage` keep deleted keys for ever.
+    pub fn forget_unused(&self, now: Instant) {
         let mut table = self.map();
-        let before = table.set.len();
-        table.set.retain(|u| Arc::strong_count(&u.0) > 1);
-        if table.set.len() != before {
-            table.generation += 1;
+        let Table {
+            set,
+            generation,
+            orphans,
+        } = &mut *table;
+        let mut still = HashMap::new();
+        let before = set.len();
+        set.retain(|u| {
+            if Arc::strong_count(&u.0) > 1 {
+                return true;
+            }
+            let since = orphans.remove(u.0.id()).unwrap_or(now);
+            if now.saturating_duration_since(since) >= FORGET_AFTER {
+                return false;
+            }
+            still.insert(Box::from(u.0.id()), since);
+            true
+        });
+        *orphans = still;
+        if set.len() != before {
+            *generation += 1;
         }
     }
 
@@ -291,13 +318,33 @@ mod tests {
                 ),
             ]
         );
-        // Only `a` is held now (here, as an index would): `b` and `c` go.
+        // Only `a` is held now (here, as an index would): `b` and `c` are
+        // forgotten, but only once nothing has held them for FORGET_AFTER.
         drop(c);
-        table.forget_unused();
-        let left: Vec<String> = table.samples().into_iter().map(|(id, _)| id).collect();
-        assert_eq!(left, ["a"]);
+        let t0 = Instant::now();
+        let ids = |t: &UsageTable| {
+            t.samples()
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect::<Vec<_>>()
+        };
+        table.forget_unused(t0);
+        assert_eq!(ids(&table), ["a", "b"], "kept at the first sweep");
+        table.forget_unused(t0 + FORGET_AFTER - Duration::from_secs(1));
+        assert_eq!(ids(&table), ["a", "b"], "kept within the grace");
+        // `b` comes back (a store fixed by hand) and goes again: its grace
+        // starts over.
+        let b = table.for_key("b");
+        table.forget_unused(t0 + FORGET_AFTER);
+        drop(b);
+        table.forget_unused(t0 + FORGET_AFTER + Duration::from_secs(1));
+        table.forget_unused(t0 + FORGET_AFTER * 2);
+        assert_eq!(ids(&table), ["a", "b"], "a grace that started over");
+        table.forget_unused(t0 + FORGET_AFTER * 2 + Duration::from_secs(1));
+        assert_eq!(ids(&table), ["a"]);
         drop(a);
-        table.forget_unused();
+        table.forget_unused(t0 + FORGET_AFTER * 3);
+        table.forget_unused(t0 + FORGET_AFTER * 4);
         assert!(table.samples().is_empty());
     }
 
@@ -323,10 +370,13 @@ mod tests {
         table.seed("b", UsageSample::default());
         moved("persisted counts added", true);
         let b = table.for_key("b");
-        table.forget_unused();
+        let t0 = Instant::now();
+        table.forget_unused(t0);
         moved("nothing forgotten", false);
         drop(b);
-        table.forget_unused();
+        table.forget_unused(t0);
+        moved("a key unheld, not yet forgotten", false);
+        table.forget_unused(t0 + FORGET_AFTER);
         moved("a key forgotten", true);
         assert!(
             UsageTable::default()

@@ -42,7 +42,7 @@ impl CertWatcher {
 
     /// Polls the files and waits for SIGHUP until the task is dropped.
     pub async fn watch(self, hup: Hangup) {
-        poll_files(self, hup, "certificate reload", |me, forced, _| {
+        poll_files(self, hup, "certificate reload", false, |me, forced, _| {
             if forced || Fingerprint::of(&me.files) != me.seen {
                 me.reload();
             }

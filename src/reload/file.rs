@@ -186,7 +186,7 @@ impl FileWatcher {
 
     /// Watches the files and SIGHUP until the task is dropped.
     pub async fn watch(self, hup: Hangup) {
-        poll_files(self, hup, "hot reload", |me, forced, polls| {
+        poll_files(self, hup, "hot reload", true, |me, forced, polls| {
             let stat_changed = Fingerprint::of(&me.store_files()) != me.store_seen;
             let content_due = polls.is_multiple_of(CONTENT_CHECK_EVERY);
             if forced || stat_changed || (content_due && me.content_changed()) {

@@ -5,7 +5,7 @@
 //! blocking pool it ran at the workers' priority, so on a busy machine it
 //! took its share of the CPU from requests (PERFORMANCE.md: p99 +19 % with
 //! a core to spare, nearly x2 on the worker's own core). Here it runs on one
-//! thread of its own whose nice value is raised once at start: the scheduler
+//! thread of its own whose nice value is raised by 10 at start: the scheduler
 //! then runs it when the workers leave time, and still gives it about a
 //! tenth of a core they fully use, so a reload (and the revocations it
 //! carries) is late under saturation, never starved. `SCHED_IDLE` would
@@ -20,10 +20,12 @@
 //! sends the old index here instead and frees it once it is the last
 //! reference.
 //!
-//! One thread for the whole process: its jobs (file watchers' looks, index
-//! builds, usage writes) run one after the other, each short but a full
-//! load. Without the thread (it could not be started) they run on the
-//! blocking pool as before.
+//! One thread for the whole process: its jobs (the file store watcher's
+//! looks, index builds, usage writes, retired indexes) run one after the
+//! other, each short but a full load; so the shutdown's usage write comes
+//! after whatever was queued before it. (The certificate watcher stays on
+//! the blocking pool.) Without the thread (it could not be started) jobs
+//! run on the blocking pool as before.
 
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
@@ -77,69 +79,77 @@ impl std::fmt::Display for Lost {
 
 /// Runs `f` on the loader thread and waits for its result.
 pub async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Lost> {
-    let Some(queue) = queue() else {
-        return tokio::task::spawn_blocking(f).await.map_err(|_| Lost);
-    };
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let job: Job = Box::new(move || {
+    submit(Box::new(move || {
         let _ = tx.send(f());
-    });
-    if let Err(mpsc::SendError(job)) = queue.send(job) {
-        // The thread is gone (it cannot exit while the queue lives, but
-        // a job still runs somewhere rather than nowhere).
-        tokio::task::spawn_blocking(job);
-    }
+    }));
     rx.await.map_err(|_| Lost)
+}
+
+/// Queues `job` for the loader thread; without one, runs it on the blocking
+/// pool (or here, outside a runtime): late rather than never.
+fn submit(job: Job) {
+    let refused = match queue() {
+        Some(q) => q.send(job).err().map(|mpsc::SendError(job)| job),
+        None => Some(job),
+    };
+    if let Some(job) = refused {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(job)),
+            Err(_) => job(),
+        }
+    }
 }
 
 /// Frees `old` on the loader thread once no reader holds it any more (or
 /// leaves it to its last reader after `RETIRE_WAIT`), then runs `then`.
+/// While a reader holds it the job goes back to the end of the queue, so
+/// the jobs behind it are not held up.
 pub fn retire<T: Send + Sync + 'static>(old: Arc<T>, then: impl FnOnce() + Send + 'static) {
-    let job: Job = Box::new(move || {
-        free_when_alone(old, RETIRE_WAIT);
-        then();
-    });
-    match queue() {
-        Some(q) => {
-            // The thread is gone: the job (and the index) is dropped here.
-            let _ = q.send(job);
-        }
-        None => drop(job),
-    }
+    submit(retire_job(
+        old,
+        Instant::now() + RETIRE_WAIT,
+        Box::new(then),
+    ));
 }
 
-/// Drops `old` here if it is, or within `wait` becomes, the last reference.
-/// True when it was freed here.
-fn free_when_alone<T>(mut old: Arc<T>, wait: Duration) -> bool {
-    let deadline = Instant::now() + wait;
-    loop {
-        match Arc::try_unwrap(old) {
-            Ok(value) => {
-                drop(value);
-                return true;
-            }
-            Err(still_shared) => old = still_shared,
+fn retire_job<T: Send + Sync + 'static>(
+    old: Arc<T>,
+    deadline: Instant,
+    then: Box<dyn FnOnce() + Send>,
+) -> Job {
+    Box::new(move || match Arc::try_unwrap(old) {
+        Ok(value) => {
+            drop(value);
+            then();
         }
-        if Instant::now() >= deadline {
-            return false;
+        Err(old) if Instant::now() < deadline => {
+            // Requests hold a snapshot for one decision (well under a
+            // millisecond); a longer hold is a database change being
+            // applied to it.
+            std::thread::sleep(Duration::from_millis(1));
+            submit(retire_job(old, deadline, then));
         }
-        // Readers hold a snapshot for one decision (well under a
-        // millisecond); a longer hold is an admin listing.
-        std::thread::sleep(Duration::from_millis(1));
-    }
+        Err(old) => {
+            drop(old);
+            then();
+        }
+    })
 }
 
-/// Raises this thread's nice value (Linux: nice is per thread). Lowering
-/// one's own priority needs no privilege; if it fails anyway, the loader
-/// runs at normal priority, as the blocking pool did.
+/// Adds `NICE` to this thread's nice value (Linux: nice is per thread), at
+/// most 19. Lowering one's own priority needs no privilege; if it fails
+/// anyway, the loader runs at the workers' priority, as the blocking pool did.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn lower_priority() {
-    // SAFETY: gettid and setpriority take and return integers only; they
-    // touch no memory of ours.
+    // SAFETY: gettid, getpriority and setpriority take and return integers
+    // only; they touch no memory of ours. (getpriority's -1 is also a valid
+    // value; asking about one's own thread cannot fail.)
     let result = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, NICE)
+        let tid = libc::gettid() as libc::id_t;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        libc::setpriority(libc::PRIO_PROCESS, tid, (now + NICE).min(19))
     };
     if result != 0 {
         tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower the loader thread's priority");
@@ -155,6 +165,8 @@ mod tests {
 
     #[tokio::test]
     async fn jobs_run_on_the_low_priority_thread_and_a_panic_is_an_error() {
+        #[cfg(target_os = "linux")]
+        let ours = current_nice();
         let (name, nice) = run(|| {
             let name = std::thread::current().name().map(str::to_owned);
             #[cfg(target_os = "linux")]
@@ -167,23 +179,45 @@ mod tests {
         .unwrap();
         assert_eq!(name.as_deref(), Some("keygate-load"));
         #[cfg(target_os = "linux")]
-        assert_eq!(nice, NICE);
+        assert_eq!(nice, (ours + NICE).min(19), "ten lower than the process");
+        let _ = nice;
         assert!(run(|| -> u8 { panic!("boom") }).await.is_err());
         // The thread survives a panicking job.
         assert_eq!(run(|| 7).await.unwrap(), 7);
     }
 
+    /// Says on which thread it was dropped.
+    struct Probe(std::sync::mpsc::Sender<Option<String>>);
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            let _ = self
+                .0
+                .send(std::thread::current().name().map(str::to_owned));
+        }
+    }
+
     #[test]
-    fn an_old_index_is_freed_by_the_retirer_once_its_last_reader_lets_go() {
-        let old = Arc::new(vec![0u8; 16]);
+    fn a_retired_index_is_freed_on_the_loader_once_its_last_reader_lets_go() {
+        let (dropped, on) = std::sync::mpsc::channel();
+        let (then_ran, ran) = std::sync::mpsc::channel();
+        let old = Arc::new(Probe(dropped));
         let reader = old.clone();
-        let freed = std::thread::spawn(move || free_when_alone(old, Duration::from_secs(10)));
-        std::thread::sleep(Duration::from_millis(20));
+        retire(old, move || {
+            let _ = then_ran.send(());
+        });
+        assert!(
+            ran.recv_timeout(Duration::from_millis(100)).is_err(),
+            "it waits for the reader"
+        );
+        // Other jobs are not held up meanwhile.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(run(|| 5)).unwrap(), 5);
         drop(reader);
-        assert!(freed.join().unwrap(), "the retirer must free it");
-        let held = Arc::new(1u8);
-        let _reader = held.clone();
-        assert!(!free_when_alone(held, Duration::from_millis(5)));
+        ran.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(on.recv().unwrap().as_deref(), Some("keygate-load"));
     }
 
     #[cfg(target_os = "linux")]

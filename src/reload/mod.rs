@@ -100,10 +100,10 @@ impl Publisher {
         let usage = index.usage().clone();
         let old = self.index.swap(Arc::new(index));
         // Once the old index is freed: counters of deleted keys are held by
-        // nothing, and the load's garbage (the parsed store, the old index)
+        // nothing (forgotten after a grace), and the load's garbage (the parsed store, the old index)
         // can go back to the system in one pass.
         loader::retire(old, move || {
-            usage.forget_unused();
+            usage.forget_unused(std::time::Instant::now());
             release_free_memory();
         });
         self.metrics.reload(Ok(counts), unix_secs());
@@ -152,13 +152,16 @@ impl Publisher {
 }
 
 /// Runs `look(state, forced, polls)` every `POLL_INTERVAL`, and at once on
-/// SIGHUP with `forced`, until the task is dropped. `look` runs on the
-/// loader thread: it stats and reads files and builds indexes, which must
-/// never happen on a request worker, nor at a request worker's priority.
+/// SIGHUP with `forced`, until the task is dropped. `look` stats and reads
+/// files, which must never happen on a request worker: it runs on the
+/// loader thread when it builds key indexes (`on_loader`), else on the
+/// blocking pool (a certificate check must not wait behind a big load, nor
+/// a load behind a stalled certificate file).
 async fn poll_files<T: Send + 'static>(
     mut state: T,
     mut hup: Hangup,
     what: &'static str,
+    on_loader: bool,
     look: fn(&mut T, bool, u32),
 ) {
     let mut tick = tokio::time::interval(POLL_INTERVAL);
@@ -170,11 +173,17 @@ async fn poll_files<T: Send + 'static>(
             () = hup.recv() => true,
         };
         polls = polls.wrapping_add(1);
-        let joined = loader::run(move || {
+        let job = move || {
             look(&mut state, forced, polls);
             state
-        })
-        .await;
+        };
+        let joined = if on_loader {
+            loader::run(job).await.map_err(|e| e.to_string())
+        } else {
+            tokio::task::spawn_blocking(job)
+                .await
+                .map_err(|e| e.to_string())
+        };
         match joined {
             Ok(s) => state = s,
             Err(e) => {

@@ -264,17 +264,17 @@ impl PgSync {
     /// logged once and retried with the next flush; requests never wait on it.
     async fn flush_usage(&mut self, client: &Client) {
         let samples = self.publisher.usage().samples();
+        // Ids no longer counted (forgotten: their key is gone) leave the
+        // record too, so that a key of the same id later starts afresh.
+        let counted: std::collections::HashSet<&str> =
+            samples.iter().map(|(id, _)| id.as_str()).collect();
+        self.usage_flushed
+            .retain(|id, _| counted.contains(id.as_str()));
         let deltas: Vec<(String, UsageSample)> = samples
             .iter()
             .filter_map(|(id, now)| {
                 let before = self.usage_flushed.get(id).copied().unwrap_or_default();
-                (*now != before).then(|| {
-                    let delta = UsageSample {
-                        last_used: now.last_used,
-                        requests: now.requests.saturating_sub(before.requests),
-                    };
-                    (id.clone(), delta)
-                })
+                (*now != before).then(|| (id.clone(), usage_delta(before, *now)))
             })
             .collect();
         if deltas.is_empty() {
@@ -432,6 +432,21 @@ async fn build_off_thread(
         .map_err(|e| StoreError::Database(format!("index build failed: {e}")))
 }
 
+/// What a key's counters gained since `before` was flushed. A counter's
+/// requests only grow: fewer than before means a new counter for the id
+/// (the key was forgotten and came back), all of whose requests are new.
+fn usage_delta(before: UsageSample, now: UsageSample) -> UsageSample {
+    let requests = if now.requests >= before.requests {
+        now.requests - before.requests
+    } else {
+        now.requests
+    };
+    UsageSample {
+        last_used: now.last_used,
+        requests,
+    }
+}
+
 /// 50% to 100% of `d`, so a fleet that lost its database together does not
 /// reconnect in lockstep.
 fn jitter(d: Duration) -> Duration {
@@ -443,6 +458,18 @@ fn jitter(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_usage_delta_is_the_growth_or_a_new_counter_whole() {
+        let at = |requests, last| UsageSample {
+            last_used: Some(last),
+            requests,
+        };
+        assert_eq!(usage_delta(at(5, 10), at(8, 12)), at(3, 12));
+        assert_eq!(usage_delta(UsageSample::default(), at(2, 9)), at(2, 9));
+        // Counted from zero again (forgotten, then the id came back).
+        assert_eq!(usage_delta(at(40, 10), at(3, 20)), at(3, 20));
+    }
 
     #[test]
     fn jitter_stays_between_half_and_all_of_the_delay() {

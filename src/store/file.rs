@@ -288,8 +288,9 @@ pub(super) fn write_atomic(path: &Path, text: &str) -> Result<(), StoreError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    // Unique per write, not only per process: the usage writer and the
-    // shutdown's last write may replace the same file at the same moment.
+    // Unique per write, not only per process: two writers of one file in
+    // one process (the usage writers, if ever not one after the other) must
+    // not write into each other's temp file.
     static WRITES: AtomicU64 = AtomicU64::new(0);
     let n = WRITES.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.tmp.{}.{n}", std::process::id()));
