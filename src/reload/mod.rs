@@ -100,8 +100,8 @@ impl Publisher {
         let usage = index.usage().clone();
         let old = self.index.swap(Arc::new(index));
         // Once the old index is freed: counters of deleted keys are held by
-        // nothing (forgotten after a grace), and the load's garbage (the parsed store, the old index)
-        // can go back to the system in one pass.
+        // nothing (forgotten after a grace), and the load's garbage (the
+        // parsed store, the old index) goes back to the system in one pass.
         loader::retire(old, move || {
             usage.forget_unused(std::time::Instant::now());
             release_free_memory();
