@@ -177,13 +177,7 @@ async fn websocket_upgrade_passes_through_both_ways() {
 
 /// Opens a WebSocket tunnel through the gateway and checks it echoes.
 async fn open_tunnel(gw: &TestGateway) -> tokio::net::TcpStream {
-    let (mut tcp, head) = websocket_upgrade(gw.addr, &gw.keys.read_only).await;
-    assert!(head.starts_with("http/1.1 101"), "{head}");
-    tcp.write_all(b"ping").await.unwrap();
-    let mut echoed = [0u8; 4];
-    tcp.read_exact(&mut echoed).await.unwrap();
-    assert_eq!(&echoed, b"ping");
-    tcp
+    open_echo_tunnel(gw.addr, &gw.keys.read_only, b"ping").await
 }
 
 #[tokio::test]

@@ -93,7 +93,6 @@ async fn sigterm_waits_for_an_open_websocket_tunnel() {
 /// WebSocket tunnel, a reload on SIGHUP, a drain that waits for a request.
 #[tokio::test(flavor = "multi_thread")]
 async fn one_worker_forwards_tunnels_reloads_and_drains() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = TestUpstream::start().await;
     let mut gw = TestGateway::start_with(
         &upstream.url(),
@@ -104,13 +103,7 @@ async fn one_worker_forwards_tunnels_reloads_and_drains() {
     );
     let r = get(&gw.url("/"), &[("x-api-key", &gw.keys.read_only)]).await;
     assert_eq!(r.status, 200);
-    let (mut tcp, head) = websocket_upgrade(gw.addr, &gw.keys.read_only).await;
-    assert!(head.starts_with("http/1.1 101"), "{head}");
-    tcp.write_all(b"one thread").await.unwrap();
-    let mut echoed = [0u8; 10];
-    tcp.read_exact(&mut echoed).await.unwrap();
-    assert_eq!(&echoed, b"one thread");
-    drop(tcp);
+    drop(open_echo_tunnel(gw.addr, &gw.keys.read_only, b"one thread").await);
 
     gw.signal("HUP");
     wait_until("the reload", || async {

@@ -207,6 +207,18 @@ pub async fn websocket_upgrade(addr: SocketAddr, key: &str) -> (TcpStream, Strin
     (tcp, String::from_utf8_lossy(&head).to_lowercase())
 }
 
+/// Opens a WebSocket tunnel to `addr` with `key` and checks that the
+/// backend echoes `probe` through it.
+pub async fn open_echo_tunnel(addr: SocketAddr, key: &str, probe: &[u8]) -> TcpStream {
+    let (mut tcp, head) = websocket_upgrade(addr, key).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    tcp.write_all(probe).await.unwrap();
+    let mut echoed = vec![0u8; probe.len()];
+    tcp.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(echoed, probe);
+    tcp
+}
+
 /// The resident set size of a process, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
