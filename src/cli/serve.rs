@@ -121,8 +121,7 @@ async fn run_gateway(
     let limiter = Arc::new(Limiter::new(&config.limits));
     let gateway =
         Arc::new(Gateway::new(&config, index, metrics.clone())?.with_limiter(limiter.clone()));
-    let listener = TcpListener::bind(config.server.listen)
-        .await
+    let listener = server::listen(config.server.listen, config.server.max_connections)
         .map_err(|e| CliError::user(format!("server.listen {}: {e}", config.server.listen)))?;
     let ops = TcpListener::bind(config.metrics.listen)
         .await

@@ -19,7 +19,7 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_rustls::TlsAcceptor;
@@ -30,6 +30,30 @@ use io::{ClientIo, Stream, sniff_h2};
 use crate::config::ServerConfig;
 use crate::metrics::{Health, Metrics};
 use crate::proxy::{BodyError, ConnInfo, Gateway, ProxyBody};
+
+/// Binds the client listener with a listen backlog that follows
+/// `max_connections`, as HAProxy's does (the kernel caps it at
+/// `net.core.somaxconn`). The usual 128 drops the handshakes of a burst of
+/// new clients beyond it, and each dropped client waits a second or more
+/// for its retry, or sees a reset.
+pub fn listen(addr: SocketAddr, max_connections: usize) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind`: a restart may bind while old connections
+    // linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog(max_connections))
+}
+
+fn backlog(max_connections: usize) -> u32 {
+    u32::try_from(max_connections)
+        .unwrap_or(u32::MAX)
+        .clamp(128, 65_535)
+}
 
 /// How a shutdown ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,5 +320,36 @@ struct OpenConnection<'a>(&'a Metrics);
 impl Drop for OpenConnection<'_> {
     fn drop(&mut self) {
         self.0.connection_closed();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backlog_follows_max_connections_within_bounds() {
+        assert_eq!(backlog(1), 128);
+        assert_eq!(backlog(10_000), 10_000);
+        assert_eq!(backlog(usize::MAX), 65_535);
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_new_clients_is_taken_in_before_any_is_accepted() {
+        // Nothing accepts here: the kernel completes handshakes into the
+        // backlog alone. With the usual 128 the 130th handshake is dropped
+        // and its connect waits a second for the retry.
+        let addr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
+        let listener = listen(addr, 1000).unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let mut held = Vec::new();
+        for i in 0..600 {
+            let connected = timeout(Duration::from_millis(500), TcpStream::connect(addr))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("connection {i} was not taken in (is net.core.somaxconn under 600?)")
+                });
+            held.push(connected.unwrap_or_else(|e| panic!("{e}")));
+        }
     }
 }
