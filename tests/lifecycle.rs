@@ -384,6 +384,24 @@ async fn json_logs_and_the_optional_access_log() {
     assert_eq!(support::client::metric(gw.ops, &class("2xx")).await, 2.0);
     assert_eq!(support::client::metric(gw.ops, &class("4xx")).await, 3.0);
     assert_eq!(support::client::metric(gw.ops, &class("5xx")).await, 0.0);
+    // A forward that fails has its line too, with the path it was sent for.
+    upstream.stop();
+    let failed = get(
+        &gw.url("/unreachable?q=1"),
+        &[("x-api-key", &gw.keys.read_only)],
+    )
+    .await;
+    assert_eq!(failed.status, 502);
+    gw.wait_for_lines("request failed", 1);
+    let line = gw
+        .output()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["fields"]["message"] == "request failed")
+        .unwrap();
+    assert_eq!(line["fields"]["url.path"], "/unreachable");
+    assert_eq!(line["fields"]["http.response.status_code"], 502);
 }
 
 #[tokio::test]

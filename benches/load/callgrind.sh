@@ -4,6 +4,7 @@
 # this machine whatever else runs, where wall-clock figures move by 10-20% between runs.
 #
 #   benches/load/callgrind.sh BINARY [get|post|deny|denylog|limited|shared ...]   # default: get post deny
+#   benches/load/callgrind.sh nginx|haproxy [get|post|deny ...]
 #
 # deny runs with log level warn (no denial line), denylog with info: the line each denial logs.
 # limited: get with a key under its rate limit (1000000/s), so every request pays the limit check;
@@ -11,27 +12,46 @@
 # redis://127.0.0.1:6379; the sync task's work in the background is counted too).
 #
 # One worker, one kept-alive connection, the harness's backend (built if missing) on 127.0.0.1.
+# `nginx` or `haproxy` instead of a binary counts that peer, with the harness's config for it
+# (conf/, one worker or thread, nginx without its master process so that one process does all the
+# work) and the harness's key index (gen_keys.py, 10,000 keys); its denials log nothing either.
 # Each mode runs the gateway under callgrind twice, with 300 and 1,300 requests, and prints
 # (I(1300) - I(300)) / 1000, so that start-up and shutdown cancel out. Needs valgrind and python3.
-# KG_CALLGRIND_KEEP=DIR keeps each run's callgrind file there (for callgrind_annotate).
+# KG_CALLGRIND_KEEP=DIR keeps each run's callgrind file there (for callgrind_annotate);
+# KG_CALLGRIND_ARGS passes more options to valgrind (--cache-sim=yes: the cache misses, per
+# request, are then printed after the instructions, in callgrind's event order).
 # Every process it starts is stopped by PID; all traffic stays on 127.0.0.1.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-bin="$(realpath "$1")"; shift
+peer=""
+case "$1" in nginx|haproxy) peer=$1; bin=$1 ;; *) bin="$(realpath "$1")" ;; esac
+shift
 modes=("$@"); [ ${#modes[@]} -gt 0 ] || modes=(get post deny)
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 port=18190 ops=18191 up=18181
 # shellcheck source=common.sh
 source "$here/common.sh"
 "$backend" "127.0.0.1:$up" 1 >/dev/null 2>&1 & pids+=($!)
-write_config "$port" "$up" "$ops" warn
-key=$(create_key "$bin" callgrind full-access)
-limkey=$(create_key "$bin" limited full-access --rate-limit 1000000/s)
-cp "$d/keygate.toml" "$d/keygate-limited.toml"
-cp "$d/keygate.toml" "$d/keygate-shared.toml"
-sed 's/^level = "warn"/level = "info"/' "$d/keygate.toml" >"$d/keygate-denylog.toml"
-printf '[limits]\nshared = "%s"\nshared_prefix = "kgcallgrind%s"\n' \
-  "${KEYGATE_BENCH_REDIS:-redis://127.0.0.1:6379}" "$$" >>"$d/keygate-shared.toml"
+if [ -n "$peer" ]; then
+  command -v "$peer" >/dev/null || { echo "needs $peer (apt-get install $peer)" >&2; exit 1; }
+  python3 "$here/gen_keys.py" "$d" 10000
+  # shellcheck disable=SC1091
+  . "$d/sample.env"
+  key=$KEY_FA
+  mkdir -p "$d/nginx-tmp"
+  sed -e "s|@RUN@|$d|g" -e "s|@PORT@|$port|g" -e "s|@H2PORT@|$ops|g" -e "s|@BACKEND@|127.0.0.1:$up|g" \
+    -e 's/^master_process on;/master_process off;/' "$here/conf/$peer.$( [ "$peer" = nginx ] && echo conf || echo cfg).in" \
+    >"$d/$peer.conf"
+else
+  write_config "$port" "$up" "$ops" warn
+  key=$(create_key "$bin" callgrind full-access)
+  limkey=$(create_key "$bin" limited full-access --rate-limit 1000000/s)
+  cp "$d/keygate.toml" "$d/keygate-limited.toml"
+  cp "$d/keygate.toml" "$d/keygate-shared.toml"
+  sed 's/^level = "warn"/level = "info"/' "$d/keygate.toml" >"$d/keygate-denylog.toml"
+  printf '[limits]\nshared = "%s"\nshared_prefix = "kgcallgrind%s"\n' \
+    "${KEYGATE_BENCH_REDIS:-redis://127.0.0.1:6379}" "$$" >>"$d/keygate-shared.toml"
+fi
 cat >"$d/requests.py" <<'PY'
 import http.client, sys
 port, n, mode, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -51,15 +71,30 @@ total() { # mode n -> instructions
     limited|shared) config="$d/keygate-$1.toml"; k="$limkey" ;;
     denylog) config="$d/keygate-denylog.toml" ;;
   esac
-  valgrind --tool=callgrind --callgrind-out-file="$d/cg.$2" "$bin" serve --config "$config" 2>/dev/null &
+  local cmd=("$bin" serve --config "$config")
+  case "$peer" in
+    nginx) cmd=(nginx -p "$d" -e "$d/nginx-error.log" -c "$d/nginx.conf") ;;
+    haproxy) cmd=(haproxy -db -f "$d/haproxy.conf") ;;
+  esac
+  # shellcheck disable=SC2086  # KG_CALLGRIND_ARGS: more valgrind options, split on spaces
+  (cd "$d" && exec valgrind --tool=callgrind ${KG_CALLGRIND_ARGS:-} --callgrind-out-file="$d/cg.$2" "${cmd[@]}" 2>/dev/null) &
   local pid=$!; pids+=("$pid")
   for _ in $(seq 1 300); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
   python3 "$d/requests.py" "$port" "$2" "$1" "$k"
-  kill -TERM "$pid"; wait "$pid" || true
+  # nginx's graceful stop is QUIT (TERM is its fast one); both end with callgrind's totals.
+  kill "-$([ "$peer" = nginx ] && echo QUIT || echo TERM)" "$pid"; wait "$pid" || true
   [ -z "${KG_CALLGRIND_KEEP:-}" ] || cp "$d/cg.$2" "$KG_CALLGRIND_KEEP/$(basename "$bin").$1.$2.callgrind"
-  awk '/^(summary|totals):/ {print $2; exit}' "$d/cg.$2"
+  awk '/^events:/ {sub(/^events: /, ""); ev=$0} /^(summary|totals):/ {sub(/^[a-z]+: /, ""); print ev "|" $0; exit}' "$d/cg.$2"
 }
 for mode in "${modes[@]}"; do
   a=$(total "$mode" 300); b=$(total "$mode" 1300)
-  echo "$(basename "$bin") $mode $(( (b - a) / 1000 )) instructions/request"
+  # Every event's per-request difference; the first is the instruction count.
+  python3 - "$(basename "$bin") $mode" "$a" "$b" <<'PY'
+import sys
+label, a, b = sys.argv[1:]
+names, a = a.split("|"); _, b = b.split("|")
+per = [(int(y) - int(x)) // 1000 for x, y in zip(a.split(), b.split())]
+rest = "".join(f", {n} {v}" for n, v in zip(names.split()[1:], per[1:]))
+print(f"{label} {per[0]} instructions/request{rest}")
+PY
 done

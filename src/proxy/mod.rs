@@ -154,9 +154,14 @@ impl Gateway {
         let started = Instant::now();
         let origin = req.headers().get(ORIGIN).cloned();
         let grpc = respond::is_grpc(req.headers());
-        // For the log line, which is written once the request has gone.
+        // For the log line, which is written once the request has gone. A
+        // refusal's path comes back with its headers; the access log needs
+        // the path of every request (a forwarded one is gone by then).
         let method = req.method().clone();
-        let uri = req.uri().clone();
+        let logged_path = self
+            .access_log
+            .then(|| req.uri().path_and_query().cloned())
+            .flatten();
         let version = req.version();
         let request_id = self
             .access_log
@@ -164,15 +169,20 @@ impl Gateway {
         let client = (!self.trusted_proxies.is_empty()).then(|| {
             policy::client::client_ip(conn.peer.ip(), req.headers(), &self.trusted_proxies)
         });
-        let (outcome, key) = self.route(req, conn).await;
+        // Deciding is synchronous; only a forward waits, and its future is
+        // the only one nested here (each level of nesting copies the one
+        // below it whole when it starts).
+        let (route, key) = self.route(req, conn);
+        let outcome = match route {
+            Route::Forward(forward) => self.forward(forward, conn).await,
+            Route::Answer(answer, refused) => Routed::Answered(answer, refused),
+        };
         let (mut response, label) = match outcome {
             Routed::Forwarded(mut response, label, upstream) => {
                 if self.access_log {
                     let record = access::Record {
                         method: method.clone(),
-                        path: uri
-                            .path_and_query()
-                            .cloned()
+                        path: logged_path
                             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
                         version,
                         request_id: request_id.clone(),
@@ -193,8 +203,8 @@ impl Gateway {
                 }
                 (response, label)
             }
-            Routed::Answered(answer, request_headers) => {
-                let response = answer.response(&request_headers, grpc);
+            Routed::Answered(answer, request) => {
+                let response = answer.response(&request.headers, grpc);
                 let message = match answer {
                     Answer::Rejected(_) | Answer::RateLimited(_) | Answer::HeadersTooLarge => {
                         Some("request denied")
@@ -217,7 +227,12 @@ impl Gateway {
                     access::log(
                         &access::Request {
                             method: &method,
-                            path: uri.path(),
+                            // A failed forward's URI went upstream with it: the
+                            // access log's copy stands in (only it logs failures).
+                            path: match &request.uri {
+                                Some(uri) => uri.path(),
+                                None => logged_path.as_ref().map_or("/", |p| p.path()),
+                            },
                             version,
                             request_id: request_id.as_ref(),
                             client: resolved.as_deref().unwrap_or(peer_ip),
@@ -263,14 +278,18 @@ impl Gateway {
         response
     }
 
-    /// Decides, logs a refusal, and forwards what is allowed.
-    async fn route<B>(&self, req: Request<B>, conn: &ConnInfo) -> (Routed<'_>, Option<DecidedKey>)
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BodyError>,
-    {
-        let answered =
-            |answer, req: Request<B>| Routed::Answered(answer, req.into_parts().0.headers);
+    /// Decides: an answer of the gateway's own, or what to forward.
+    fn route<B>(&self, req: Request<B>, conn: &ConnInfo) -> (Route<'_, B>, Option<DecidedKey>) {
+        let answered = |answer, req: Request<B>| {
+            let parts = req.into_parts().0;
+            Route::Answer(
+                answer,
+                Refused {
+                    headers: parts.headers,
+                    uri: Some(parts.uri),
+                },
+            )
+        };
         if req.version() == Version::HTTP_2 && req.headers().len() > self.max_headers {
             return (answered(Answer::HeadersTooLarge, req), None);
         }
@@ -332,11 +351,13 @@ impl Gateway {
                     id: identity.id.clone(),
                     access: identity.access,
                 });
-                let mut routed = self.forward(req, conn, Some(identity), label).await;
-                if let (Routed::Forwarded(response, ..), Some(q)) = (&mut routed, quota) {
-                    respond::add_quota(response.headers_mut(), &q);
-                }
-                (routed, caller)
+                let forward = Forward {
+                    req,
+                    identity: Some(identity),
+                    label,
+                    quota,
+                };
+                (Route::Forward(forward), caller)
             }
             Decision::Deny { rejection, key } => {
                 let access = key.map(|k| DecidedKey {
@@ -348,11 +369,13 @@ impl Gateway {
             }
             Decision::Preflight(Preflight::Forward) => {
                 drop(index);
-                (
-                    self.forward(req, conn, None, DecisionLabel::Preflight)
-                        .await,
-                    None,
-                )
+                let forward = Forward {
+                    req,
+                    identity: None,
+                    label: DecisionLabel::Preflight,
+                    quota: None,
+                };
+                (Route::Forward(forward), None)
             }
             Decision::Preflight(Preflight::Answer(cors)) => {
                 (answered(Answer::Preflight(cors), req), None)
@@ -367,17 +390,17 @@ impl Gateway {
     /// Forwards a request upstream: the upstream's response head with its
     /// body streaming through, counted under `label`; or the answer to a
     /// failure.
-    async fn forward<B>(
-        &self,
-        mut req: Request<B>,
-        conn: &ConnInfo,
-        identity: Option<Identity>,
-        label: DecisionLabel,
-    ) -> Routed<'_>
+    async fn forward<B>(&self, forward: Forward<B>, conn: &ConnInfo) -> Routed<'_>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BodyError>,
     {
+        let Forward {
+            mut req,
+            identity,
+            label,
+            quota,
+        } = forward;
         let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -429,7 +452,7 @@ impl Gateway {
         let sent_at = Instant::now();
         let (mut response, progress, lease) = match self
             .upstream
-            .send(Request::from_parts(parts, body))
+            .send(Request::from_parts(parts, body), sent_at)
             .await
         {
             Ok(sent) => sent,
@@ -445,7 +468,13 @@ impl Gateway {
                 }
                 // The request's headers went upstream with it; a failure
                 // answer needs none of them.
-                return Routed::Answered(Answer::Failed(failed.error), http::HeaderMap::new());
+                return Routed::Answered(
+                    Answer::Failed(failed.error),
+                    Refused {
+                        headers: http::HeaderMap::new(),
+                        uri: None,
+                    },
+                );
             }
         };
         let upstream_time = sent_at.elapsed();
@@ -469,6 +498,9 @@ impl Gateway {
         }
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, switching);
+        if let Some(q) = &quota {
+            respond::add_quota(&mut parts.headers, q);
+        }
         Routed::Forwarded(
             Response::from_parts(
                 parts,
@@ -487,13 +519,36 @@ impl Gateway {
     }
 }
 
+/// What `route` decided: answer, or forward.
+enum Route<'a, B> {
+    Forward(Forward<B>),
+    Answer(Answer<'a>, Refused),
+}
+
+/// An allowed request (or a preflight the backend answers), on its way.
+struct Forward<B> {
+    req: Request<B>,
+    /// `None` for a preflight: no key was checked.
+    identity: Option<Identity>,
+    label: DecisionLabel,
+    /// The rate limit nearest to running out, for the response's headers.
+    quota: Option<crate::limits::Quota>,
+}
+
 /// Where a request ended: forwarded (the upstream's response, counted under
-/// the label), or answered by the gateway (with the request's headers, which
-/// a preflight answer reads).
+/// the label), or answered by the gateway (with what is left of the request).
 enum Routed<'a> {
     /// With the time the upstream took to answer the head.
     Forwarded(Response<ProxyBody>, DecisionLabel, std::time::Duration),
-    Answered(Answer<'a>, http::HeaderMap),
+    Answered(Answer<'a>, Refused),
+}
+
+/// What an answered request leaves for its answer and its log line.
+struct Refused {
+    /// Read by a preflight answer.
+    headers: http::HeaderMap,
+    /// For the log line; `None` once the request went upstream.
+    uri: Option<http::Uri>,
 }
 
 fn strip_query(

@@ -125,8 +125,9 @@ impl Pool {
         }
     }
 
-    /// The most recently returned connection that is still open, or a new one.
-    pub async fn checkout(&self) -> Result<Lease, ConnectFailed> {
+    /// The most recently returned connection that is still open, or a new
+    /// one. `now` is the caller's clock reading (one fewer per request).
+    pub async fn checkout(&self, now: Instant) -> Result<Lease, ConnectFailed> {
         let shared = self.shared.as_ref().and_then(|m| {
             let guard = m.lock().unwrap_or_else(|e| e.into_inner());
             guard.as_ref().filter(|s| !s.is_closed()).cloned()
@@ -143,7 +144,7 @@ impl Pool {
                 idle.pop()
             };
             let Some(mut idle) = popped else { break };
-            if idle.since.elapsed() > self.stack.idle_timeout {
+            if now.saturating_duration_since(idle.since) > self.stack.idle_timeout {
                 continue;
             }
             // Ready at once, or in the time the connection task takes to

@@ -174,9 +174,11 @@ impl Upstream {
     /// With the response, the request's `Progress`: its body may still be
     /// on its way (and the client may still go silent) while the response
     /// streams back.
+    /// `sent_at` is now: the response timer runs from it.
     pub async fn send(
         &self,
         mut req: Request<RequestBody>,
+        sent_at: Instant,
     ) -> Result<(Response<Incoming>, Arc<Progress>, Lease), SendError> {
         if let Some((scheme, authority)) = &self.http2 {
             // HTTP/2 carries the host in `:authority`: the client's Host,
@@ -200,30 +202,26 @@ impl Upstream {
         } else if !req.headers().contains_key(HOST) {
             req.headers_mut().insert(HOST, self.host.clone());
         }
-        let progress = Arc::new(Progress::new());
+        let progress = Arc::new(Progress::new(sent_at));
         let req = req.map(|inner| SentBody::new(inner, progress.clone(), self.body_timeout));
         let fail = |error, kind| SendError { error, kind };
         let exchange = async {
-            let mut lease = self.pool.checkout().await.map_err(|_| Failure::Connect)?;
+            let mut lease = self
+                .pool
+                .checkout(sent_at)
+                .await
+                .map_err(|_| Failure::Connect)?;
             let Some(sender) = lease.sender() else {
                 return Err(Failure::Protocol);
             };
             match sender.try_send(req).await {
                 Ok(resp) => Ok((resp, lease)),
+                // Never written: the pooled connection closed as it was
+                // taken (the upstream's keep-alive ran out). Once more, on a
+                // new connection, as hyper-util's client does. Boxed: rare,
+                // and every request's future would carry its size.
                 Err(mut e) => match e.take_message() {
-                    // Never written: the pooled connection closed as it was
-                    // taken (the upstream's keep-alive ran out). Once more,
-                    // on a new connection, as hyper-util's client does.
-                    Some(req) => {
-                        let mut lease = self.pool.fresh().await.map_err(|_| Failure::Connect)?;
-                        let Some(sender) = lease.sender() else {
-                            return Err(Failure::Protocol);
-                        };
-                        match sender.try_send(req).await {
-                            Ok(resp) => Ok((resp, lease)),
-                            Err(_) => Err(Failure::Protocol),
-                        }
-                    }
+                    Some(req) => Box::pin(self.resend(req)).await,
                     None => Err(Failure::Protocol),
                 },
             }
@@ -240,6 +238,21 @@ impl Upstream {
             () = progress.response_overdue(self.response_timeout) => {
                 Err(fail(ProxyError::Timeout, Some(UpstreamErrorKind::Timeout)))
             }
+        }
+    }
+}
+
+impl Upstream {
+    /// Sends a request a pooled connection gave back unwritten, on a new
+    /// connection.
+    async fn resend(&self, req: Request<SentBody>) -> Result<(Response<Incoming>, Lease), Failure> {
+        let mut lease = self.pool.fresh().await.map_err(|_| Failure::Connect)?;
+        let Some(sender) = lease.sender() else {
+            return Err(Failure::Protocol);
+        };
+        match sender.try_send(req).await {
+            Ok(resp) => Ok((resp, lease)),
+            Err(_) => Err(Failure::Protocol),
         }
     }
 }
@@ -271,9 +284,9 @@ const AWAITING_UPSTREAM: u8 = 0;
 const AWAITING_CLIENT: u8 = 1;
 
 impl Progress {
-    fn new() -> Self {
+    fn new(started: Instant) -> Self {
         Progress {
-            started: Instant::now(),
+            started,
             state: AtomicU8::new(AWAITING_UPSTREAM),
             since_ms: AtomicU64::new(0),
             client_timed_out: AtomicBool::new(false),
@@ -308,20 +321,26 @@ impl Progress {
     /// Resolves once the upstream has owed the next step for `limit`. While
     /// the client owes it, the clock stops (the body timer bounds that);
     /// nothing wakes this future on a change, it looks again at its own
-    /// deadlines, so a request costs one timer, not one per body chunk.
+    /// deadlines, so a request costs one timer, not one per body chunk (and
+    /// no clock reading of its own: the timer knows when its deadline has
+    /// passed).
     async fn response_overdue(&self, limit: Duration) {
+        let mut slept_until = None;
         loop {
             let state = self.state.load(Ordering::Acquire);
             let since = Duration::from_millis(self.since_ms.load(Ordering::Relaxed));
             if state == AWAITING_CLIENT {
+                slept_until = None;
                 tokio::time::sleep(limit).await;
                 continue;
             }
             let deadline = self.started + since + limit;
-            if Instant::now() >= deadline {
+            if slept_until == Some(deadline) {
+                // The upstream owed the same step for the whole wait.
                 return;
             }
             tokio::time::sleep_until(deadline).await;
+            slept_until = Some(deadline);
         }
     }
 }
@@ -532,4 +551,45 @@ fn client_tls(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, String> {
         .with_safe_default_protocol_versions()
         .map(|b| b.with_root_certificates(roots).with_no_client_auth())
         .map_err(|e| format!("TLS setup: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_millis(300);
+
+    #[tokio::test(start_paused = true)]
+    async fn the_response_timer_restarts_each_time_the_upstream_takes_a_piece() {
+        let progress = Progress::new(Instant::now());
+        let overdue = progress.response_overdue(LIMIT);
+        tokio::pin!(overdue);
+        // A piece taken every 200 ms for a second: never 300 ms owed.
+        for _ in 0..5 {
+            tokio::select! {
+                () = &mut overdue => panic!("cut while the upstream kept taking the body"),
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            progress.set(AWAITING_UPSTREAM);
+        }
+        let last = Instant::now();
+        overdue.await;
+        assert_eq!(last.elapsed(), LIMIT, "overdue 300 ms after the last piece");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_response_timer_stops_while_the_client_owes_the_next_piece() {
+        let progress = Progress::new(Instant::now());
+        progress.set(AWAITING_CLIENT);
+        let overdue = progress.response_overdue(LIMIT);
+        tokio::pin!(overdue);
+        tokio::select! {
+            () = &mut overdue => panic!("cut while the client owed the body"),
+            () = tokio::time::sleep(LIMIT * 10) => {}
+        }
+        progress.set(AWAITING_UPSTREAM);
+        let handed = Instant::now();
+        overdue.await;
+        assert!(handed.elapsed() <= LIMIT, "{:?}", handed.elapsed());
+    }
 }

@@ -161,7 +161,9 @@ pub async fn run(
 struct ConnService {
     gateway: Arc<Gateway>,
     activity: Arc<Activity>,
-    info: ConnInfo,
+    /// Shared by the connection's requests: one reference count per
+    /// request instead of a copy of each field.
+    info: Arc<ConnInfo>,
 }
 
 type ResponseFuture =
@@ -277,7 +279,7 @@ async fn serve_connection(
     let service = ConnService {
         gateway: shared.gateway.clone(),
         activity: activity.clone(),
-        info: ConnInfo::new(peer, is_tls).with_slot(slot),
+        info: Arc::new(ConnInfo::new(peer, is_tls).with_slot(slot)),
     };
     let mut conn = if h2 {
         Served::H2(Box::pin(shared.h2.serve_connection(io, service)))
