@@ -146,132 +146,204 @@ impl Gateway {
 
     /// Handles one request, start to response head. Any body will do: hyper's
     /// for a real connection, an in-memory one in tests.
-    pub async fn handle<B>(&self, mut req: Request<B>, conn: &ConnInfo) -> Response<ProxyBody>
+    pub async fn handle<B>(&self, req: Request<B>, conn: &ConnInfo) -> Response<ProxyBody>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BodyError>,
     {
-        let started = Instant::now();
-        let origin = req.headers().get(ORIGIN).cloned();
-        let grpc = respond::is_grpc(req.headers());
-        // For the log line, which is written once the request has gone. A
-        // refusal's path comes back with its headers; the access log needs
-        // the path of every request (a forwarded one is gone by then).
-        let method = req.method().clone();
-        let logged_path = self
-            .access_log
-            .then(|| req.uri().path_and_query().cloned())
-            .flatten();
-        let version = req.version();
-        let request_id = self
-            .access_log
-            .then(|| access::request_id(req.headers_mut()));
-        let client = (!self.trusted_proxies.is_empty()).then(|| {
-            policy::client::client_ip(conn.peer.ip(), req.headers(), &self.trusted_proxies)
-        });
-        // Deciding is synchronous; only a forward waits, and its future is
-        // the only one nested here (each level of nesting copies the one
-        // below it whole when it starts).
+        match self.begin(req, conn) {
+            Begun::Answered(response) => response,
+            Begun::Forward(pending) => self.forward_pending(pending, conn).await,
+        }
+    }
+
+    /// Decides, synchronously: the gateway's own answer (a refusal, a
+    /// preflight), whole and counted, or a request to forward. A server
+    /// calls this before it makes a future at all, so that a refusal costs
+    /// no future, no allocation and no copy of one.
+    pub fn begin<B>(&self, mut req: Request<B>, conn: &ConnInfo) -> Begun<B> {
+        let ctx = Context {
+            started: Instant::now(),
+            origin: req.headers().get(ORIGIN).cloned(),
+            grpc: respond::is_grpc(req.headers()),
+            method: req.method().clone(),
+            // A refusal's path comes back with its headers; the access log
+            // needs the path of every request (a forwarded one is gone by
+            // the time its line is written).
+            logged_path: self
+                .access_log
+                .then(|| req.uri().path_and_query().cloned())
+                .flatten(),
+            version: req.version(),
+            request_id: self
+                .access_log
+                .then(|| access::request_id(req.headers_mut())),
+            client: (!self.trusted_proxies.is_empty()).then(|| {
+                policy::client::client_ip(conn.peer.ip(), req.headers(), &self.trusted_proxies)
+            }),
+        };
         let (route, key) = self.route(req, conn);
-        let outcome = match route {
-            Route::Forward(forward) => self.forward(forward, conn).await,
-            Route::Answer(answer, refused) => Routed::Answered(answer, refused),
-        };
-        let (mut response, label) = match outcome {
-            Routed::Forwarded(mut response, label, upstream) => {
-                if self.access_log {
-                    let record = access::Record {
-                        method: method.clone(),
-                        path: logged_path
-                            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-                        version,
-                        request_id: request_id.clone(),
-                        client: match client {
-                            Some(ip) => HeaderValue::from_str(&ip.to_string())
-                                .unwrap_or_else(|_| conn.peer_ip.clone()),
-                            None => conn.peer_ip.clone(),
-                        },
-                        peer: conn.peer,
-                        peer_ip: conn.peer_ip.clone(),
-                        decision: label.as_str(),
-                        key_id: key.as_ref().map(|k| k.id.clone()),
-                        status: response.status().as_u16(),
-                        started,
-                        upstream,
-                    };
-                    response.body_mut().log_when_done(Box::new(record));
-                }
-                (response, label)
+        match route {
+            Route::Forward(forward) => Begun::Forward(Box::new(Pending { forward, ctx, key })),
+            Route::Answer(answer, refused) => {
+                Begun::Answered(self.answered(answer, &refused, ctx, key.as_ref(), conn))
             }
-            Routed::Answered(answer, request) => {
-                let response = answer.response(&request.headers, grpc);
-                let message = match answer {
-                    Answer::Rejected(_) | Answer::RateLimited(_) | Answer::HeadersTooLarge => {
-                        Some("request denied")
-                    }
-                    Answer::Failed(_) => self.access_log.then_some("request failed"),
-                    Answer::NotReady | Answer::Preflight(_) => {
-                        self.access_log.then_some("request answered")
-                    }
-                };
-                if let Some(message) = message {
-                    let (limit, scope) = match &answer {
-                        Answer::RateLimited(q) => (
-                            Some(&q.limit as &dyn std::fmt::Display),
-                            Some(q.scope.name()),
-                        ),
-                        _ => (None, None),
-                    };
-                    let resolved = client.map(|ip| ip.to_string());
-                    let peer_ip = conn.peer_ip.to_str().unwrap_or_default();
-                    access::log(
-                        &access::Request {
-                            method: &method,
-                            // A failed forward's URI went upstream with it: the
-                            // access log's copy stands in (only it logs failures).
-                            path: match &request.uri {
-                                Some(uri) => uri.path(),
-                                None => logged_path.as_ref().map_or("/", |p| p.path()),
-                            },
-                            version,
-                            request_id: request_id.as_ref(),
-                            client: resolved.as_deref().unwrap_or(peer_ip),
-                            peer: conn.peer,
-                            peer_ip,
-                            bytes_in: None,
-                        },
-                        &access::Outcome {
-                            message,
-                            decision: answer.label().as_str(),
-                            reason: match answer {
-                                Answer::Rejected(r) => Some(r.detail()),
-                                _ => None,
-                            },
-                            key_id: key.as_ref().and_then(|k| k.id.to_str().ok()),
-                            status: response.status().as_u16(),
-                            bytes_out: http_body::Body::size_hint(response.body()).exact(),
-                            duration: started.elapsed(),
-                            upstream: None,
-                            complete: None,
-                            limit,
-                            scope,
-                        },
-                    );
-                }
-                (response, answer.label())
+        }
+    }
+
+    /// Forwards what `begin` let through: the upstream's response head with
+    /// its body streaming through, or the answer to a failure.
+    pub async fn forward_pending<B>(
+        &self,
+        pending: Box<Pending<B>>,
+        conn: &ConnInfo,
+    ) -> Response<ProxyBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BodyError>,
+    {
+        let Pending { forward, ctx, key } = *pending;
+        match self.forward(forward, conn).await {
+            Routed::Forwarded(response, label, upstream) => {
+                self.forwarded(response, label, upstream, ctx, key, conn)
+            }
+            Routed::Answered(answer, refused) => {
+                self.answered(answer, &refused, ctx, key.as_ref(), conn)
+            }
+        }
+    }
+
+    /// The upstream's response: its access-log record rides on the body
+    /// (the line is written when the body is done).
+    fn forwarded(
+        &self,
+        mut response: Response<ProxyBody>,
+        label: DecisionLabel,
+        upstream: std::time::Duration,
+        ctx: Context,
+        key: Option<DecidedKey>,
+        conn: &ConnInfo,
+    ) -> Response<ProxyBody> {
+        if self.access_log {
+            let record = access::Record {
+                method: ctx.method.clone(),
+                path: ctx
+                    .logged_path
+                    .clone()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+                version: ctx.version,
+                request_id: ctx.request_id.clone(),
+                client: match ctx.client {
+                    Some(ip) => HeaderValue::from_str(&ip.to_string())
+                        .unwrap_or_else(|_| conn.peer_ip.clone()),
+                    None => conn.peer_ip.clone(),
+                },
+                peer: conn.peer,
+                peer_ip: conn.peer_ip.clone(),
+                decision: label.as_str(),
+                key_id: key.as_ref().map(|k| k.id.clone()),
+                status: response.status().as_u16(),
+                started: ctx.started,
+                upstream,
+            };
+            response.body_mut().log_when_done(Box::new(record));
+        }
+        self.finish(response, label, ctx, key.as_ref())
+    }
+
+    /// The gateway's own answer, logged (refusals always; the rest with the
+    /// access log).
+    fn answered(
+        &self,
+        answer: Answer<'_>,
+        request: &Refused,
+        ctx: Context,
+        key: Option<&DecidedKey>,
+        conn: &ConnInfo,
+    ) -> Response<ProxyBody> {
+        let response = answer.response(&request.headers, ctx.grpc);
+        let message = match answer {
+            Answer::Rejected(_) | Answer::RateLimited(_) | Answer::HeadersTooLarge => {
+                Some("request denied")
+            }
+            Answer::Failed(_) => self.access_log.then_some("request failed"),
+            Answer::NotReady | Answer::Preflight(_) => {
+                self.access_log.then_some("request answered")
             }
         };
-        respond::add_cors(&mut response, origin.as_ref(), self.settings.cors.as_ref());
-        if let Some(id) = request_id {
+        if let Some(message) = message {
+            let (limit, scope) = match &answer {
+                Answer::RateLimited(q) => (
+                    Some(&q.limit as &dyn std::fmt::Display),
+                    Some(q.scope.name()),
+                ),
+                _ => (None, None),
+            };
+            let resolved = ctx.client.map(|ip| ip.to_string());
+            let peer_ip = conn.peer_ip.to_str().unwrap_or_default();
+            access::log(
+                &access::Request {
+                    method: &ctx.method,
+                    // A failed forward's URI went upstream with it: the
+                    // access log's copy stands in (only it logs failures).
+                    path: match &request.uri {
+                        Some(uri) => uri.path(),
+                        None => ctx.logged_path.as_ref().map_or("/", |p| p.path()),
+                    },
+                    version: ctx.version,
+                    request_id: ctx.request_id.as_ref(),
+                    client: resolved.as_deref().unwrap_or(peer_ip),
+                    peer: conn.peer,
+                    peer_ip,
+                    bytes_in: None,
+                },
+                &access::Outcome {
+                    message,
+                    decision: answer.label().as_str(),
+                    reason: match answer {
+                        Answer::Rejected(r) => Some(r.detail()),
+                        _ => None,
+                    },
+                    key_id: key.and_then(|k| k.id.to_str().ok()),
+                    status: response.status().as_u16(),
+                    bytes_out: http_body::Body::size_hint(response.body()).exact(),
+                    duration: ctx.started.elapsed(),
+                    upstream: None,
+                    complete: None,
+                    limit,
+                    scope,
+                },
+            );
+        }
+        self.finish(response, answer.label(), ctx, key)
+    }
+
+    /// What every response gets: CORS, the request id, and its count.
+    fn finish(
+        &self,
+        mut response: Response<ProxyBody>,
+        label: DecisionLabel,
+        ctx: Context,
+        key: Option<&DecidedKey>,
+    ) -> Response<ProxyBody> {
+        respond::add_cors(
+            &mut response,
+            ctx.origin.as_ref(),
+            self.settings.cors.as_ref(),
+        );
+        if let Some(id) = ctx.request_id {
             response
                 .headers_mut()
                 .insert(access::X_REQUEST_ID.clone(), id);
         }
-        let access = key.as_ref().map(|k| k.access);
+        let access = key.map(|k| k.access);
         self.metrics.response(response.status().as_u16());
-        self.metrics
-            .record_decision(label, access_label(access), started.elapsed().as_secs_f64());
-        if let Some(k) = &key {
+        self.metrics.record_decision(
+            label,
+            access_label(access),
+            ctx.started.elapsed().as_secs_f64(),
+        );
+        if let Some(k) = key {
             self.metrics
                 .key_request(k.id.to_str().unwrap_or_default(), label);
         }
@@ -517,6 +589,39 @@ impl Gateway {
             upstream_time,
         )
     }
+}
+
+/// What `Gateway::begin` made of a request.
+pub enum Begun<B> {
+    /// The gateway's own answer, complete.
+    Answered(Response<ProxyBody>),
+    /// Allowed: `Gateway::forward_pending` sends it on. Boxed: each future
+    /// that holds it on the way (the server's, `forward_pending`'s) keeps
+    /// a copy of what it was given for its whole life, and a refusal's
+    /// `Begun` stays small.
+    Forward(Box<Pending<B>>),
+}
+
+/// A request on its way upstream, with what its answer and log line need.
+pub struct Pending<B> {
+    forward: Forward<B>,
+    ctx: Context,
+    key: Option<DecidedKey>,
+}
+
+/// What a request's answer, log line and metrics need of it once it has
+/// gone (upstream, or into the answer).
+struct Context {
+    started: Instant,
+    origin: Option<HeaderValue>,
+    grpc: bool,
+    method: http::Method,
+    /// With the access log only.
+    logged_path: Option<http::uri::PathAndQuery>,
+    version: Version,
+    request_id: Option<HeaderValue>,
+    /// The client's address from the forwarding headers, with trusted proxies.
+    client: Option<std::net::IpAddr>,
 }
 
 /// What `route` decided: answer, or forward.

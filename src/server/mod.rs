@@ -29,7 +29,7 @@ use io::{ClientIo, Stream, sniff_h2};
 
 use crate::config::ServerConfig;
 use crate::metrics::{Health, Metrics};
-use crate::proxy::{BodyError, ConnInfo, Gateway, ProxyBody};
+use crate::proxy::{Begun, BodyError, ConnInfo, Gateway, ProxyBody};
 
 /// Binds the client listener with a listen backlog that follows
 /// `max_connections`, as HAProxy's does (the kernel caps it at
@@ -166,8 +166,14 @@ struct ConnService {
     info: Arc<ConnInfo>,
 }
 
-type ResponseFuture =
-    Pin<Box<dyn Future<Output = Result<Response<ServedBody>, Infallible>> + Send>>;
+type Reply = Result<Response<ServedBody>, Infallible>;
+
+/// A request's answer: ready at once when the gateway answered it itself
+/// (no future to allocate), or the forward's boxed future.
+type ResponseFuture = futures_util::future::Either<
+    std::future::Ready<Reply>,
+    Pin<Box<dyn Future<Output = Reply> + Send>>,
+>;
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Response = Response<ServedBody>;
@@ -175,13 +181,21 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = ResponseFuture;
 
     fn call(&self, req: Request<Incoming>) -> ResponseFuture {
-        let gateway = self.gateway.clone();
+        use futures_util::future::Either;
         let busy = self.activity.begin(req.version() == Version::HTTP_2);
-        let info = self.info.clone();
-        Box::pin(async move {
-            let response = gateway.handle(req, &info).await;
-            Ok(response.map(|body| ServedBody { body, _busy: busy }))
-        })
+        match self.gateway.begin(req, &self.info) {
+            Begun::Answered(response) => Either::Left(std::future::ready(Ok(
+                response.map(|body| ServedBody { body, _busy: busy })
+            ))),
+            Begun::Forward(pending) => {
+                let gateway = self.gateway.clone();
+                let info = self.info.clone();
+                Either::Right(Box::pin(async move {
+                    let response = gateway.forward_pending(pending, &info).await;
+                    Ok(response.map(|body| ServedBody { body, _busy: busy }))
+                }))
+            }
+        }
     }
 }
 
