@@ -23,10 +23,16 @@
 # Every process it starts is stopped by PID; all traffic stays on 127.0.0.1.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+[ $# -ge 1 ] || { echo "usage: $0 BINARY|nginx|haproxy [MODE...]" >&2; exit 2; }
 peer=""
 case "$1" in nginx|haproxy) peer=$1; bin=$1 ;; *) bin="$(realpath "$1")" ;; esac
 shift
 modes=("$@"); [ ${#modes[@]} -gt 0 ] || modes=(get post deny)
+if [ -n "$peer" ]; then
+  for m in "${modes[@]}"; do
+    case "$m" in get|post|deny) ;; *) echo "$peer: mode $m is keygate's only (get, post, deny)" >&2; exit 2 ;; esac
+  done
+fi
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 port=18190 ops=18191 up=18181
 # shellcheck source=common.sh
@@ -83,6 +89,10 @@ total() { # mode n -> instructions
   python3 "$d/requests.py" "$port" "$2" "$1" "$k"
   # nginx's graceful stop is QUIT (TERM is its fast one); both end with callgrind's totals.
   kill "-$([ "$peer" = nginx ] && echo QUIT || echo TERM)" "$pid"; wait "$pid" || true
+  # Reaped: not the cleanup's to signal (the number may be another process's by then).
+  local kept=() p
+  for p in "${pids[@]}"; do [ "$p" = "$pid" ] || kept+=("$p"); done
+  pids=("${kept[@]}")
   [ -z "${KG_CALLGRIND_KEEP:-}" ] || cp "$d/cg.$2" "$KG_CALLGRIND_KEEP/$(basename "$bin").$1.$2.callgrind"
   awk '/^events:/ {sub(/^events: /, ""); ev=$0} /^(summary|totals):/ {sub(/^[a-z]+: /, ""); print ev "|" $0; exit}' "$d/cg.$2"
 }
@@ -93,7 +103,11 @@ for mode in "${modes[@]}"; do
 import sys
 label, a, b = sys.argv[1:]
 names, a = a.split("|"); _, b = b.split("|")
-per = [(int(y) - int(x)) // 1000 for x, y in zip(a.split(), b.split())]
+# callgrind leaves trailing zero counts out of its totals line.
+a, b = a.split(), b.split()
+width = len(names.split())
+a, b = a + ["0"] * (width - len(a)), b + ["0"] * (width - len(b))
+per = [(int(y) - int(x)) // 1000 for x, y in zip(a, b)]
 rest = "".join(f", {n} {v}" for n, v in zip(names.split()[1:], per[1:]))
 print(f"{label} {per[0]} instructions/request{rest}")
 PY

@@ -12,6 +12,7 @@
 # answered so far, the round's non-2xx count and the RSS (VmRSS) after it. Needs wrk, taskset
 # and python3. Every process it starts is stopped by PID; all traffic stays on 127.0.0.1.
 set -euo pipefail
+[ $# -ge 1 ] || { echo "usage: $0 BINARY [REQUESTS]" >&2; exit 2; }
 here="$(cd "$(dirname "$0")" && pwd)"
 bin="$(realpath "$1")"
 want="${2:-10000000}"
@@ -51,6 +52,10 @@ while [ "$total" -lt "$want" ]; do
   out=$(KG_SOAK_KEY=$key taskset -c 0 wrk -t1 -c64 -d10s -s "$d/mix.lua" "http://127.0.0.1:$port/")
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   bad=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+  # A gateway that died (or a round with nothing answered) ends the run.
+  kill -0 "$gw" 2>/dev/null || { echo "the gateway exited after $total requests" >&2; exit 1; }
+  [ "${n:-0}" -gt 0 ] || { echo "round $round: no request answered" >&2; echo "$out" >&2; exit 1; }
   total=$((total + n))
-  printf '%6d %12d %10s %10s\n' "$round" "$total" "${bad:-0}" "$(rss)"
+  now_rss=$(rss)
+  printf '%6d %12d %10s %10s\n' "$round" "$total" "${bad:-0}" "$now_rss"
 done

@@ -126,8 +126,9 @@ impl Pool {
     }
 
     /// The most recently returned connection that is still open, or a new
-    /// one. `now` is the caller's clock reading (one fewer per request).
-    pub async fn checkout(&self, now: Instant) -> Result<Lease, ConnectFailed> {
+    /// one. `now` is the caller's clock reading (one fewer per request); it
+    /// is read again after a wait for a connection that turned out closed.
+    pub async fn checkout(&self, mut now: Instant) -> Result<Lease, ConnectFailed> {
         let shared = self.shared.as_ref().and_then(|m| {
             let guard = m.lock().unwrap_or_else(|e| e.into_inner());
             guard.as_ref().filter(|s| !s.is_closed()).cloned()
@@ -152,6 +153,7 @@ impl Pool {
             if idle.sender.ready().await.is_ok() {
                 return Ok(self.lease(Sender::H1(idle.sender)));
             }
+            now = Instant::now();
         }
         self.fresh().await
     }
