@@ -173,8 +173,7 @@ impl Upstream {
     /// described at the top of this file.
     /// With the response, the request's `Progress`: its body may still be
     /// on its way (and the client may still go silent) while the response
-    /// streams back.
-    /// `sent_at` is now: the response timer runs from it.
+    /// streams back. `sent_at` is now: the response timer runs from it.
     pub async fn send(
         &self,
         mut req: Request<RequestBody>,
@@ -240,9 +239,7 @@ impl Upstream {
             }
         }
     }
-}
 
-impl Upstream {
     /// Sends a request a pooled connection gave back unwritten, on a new
     /// connection.
     async fn resend(&self, req: Request<SentBody>) -> Result<(Response<Incoming>, Lease), Failure> {
