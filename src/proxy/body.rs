@@ -18,11 +18,10 @@ use std::time::Duration;
 use super::access::Record;
 use super::pool::Lease;
 use super::stall::Stall;
-use super::upstream::Progress;
+use super::upstream::{Progress, UpstreamBody};
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 enum Inner {
     Upstream(Box<Relay>),
@@ -31,7 +30,7 @@ enum Inner {
 
 /// An upstream body being relayed, and the connection it came on.
 struct Relay {
-    body: Incoming,
+    body: UpstreamBody,
     stall: Stall,
     progress: Arc<Progress>,
     /// Back to the pool when the exchange is whole (see `Drop`).
@@ -84,7 +83,7 @@ impl ProxyBody {
     /// An upstream body, streamed through; cut after `read_timeout` of
     /// silence. `progress` tells whether the client broke the exchange.
     pub fn upstream(
-        body: Incoming,
+        body: UpstreamBody,
         metrics: Arc<Metrics>,
         read_timeout: Duration,
         progress: Arc<Progress>,
@@ -144,7 +143,7 @@ impl Body for ProxyBody {
                             relay.bytes += f.data_ref().map_or(0, |d| d.len() as u64);
                         }
                     }
-                    Poll::Ready(frame.map(|r| r.map_err(BodyError::from)))
+                    Poll::Ready(frame)
                 }
                 Poll::Pending => {
                     if !relay.stall.waiting(cx) {

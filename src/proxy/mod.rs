@@ -9,6 +9,7 @@
 
 pub mod access;
 mod body;
+mod h1;
 pub mod headers;
 mod log_path;
 mod pool;
@@ -553,18 +554,35 @@ impl Gateway {
         self.metrics.upstream_duration(upstream_time.as_secs_f64());
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(client_side)) = (switching, client_upgrade) {
-            let upstream_side = hyper::upgrade::on(&mut response);
+            let upstream_side = match response.body_mut() {
+                upstream::UpstreamBody::Own(body) => body.take_tunnel().map(Ok),
+                upstream::UpstreamBody::Hyper(_) => Some(Err(hyper::upgrade::on(&mut response))),
+            };
             let metrics = self.metrics.clone();
             let slot = conn.slot.clone();
             let idle = self.tunnel_idle;
             tokio::spawn(async move {
                 let _slot = slot;
-                if let (Ok(client), Ok(upstream)) = (client_side.await, upstream_side.await) {
-                    // The client connection lives on as a tunnel once hyper
-                    // has handed it over: it still counts as open.
-                    metrics.connection_opened();
-                    tunnel::run(client, upstream, idle).await;
-                    metrics.connection_closed();
+                let Ok(client) = client_side.await else {
+                    return;
+                };
+                let client = hyper_util::rt::TokioIo::new(client);
+                // The client connection lives on as a tunnel once hyper
+                // has handed it over: it still counts as open.
+                match upstream_side {
+                    Some(Ok(own)) => {
+                        metrics.connection_opened();
+                        tunnel::run(client, own, idle).await;
+                        metrics.connection_closed();
+                    }
+                    Some(Err(on)) => {
+                        if let Ok(upgraded) = on.await {
+                            metrics.connection_opened();
+                            tunnel::run(client, hyper_util::rt::TokioIo::new(upgraded), idle).await;
+                            metrics.connection_closed();
+                        }
+                    }
+                    None => {}
                 }
             });
         }

@@ -63,19 +63,32 @@ impl Sender {
     }
 }
 
-struct Idle {
-    sender: http1::SendRequest<SentBody>,
+/// A kept-alive connection that can tell it has been closed.
+pub trait Reusable: Send + 'static {
+    fn is_closed(&self) -> bool;
+}
+
+impl Reusable for http1::SendRequest<SentBody> {
+    fn is_closed(&self) -> bool {
+        http1::SendRequest::is_closed(self)
+    }
+}
+
+struct Idle<T> {
+    conn: T,
     since: Instant,
 }
 
-struct Stack {
-    idle: Mutex<Vec<Idle>>,
+/// Idle connections, the last returned on top; shared by hyper's HTTP/1.1
+/// connections here and keygate's own (`h1`).
+pub struct Stack<T> {
+    idle: Mutex<Vec<Idle<T>>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
 
 pub struct Pool {
-    stack: Arc<Stack>,
+    stack: Arc<Stack<http1::SendRequest<SentBody>>>,
     /// HTTP/2: the one connection every request shares (`None` for an
     /// HTTP/1.1 upstream, which never takes this lock).
     shared: Option<Mutex<Option<http2::SendRequest<SentBody>>>>,
@@ -85,7 +98,7 @@ pub struct Pool {
 /// A connection taken from the pool for one exchange.
 pub struct Lease {
     sender: Option<Sender>,
-    stack: Weak<Stack>,
+    stack: Weak<Stack<http1::SendRequest<SentBody>>>,
 }
 
 /// No connection could be had (the reason is logged at debug level).
@@ -96,28 +109,7 @@ impl Pool {
     /// `http2`: the upstream speaks HTTP/2 and `connect` opens shared
     /// connections (`Sender::H2`).
     pub fn new(connect: Connect, max_idle: usize, idle_timeout: Duration, http2: bool) -> Pool {
-        let stack = Arc::new(Stack {
-            idle: Mutex::new(Vec::new()),
-            max_idle,
-            idle_timeout,
-        });
-        // Idle connections past `idle_timeout` are closed even when no
-        // request comes to find them; the sweeper ends with the pool.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let weak = Arc::downgrade(&stack);
-            let every = idle_timeout.max(Duration::from_millis(100));
-            rt.spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    match weak.upgrade() {
-                        Some(stack) => stack.sweep(Instant::now()),
-                        None => return,
-                    }
-                }
-            });
-        }
+        let stack = Stack::new(max_idle, idle_timeout);
         Pool {
             stack,
             shared: http2.then(|| Mutex::new(None)),
@@ -139,19 +131,11 @@ impl Pool {
                 return Ok(self.lease(Sender::H2(h2)));
             }
         }
-        loop {
-            let popped = {
-                let mut idle = self.stack.idle.lock().unwrap_or_else(|e| e.into_inner());
-                idle.pop()
-            };
-            let Some(mut idle) = popped else { break };
-            if now.saturating_duration_since(idle.since) > self.stack.idle_timeout {
-                continue;
-            }
+        while let Some(mut sender) = self.stack.pop(now) {
             // Ready at once, or in the time the connection task takes to
             // finish the previous exchange; an error means it is closed.
-            if idle.sender.ready().await.is_ok() {
-                return Ok(self.lease(Sender::H1(idle.sender)));
+            if sender.ready().await.is_ok() {
+                return Ok(self.lease(Sender::H1(sender)));
             }
             now = Instant::now();
         }
@@ -181,17 +165,75 @@ impl Pool {
     /// Connections waiting in the pool now.
     #[cfg(test)]
     pub fn idle(&self) -> usize {
-        self.stack.idle.lock().map(|v| v.len()).unwrap_or(0)
+        self.stack.len()
     }
 }
 
-impl Stack {
+impl<T: Reusable> Stack<T> {
+    /// Idle connections past `idle_timeout` are closed even when no request
+    /// comes to find them: a sweeper runs until the stack is dropped.
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Arc<Self> {
+        let stack = Arc::new(Stack {
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            idle_timeout,
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&stack);
+            let every = idle_timeout.max(Duration::from_millis(100));
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    match weak.upgrade() {
+                        Some(stack) => stack.sweep(Instant::now()),
+                        None => return,
+                    }
+                }
+            });
+        }
+        stack
+    }
+
+    /// The most recently returned connection idle for at most
+    /// `idle_timeout` at `now` (older ones are dropped on the way).
+    pub fn pop(&self, now: Instant) -> Option<T> {
+        loop {
+            let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            if now.saturating_duration_since(idle.since) <= self.idle_timeout {
+                return Some(idle.conn);
+            }
+        }
+    }
+
+    /// Keeps `conn` for the next exchange, unless it is closed or the stack
+    /// is full.
+    pub fn push(&self, conn: T) {
+        if conn.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Connections waiting now.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.idle.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
     fn sweep(&self, now: Instant) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         // Oldest first: the stack's bottom.
         let fresh_from = idle
             .iter()
-            .position(|c| now.duration_since(c.since) <= self.idle_timeout && !c.sender.is_closed())
+            .position(|c| now.duration_since(c.since) <= self.idle_timeout && !c.conn.is_closed())
             .unwrap_or(idle.len());
         idle.drain(..fresh_from);
     }
@@ -209,15 +251,15 @@ impl Lease {
         else {
             return;
         };
-        if sender.is_closed() {
-            return;
-        }
-        let mut idle = stack.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < stack.max_idle {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+        stack.push(sender);
+    }
+
+    /// A lease with nothing to give back: the exchange's connection went
+    /// with its response body (`h1`).
+    pub fn none() -> Lease {
+        Lease {
+            sender: None,
+            stack: Weak::new(),
         }
     }
 }

@@ -9,21 +9,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, sleep_until};
 
 /// Runs a tunnel to its end.
-pub async fn run(client: Upgraded, upstream: Upgraded, idle: Duration) {
+pub async fn run<C, U>(client: C, mut upstream: U, idle: Duration)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
     let start = Instant::now();
     let seen = Arc::new(AtomicU64::new(0));
     let mut client = Watched {
-        inner: TokioIo::new(client),
+        inner: client,
         seen: seen.clone(),
         start,
     };
-    let mut upstream = TokioIo::new(upstream);
     let idle_out = async {
         loop {
             let last = start + Duration::from_millis(seen.load(Ordering::Relaxed));

@@ -38,6 +38,7 @@ use rustls_pki_types::pem::PemObject;
 use tokio::time::Instant;
 
 use super::body::BodyError;
+use super::h1;
 use super::pool::{Connect, Lease, Pool, Sender};
 use super::respond::ProxyError;
 use super::stall::Stall;
@@ -62,9 +63,53 @@ impl std::fmt::Display for UpstreamError {
 
 impl std::error::Error for UpstreamError {}
 
+/// Who speaks to the upstream: keygate itself (`h1`) for plain HTTP/1.1,
+/// hyper's client for HTTPS and HTTP/2.
+enum Engine {
+    Own(h1::Client),
+    Hyper(Pool),
+}
+
+/// A response body from the upstream, whichever engine read its head.
+pub enum UpstreamBody {
+    Own(h1::ResponseBody),
+    Hyper(Incoming),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            UpstreamBody::Own(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BodyError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Own(b) => b.is_end_stream(),
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Own(b) => b.size_hint(),
+            UpstreamBody::Hyper(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The backend every allowed request goes to.
 pub struct Upstream {
-    pool: Pool,
+    engine: Engine,
     /// `upstream.protocol = "http2"`: requests go as HTTP/2 with an
     /// absolute target (`:scheme`, `:authority`).
     http2: Option<(http::uri::Scheme, http::uri::Authority)>,
@@ -138,8 +183,32 @@ impl Upstream {
         } else {
             http1_connect(connector, origin, h1)
         };
+        let plain = !http2 && target.0 == http::uri::Scheme::HTTP;
+        let engine = if plain {
+            let host = target.1.host();
+            // An IPv6 literal comes in brackets, which a socket address
+            // does not take.
+            let host = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host);
+            Engine::Own(h1::Client::new(
+                host.to_owned(),
+                target.1.port_u16().unwrap_or(80),
+                cfg.connect_timeout,
+                cfg.pool_max_idle,
+                cfg.pool_idle_timeout,
+            ))
+        } else {
+            Engine::Hyper(Pool::new(
+                connect,
+                cfg.pool_max_idle,
+                cfg.pool_idle_timeout,
+                http2,
+            ))
+        };
         Ok(Upstream {
-            pool: Pool::new(connect, cfg.pool_max_idle, cfg.pool_idle_timeout, http2),
+            engine,
             http2: http2.then_some(target),
             host,
             response_timeout: cfg.response_timeout,
@@ -161,7 +230,10 @@ impl Upstream {
     /// Connections waiting in the pool now.
     #[cfg(test)]
     pub fn pool_idle(&self) -> usize {
-        self.pool.idle()
+        match &self.engine {
+            Engine::Own(client) => client.idle(),
+            Engine::Hyper(pool) => pool.idle(),
+        }
     }
 
     /// The longest silence allowed mid-body (see `ProxyBody`).
@@ -178,7 +250,7 @@ impl Upstream {
         &self,
         mut req: Request<RequestBody>,
         sent_at: Instant,
-    ) -> Result<(Response<Incoming>, Arc<Progress>, Lease), SendError> {
+    ) -> Result<(Response<UpstreamBody>, Arc<Progress>, Lease), SendError> {
         if let Some((scheme, authority)) = &self.http2 {
             // HTTP/2 carries the host in `:authority`: the client's Host,
             // else the upstream's.
@@ -205,24 +277,18 @@ impl Upstream {
         let req = req.map(|inner| SentBody::new(inner, progress.clone(), self.body_timeout));
         let fail = |error, kind| SendError { error, kind };
         let exchange = async {
-            let mut lease = self
-                .pool
-                .checkout(sent_at)
-                .await
-                .map_err(|_| Failure::Connect)?;
-            let Some(sender) = lease.sender() else {
-                return Err(Failure::Protocol);
-            };
-            match sender.try_send(req).await {
-                Ok(resp) => Ok((resp, lease)),
-                // Never written: the pooled connection closed as it was
-                // taken (the upstream's keep-alive ran out). Once more, on a
-                // new connection, as hyper-util's client does. Boxed: rare,
-                // and every request's future would carry its size.
-                Err(mut e) => match e.take_message() {
-                    Some(req) => Box::pin(self.resend(req)).await,
-                    None => Err(Failure::Protocol),
+            match &self.engine {
+                Engine::Own(client) => match client.send(req, sent_at).await {
+                    Ok(resp) => Ok((resp.map(UpstreamBody::Own), Lease::none())),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "upstream exchange failed");
+                        match e {
+                            h1::Error::Connect(_) => Err(Failure::Connect),
+                            _ => Err(Failure::Protocol),
+                        }
+                    }
                 },
+                Engine::Hyper(pool) => self.via_hyper(pool, req, sent_at).await,
             }
         };
         tokio::select! {
@@ -240,10 +306,38 @@ impl Upstream {
         }
     }
 
+    /// Sends a request on a connection of hyper's client.
+    async fn via_hyper(
+        &self,
+        pool: &Pool,
+        req: Request<SentBody>,
+        sent_at: Instant,
+    ) -> Result<(Response<UpstreamBody>, Lease), Failure> {
+        let mut lease = pool.checkout(sent_at).await.map_err(|_| Failure::Connect)?;
+        let Some(sender) = lease.sender() else {
+            return Err(Failure::Protocol);
+        };
+        let (resp, lease) = match sender.try_send(req).await {
+            Ok(resp) => (resp, lease),
+            // Never written: the pooled connection closed as it was
+            // taken (the upstream's keep-alive ran out). Once more, on a
+            // new connection, as hyper-util's client does. Boxed: rare,
+            // and every request's future would carry its size.
+            Err(mut e) => match e.take_message() {
+                Some(req) => Box::pin(Self::resend(pool, req)).await?,
+                None => return Err(Failure::Protocol),
+            },
+        };
+        Ok((resp.map(UpstreamBody::Hyper), lease))
+    }
+
     /// Sends a request a pooled connection gave back unwritten, on a new
     /// connection.
-    async fn resend(&self, req: Request<SentBody>) -> Result<(Response<Incoming>, Lease), Failure> {
-        let mut lease = self.pool.fresh().await.map_err(|_| Failure::Connect)?;
+    async fn resend(
+        pool: &Pool,
+        req: Request<SentBody>,
+    ) -> Result<(Response<Incoming>, Lease), Failure> {
+        let mut lease = pool.fresh().await.map_err(|_| Failure::Connect)?;
         let Some(sender) = lease.sender() else {
             return Err(Failure::Protocol);
         };
@@ -290,6 +384,11 @@ impl Progress {
             request_done: AtomicBool::new(false),
             bytes_in: AtomicU64::new(0),
         }
+    }
+
+    #[cfg(test)]
+    pub fn for_test() -> Self {
+        Progress::new(Instant::now())
     }
 
     /// Request body bytes handed to the upstream so far.
@@ -373,6 +472,13 @@ impl SentBody {
             progress,
             silence: Stall::new(body_timeout),
         }
+    }
+}
+
+#[cfg(test)]
+impl SentBody {
+    pub fn for_test(inner: RequestBody, progress: Arc<Progress>) -> Self {
+        SentBody::new(inner, progress, Duration::from_secs(10))
     }
 }
 
