@@ -23,23 +23,25 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response};
-use http_body::{Body, Frame, SizeHint};
-use tokio::io::AsyncWrite;
+use http_body::{Body, Frame};
+use tokio::io::{AsyncWrite, Interest};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::body::BodyError;
 use super::pool::{Reusable, Stack};
-use super::upstream::SentBody;
+use super::upstream::{SentBody, UPSTREAM_BUFFER_BYTES};
 
+mod response;
 mod wire;
-pub use wire::{Decoder, ProtocolError};
+pub use response::ResponseBody;
+pub use wire::ProtocolError;
 
 /// Bytes read from the upstream at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -53,6 +55,10 @@ pub struct Conn {
     out: VecDeque<Bytes>,
     /// The request body, until its end has been queued.
     body: Option<SentBody>,
+    /// The upstream stopped taking the request (a write failed after it
+    /// may have answered): the rest of the request is dropped, the answer
+    /// still read, and the connection closed after it.
+    broken: bool,
     framing: wire::BodyFraming,
     /// Body bytes still owed under `Content-Length`.
     owed: u64,
@@ -62,18 +68,14 @@ pub struct Conn {
 
 impl Reusable for Box<Conn> {
     /// Idle, a connection has nothing to say: readable means the upstream
-    /// closed it (or wrote what nobody asked for). The readiness flag is
-    /// the reactor's, so a quiet connection costs no system call here.
+    /// closed it (or wrote what nobody asked for). A peek, so that a stray
+    /// byte stays there to be seen again; the readiness flag is the
+    /// reactor's, so a quiet connection costs no system call here.
     fn is_closed(&self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => false,
-            Poll::Ready(Err(_)) => true,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                !matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+        let mut probe = [0u8; 1];
+        let mut probe = tokio::io::ReadBuf::new(&mut probe);
+        !matches!(self.io.poll_peek(&mut cx, &mut probe), Poll::Pending)
     }
 }
 
@@ -84,9 +86,26 @@ impl Conn {
             if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
                 self.buf.reserve(READ_CHUNK);
             }
-            // Without readiness this returns at once, with no system call.
-            match self.io.try_read_buf(&mut self.buf) {
+            let room = self.buf.capacity() - self.buf.len();
+            let (io, buf) = (&self.io, &mut self.buf);
+            let mut got = 0;
+            // A read shorter than the room drained the socket: the
+            // readiness is cleared with it (as tokio's own `poll_read`
+            // does), so that the next look costs no system call that would
+            // only say "nothing yet". The readiness seen before the read is
+            // the one cleared: an event that came after it stands.
+            let read = io.try_io(Interest::READABLE, || {
+                got = io.try_read_buf(buf)?;
+                if got > 0 && got < room {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(got)
+            });
+            match read {
                 Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => {
+                    return Poll::Ready(Ok(got));
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     ready!(self.io.poll_read_ready(cx))?;
                 }
@@ -150,17 +169,45 @@ impl Client {
         self.pool.len()
     }
 
+    /// A new connection within `connect_timeout`, shared between the
+    /// name's addresses so that one that never answers (a black-holed
+    /// IPv6 route, say) leaves time for the next, as hyper-util's connector
+    /// does.
     async fn connect(&self) -> Result<Box<Conn>, Error> {
-        let connecting = TcpStream::connect((self.host.as_str(), self.port));
-        let io = match tokio::time::timeout(self.connect_timeout, connecting).await {
-            Ok(Ok(io)) => io,
+        let timed_out = || {
+            Error::Connect(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no connection within {:?}", self.connect_timeout),
+            ))
+        };
+        let started = Instant::now();
+        let lookup = tokio::net::lookup_host((self.host.as_str(), self.port));
+        let addrs: Vec<_> = match tokio::time::timeout(self.connect_timeout, lookup).await {
+            Ok(Ok(addrs)) => addrs.collect(),
             Ok(Err(e)) => return Err(Error::Connect(e)),
-            Err(_) => {
-                return Err(Error::Connect(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no connection within {:?}", self.connect_timeout),
-                )));
+            Err(_) => return Err(timed_out()),
+        };
+        let mut last = None;
+        let mut io = None;
+        for (i, addr) in addrs.iter().enumerate() {
+            let left = self.connect_timeout.saturating_sub(started.elapsed());
+            let share = left / u32::try_from(addrs.len() - i).unwrap_or(u32::MAX);
+            match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    io = Some(stream);
+                    break;
+                }
+                Ok(Err(e)) => last = Some(Error::Connect(e)),
+                Err(_) => last = Some(timed_out()),
             }
+        }
+        let Some(io) = io else {
+            return Err(last.unwrap_or_else(|| {
+                Error::Connect(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{} resolves to no address", self.host),
+                ))
+            }));
         };
         io.set_nodelay(true).map_err(Error::Connect)?;
         // Boxed once for its life: an exchange moves it between the pool,
@@ -170,6 +217,7 @@ impl Client {
             buf: BytesMut::new(),
             out: VecDeque::with_capacity(MAX_QUEUED),
             body: None,
+            broken: false,
             framing: wire::BodyFraming::Length(0),
             owed: 0,
             chunk_open: false,
@@ -179,8 +227,8 @@ impl Client {
     /// Sends `req` and reads the response head; its body streams from the
     /// returned `ResponseBody`. A request without a body that a kept-alive
     /// connection failed before any byte of an answer (the upstream closed
-    /// it as it was taken) is sent once more on a new connection, unless
-    /// its method is not idempotent (nginx's rule).
+    /// it as it was taken) is sent once more on a new connection if its
+    /// method is idempotent.
     pub async fn send(
         &self,
         req: Request<SentBody>,
@@ -224,22 +272,18 @@ impl Client {
             keep_alive,
         } = head;
         let (parts, ()) = response.into_parts();
-        Ok(Response::from_parts(
-            parts,
-            ResponseBody {
-                exchange: Some(exchange),
-                decoder,
-                keep_alive,
-                pool: Arc::downgrade(&self.pool),
-            },
-        ))
+        let body = ResponseBody::new(exchange, decoder, keep_alive, Arc::downgrade(&self.pool));
+        Ok(Response::from_parts(parts, body))
     }
 }
 
-/// RFC 9110 §9.2.2, as nginx's `proxy_next_upstream` reads it: every method
-/// but POST, PATCH and LOCK may be sent twice.
+/// The methods RFC 9110 §9.2.2 defines as idempotent (and no method it
+/// does not know of).
 fn idempotent(method: &Method) -> bool {
-    !matches!(method.as_str(), "POST" | "PATCH" | "LOCK")
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 /// A failure before the response head, and whether any byte of an answer
@@ -249,7 +293,9 @@ struct Failed {
     answered: bool,
 }
 
-/// Pieces queued for one vectored write at most.
+/// Pieces queued for one vectored write at most. What is queued stays
+/// under `UPSTREAM_BUFFER_BYTES` before the next piece of the body is taken
+/// (so at most that plus one piece: the bound per request in the README).
 const MAX_QUEUED: usize = 4;
 
 impl Conn {
@@ -264,6 +310,14 @@ impl Conn {
         };
         self.framing = framing;
         self.chunk_open = false;
+        self.broken = false;
+    }
+
+    /// The upstream stopped taking the request: keep only its answer.
+    fn abandon_request(&mut self) {
+        self.body = None;
+        self.out.clear();
+        self.broken = true;
     }
 
     /// True when the whole request (head and body) has been written.
@@ -278,6 +332,7 @@ impl Conn {
         loop {
             if let Some(body) = self.body.as_mut()
                 && self.out.len() < MAX_QUEUED
+                && self.out.iter().map(Bytes::len).sum::<usize>() < UPSTREAM_BUFFER_BYTES
                 && let Poll::Ready(frame) = Pin::new(body).poll_frame(cx)
             {
                 self.queue(frame)?;
@@ -348,42 +403,48 @@ impl Conn {
                 self.owed -= len;
                 self.out.push_back(data);
             }
-            // Trailers end a chunked body as its trailer section; a body
-            // framed by its length has no place for them.
-            Err(frame) => {
-                if chunked && let Ok(trailers) = frame.into_trailers() {
-                    self.body = None;
-                    let last = wire::last_chunk(self.chunk_open, Some(&trailers));
-                    self.out.push_back(last);
-                }
-            }
+            // Request trailers are not forwarded: hyper sends only those a
+            // `Trailer` header announced, and that header is hop-by-hop, so
+            // none ever went upstream; sent, they would carry past the
+            // header rewriting what it removes (a key, `x-keygate-*`).
+            Err(_) => {}
         }
         Ok(())
     }
 
-    /// Writes the request and reads until a final response head.
+    /// Writes the request and reads until a final response head. What the
+    /// upstream said is looked at before writing more: an upstream may
+    /// answer early (401, 413) and close, and the answer stands even when
+    /// the write that follows fails.
     fn poll_head(
         &mut self,
         cx: &mut Context<'_>,
         head_request: bool,
     ) -> Poll<Result<wire::Head, Failed>> {
         loop {
-            if !self.sent()
-                && let Poll::Ready(Err(error)) = self.poll_send(cx)
-            {
-                return Poll::Ready(Err(Failed {
-                    answered: !self.buf.is_empty(),
-                    error,
-                }));
-            }
             match wire::parse_head(&mut self.buf, head_request) {
-                Ok(Some(head)) => return Poll::Ready(Ok(head)),
+                Ok(Some(mut head)) => {
+                    head.keep_alive &= !self.broken;
+                    return Poll::Ready(Ok(head));
+                }
                 Ok(None) => {}
                 Err(e) => {
                     return Poll::Ready(Err(Failed {
                         error: Error::Protocol(e),
                         answered: true,
                     }));
+                }
+            }
+            if !self.sent() {
+                match self.poll_send(cx) {
+                    Poll::Ready(Err(error @ Error::Body(_))) => {
+                        return Poll::Ready(Err(Failed {
+                            answered: !self.buf.is_empty(),
+                            error,
+                        }));
+                    }
+                    Poll::Ready(Err(_)) => self.abandon_request(),
+                    _ => {}
                 }
             }
             let error = match ready!(self.poll_fill(cx)) {
@@ -396,182 +457,6 @@ impl Conn {
                 error,
             }));
         }
-    }
-}
-
-/// A response body read from the upstream connection by the task that
-/// relays it; the request body, if still on its way, is written by the same
-/// polls. The connection goes back to the pool at the body's end when the
-/// exchange was whole, and is closed when it is dropped before.
-pub struct ResponseBody {
-    exchange: Option<Box<Conn>>,
-    decoder: Decoder,
-    keep_alive: bool,
-    pool: Weak<Stack<Box<Conn>>>,
-}
-
-impl ResponseBody {
-    /// The body is whole: the connection may carry the next exchange.
-    fn finish(&mut self) {
-        self.decoder = Decoder::Done;
-        let Some(exchange) = self.exchange.take() else {
-            return;
-        };
-        if self.keep_alive
-            && exchange.sent()
-            && exchange.buf.is_empty()
-            && let Some(pool) = self.pool.upgrade()
-        {
-            pool.push(exchange);
-        }
-    }
-
-    fn fail(&mut self, error: Error) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        self.exchange = None;
-        self.decoder = Decoder::Done;
-        Poll::Ready(Some(Err(Box::new(error))))
-    }
-
-    /// After `101 Switching Protocols`: the connection, for a tunnel, with
-    /// whatever the upstream already sent past the response head.
-    pub fn take_tunnel(&mut self) -> Option<Tunnel> {
-        let conn = self.exchange.take()?;
-        let conn = *conn;
-        Some(Tunnel {
-            io: conn.io,
-            early: conn.buf.freeze(),
-        })
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self.get_mut();
-        loop {
-            let Some(exchange) = this.exchange.as_mut() else {
-                return Poll::Ready(None);
-            };
-            if !exchange.sent()
-                && let Poll::Ready(Err(e)) = exchange.poll_send(cx)
-            {
-                if let Error::Body(_) = e {
-                    // The client broke its upload: the exchange is cut.
-                    return this.fail(e);
-                }
-                // The upstream stopped taking the request (it answered
-                // early and closed): its response is still read whole, on
-                // a connection that is then closed.
-                exchange.body = None;
-                exchange.out.clear();
-                this.keep_alive = false;
-                continue;
-            }
-            let buf = &mut exchange.buf;
-            let step = match &mut this.decoder {
-                Decoder::Done | Decoder::Length(0) => wire::Step::End,
-                Decoder::Length(owed) => match wire::take_up_to(buf, *owed) {
-                    Some(data) => {
-                        *owed -= data.len() as u64;
-                        wire::Step::Data(data)
-                    }
-                    None => wire::Step::More,
-                },
-                Decoder::Eof => match wire::take_up_to(buf, u64::MAX) {
-                    Some(data) => wire::Step::Data(data),
-                    None => wire::Step::More,
-                },
-                Decoder::Chunked(state) => match wire::decode_chunk(state, buf) {
-                    Ok(step) => step,
-                    Err(e) => return this.fail(Error::Protocol(e)),
-                },
-            };
-            match step {
-                wire::Step::Data(data) => {
-                    if this.decoder.is_done() {
-                        this.finish();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                wire::Step::Trailers(trailers) => {
-                    this.finish();
-                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                }
-                wire::Step::End => {
-                    this.finish();
-                    return Poll::Ready(None);
-                }
-                wire::Step::More => {}
-            }
-            match ready!(exchange.poll_fill(cx)) {
-                Ok(0) if matches!(this.decoder, Decoder::Eof) => {
-                    // The connection's end was the body's: nothing to reuse.
-                    this.keep_alive = false;
-                    this.finish();
-                    return Poll::Ready(None);
-                }
-                Ok(0) => return this.fail(Error::Protocol(ProtocolError::IncompleteBody)),
-                Ok(_) => {}
-                Err(e) => return this.fail(Error::Io(e)),
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.exchange.is_none() || self.decoder.is_done()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.decoder {
-            Decoder::Length(n) => SizeHint::with_exact(n),
-            Decoder::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
-        }
-    }
-}
-
-/// An upstream connection after `101 Switching Protocols`: the bytes read
-/// past the response head come first.
-pub struct Tunnel {
-    io: TcpStream,
-    early: Bytes,
-}
-
-impl tokio::io::AsyncRead for Tunnel {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.early.is_empty() {
-            let n = self.early.len().min(buf.remaining());
-            buf.put_slice(&self.early.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Tunnel {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, data)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

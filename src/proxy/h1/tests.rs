@@ -62,6 +62,32 @@ fn request_heads_frame_their_bodies_as_nginx_does() {
         "POST /a?b=c HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
     );
     assert_eq!(framing, BodyFraming::Chunked);
+
+    // One framing header, whatever the client's said: a length that does
+    // not parse is dropped, not sent beside the chunked framing.
+    let (head, framing) = wire::encode_head(
+        &parts(Method::POST, &[("content-length", "x"), ("a", "b")]),
+        Some(None),
+    );
+    assert_eq!(
+        text(&head),
+        "POST /a?b=c HTTP/1.1\r\na: b\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    assert_eq!(framing, BodyFraming::Chunked);
+    let (head, framing) = wire::encode_head(
+        &parts(Method::POST, &[("content-length", "x")]),
+        Some(Some(3)),
+    );
+    assert_eq!(
+        text(&head),
+        "POST /a?b=c HTTP/1.1\r\ncontent-length: 3\r\n\r\n"
+    );
+    assert_eq!(framing, BodyFraming::Length(3));
+    let (head, _) = wire::encode_head(&parts(Method::GET, &[("content-length", "0")]), None);
+    assert_eq!(
+        text(&head),
+        "GET /a?b=c HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
+    );
 }
 
 fn head(raw: &str, head_request: bool) -> Result<Option<wire::Head>, ProtocolError> {
@@ -228,6 +254,7 @@ fn chunked_bodies_decode_with_extensions_and_trailers() {
     assert!(data.is_empty() && trailers.is_none());
     for bad in [
         &b"x\r\n"[..],
+        b"5;a\nb\r\nhello\r\n0\r\n\r\n",
         b"5\r\nhelloXX0\r\n\r\n",
         b"-5\r\nhello\r\n",
         b"11111111111111111\r\n",
@@ -482,8 +509,121 @@ async fn an_upstream_cut_mid_body_is_an_error_not_an_end() {
         .send(request(Method::GET, None), Instant::now())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let err = resp.into_body().collect().await.err();
-    assert!(err.is_some_and(|e| e.to_string().contains("mid-body")));
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    let err = loop {
+        match body.frame().await {
+            Some(Ok(frame)) => got.extend_from_slice(&frame.into_data().unwrap_or_default()),
+            Some(Err(e)) => break e,
+            None => panic!("a cut body read as whole"),
+        }
+    };
+    assert_eq!(got, b"short");
+    assert!(err.to_string().contains("mid-body"), "{err}");
+    // The access log asks this to tell a whole body from a cut one.
+    assert!(!body.is_end_stream());
+    assert_eq!(client.idle(), 0);
+}
+
+#[tokio::test]
+async fn a_response_without_a_body_gives_its_connection_back_unread() {
+    let (addr, mut seen) = scripted(vec![
+        "HTTP/1.1 204 No Content\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        // To a HEAD: the length of what a GET would get, and no body.
+        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+    ])
+    .await;
+    let client = client(&addr);
+    // hyper never polls a body that says it has ended: these are dropped
+    // unread, as hyper's server drops them.
+    for status in [StatusCode::NO_CONTENT, StatusCode::OK] {
+        let resp = client
+            .send(request(Method::GET, None), Instant::now())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(resp.status(), status);
+        assert!(resp.body().is_end_stream());
+        drop(resp);
+        assert_eq!(client.idle(), 1, "after {status}");
+    }
+    let mut head_req = request(Method::HEAD, None);
+    *head_req.method_mut() = Method::HEAD;
+    let resp = client
+        .send(head_req, Instant::now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        resp.body().is_end_stream(),
+        "HEAD: no body whatever the length says"
+    );
+    drop(resp);
+    assert_eq!(client.idle(), 1);
+    let mut conns = Vec::new();
+    while let Ok((conn, _)) = seen.try_recv() {
+        conns.push(conn);
+    }
+    assert_eq!(conns, [1, 1, 1]);
+}
+
+#[tokio::test]
+async fn request_trailers_are_not_forwarded() {
+    let (addr, mut seen) = scripted(vec!["HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"]).await;
+    let client = client(&addr);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-keygate-key-id", http::HeaderValue::from_static("forged"));
+    let frames = vec![
+        Ok(http_body::Frame::data(Bytes::from_static(b"abc"))),
+        Ok(http_body::Frame::trailers(trailers)),
+    ];
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
+    let progress = std::sync::Arc::new(super::super::upstream::Progress::for_test());
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/x")
+        .header("host", "up")
+        .body(SentBody::for_test(body, progress))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let resp = client
+        .send(req, Instant::now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(resp);
+    let (_, got) = seen.recv().await.unwrap_or_else(|| panic!("no request"));
+    assert_eq!(
+        got,
+        "POST /x HTTP/1.1\r\nhost: up\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    );
+}
+
+#[tokio::test]
+async fn an_early_answer_stands_when_the_upstream_closes_mid_upload() {
+    // Answers 413 as soon as it has the head and closes with the upload
+    // unread: the writes that follow fail, the answer is still the answer.
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move {
+        if let Ok((mut tcp, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 1024];
+            let _ = tcp.read(&mut buf).await;
+            let _ = tcp
+                .write_all(
+                    b"HTTP/1.1 413 Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope",
+                )
+                .await;
+        }
+    });
+    let client = client(&addr.to_string());
+    static PIECE: [u8; 65536] = [b'x'; 65536];
+    let pieces = vec![Bytes::from_static(&PIECE); 1024];
+    let resp = client
+        .send(request(Method::POST, Some(pieces)), Instant::now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body_of(resp).await, "nope");
     assert_eq!(client.idle(), 0);
 }
 

@@ -64,31 +64,28 @@ pub enum BodyFraming {
 }
 
 /// The request head, and its body's framing. `body`: `None` without a
-/// body, else its exact length when known. A `Content-Length` the client
-/// sent is kept (hyper checked the body against it); a body of unknown
-/// length goes chunked. POST, PUT and PATCH without a body say
-/// `Content-Length: 0`, as nginx and hyper do.
+/// body, else its exact length when known. The body is framed by the
+/// client's `Content-Length` when it parses, else by its known length,
+/// else chunked, and the head carries exactly one framing header for it
+/// (whatever else the client sent under that name is dropped). POST, PUT
+/// and PATCH without a body say `Content-Length: 0`, as nginx does.
 pub fn encode_head(parts: &Parts, body: Option<Option<u64>>) -> (Bytes, BodyFraming) {
-    let sent_length = parts
-        .headers
-        .get(CONTENT_LENGTH)
+    // The client's `Content-Length`, if it parses (hyper's server checked
+    // the body against it); the head then says only what framing says.
+    let mut sent = parts.headers.get_all(CONTENT_LENGTH).iter();
+    let sent_length = sent
+        .next()
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let (framing, add): (BodyFraming, Option<&[u8]>) = match (body, sent_length) {
-        (None, Some(_)) => (BodyFraming::Length(0), None),
-        (None, None) => {
-            let needs = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
-            (
-                BodyFraming::Length(0),
-                needs.then_some(b"content-length: 0\r\n".as_slice()),
-            )
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let had_length = parts.headers.contains_key(CONTENT_LENGTH);
+    let (framing, length) = match (body, sent_length) {
+        (None, _) => {
+            let needs =
+                had_length || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+            (BodyFraming::Length(0), needs.then_some(0))
         }
-        (Some(Some(n)), Some(_)) | (Some(None), Some(n)) => (BodyFraming::Length(n), None),
-        (Some(Some(n)), None) => (BodyFraming::Length(n), Some(b"".as_slice())),
-        (Some(None), None) => (
-            BodyFraming::Chunked,
-            Some(b"transfer-encoding: chunked\r\n".as_slice()),
-        ),
+        (Some(_), Some(n)) | (Some(Some(n)), None) => (BodyFraming::Length(n), Some(n)),
+        (Some(None), None) => (BodyFraming::Chunked, None),
     };
     let target = parts
         .uri
@@ -105,19 +102,22 @@ pub fn encode_head(parts: &Parts, body: Option<Option<u64>>) -> (Bytes, BodyFram
     out.put_slice(target);
     out.put_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
+        if name == CONTENT_LENGTH {
+            continue;
+        }
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
-    match (add, framing) {
-        (Some(b""), BodyFraming::Length(n)) => {
+    match (length, framing) {
+        (Some(n), _) => {
             out.put_slice(b"content-length: ");
             out.put_slice(itoa::Buffer::new().format(n).as_bytes());
             out.put_slice(b"\r\n");
         }
-        (Some(line), _) => out.put_slice(line),
-        (None, _) => {}
+        (None, BodyFraming::Chunked) => out.put_slice(b"transfer-encoding: chunked\r\n"),
+        (None, BodyFraming::Length(_)) => {}
     }
     out.put_slice(b"\r\n");
     (out.freeze(), framing)
@@ -451,7 +451,8 @@ fn chunk_size(line: &[u8]) -> Result<u64, ProtocolError> {
     }
     let rest = &line[digits..];
     let rest = rest.trim_ascii_start();
-    let rest_ok = rest.is_empty() || rest.first() == Some(&b';');
+    let rest_ok = (rest.is_empty() || rest.first() == Some(&b';'))
+        && !rest.iter().any(|b| matches!(b, b'\r' | b'\n'));
     if !rest_ok {
         return Err(ProtocolError::BadChunk);
     }
