@@ -299,6 +299,15 @@ proptest! {
     }
 }
 
+/// A listener on an ephemeral port of 127.0.0.1, and its address.
+async fn bound() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    (listener, addr.to_string())
+}
+
 /// A scripted upstream: for each connection it accepts, reads one request
 /// head (and a body as `read_body` says), sends it back on `seen`, and
 /// writes the next answer from `answers`; keeps the connection open unless
@@ -309,10 +318,7 @@ async fn scripted(
     String,
     tokio::sync::mpsc::UnboundedReceiver<(usize, String)>,
 ) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (listener, addr) = bound().await;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut answers = answers.into_iter();
@@ -361,7 +367,7 @@ async fn scripted(
             }
         }
     });
-    (addr.to_string(), rx)
+    (addr, rx)
 }
 
 fn client(addr: &str) -> Client {
@@ -471,10 +477,7 @@ async fn request_bodies_go_chunked_or_by_length_and_whole() {
 #[tokio::test]
 async fn a_kept_alive_connection_the_upstream_closed_is_not_used() {
     // Answers once per connection, then closes it without saying so.
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (listener, addr) = bound().await;
     let (tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
@@ -487,7 +490,7 @@ async fn a_kept_alive_connection_the_upstream_closed_is_not_used() {
             let _ = tx.send(());
         }
     });
-    let client = client(&addr.to_string());
+    let client = client(&addr);
     for _ in 0..3 {
         let resp = client
             .send(request(Method::GET, None), Instant::now())
@@ -600,10 +603,7 @@ async fn request_trailers_are_not_forwarded() {
 async fn an_early_answer_stands_when_the_upstream_closes_mid_upload() {
     // Answers 413 as soon as it has the head and closes with the upload
     // unread: the writes that follow fail, the answer is still the answer.
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (listener, addr) = bound().await;
     tokio::spawn(async move {
         if let Ok((mut tcp, _)) = listener.accept().await {
             let mut buf = vec![0u8; 1024];
@@ -615,7 +615,7 @@ async fn an_early_answer_stands_when_the_upstream_closes_mid_upload() {
                 .await;
         }
     });
-    let client = client(&addr.to_string());
+    let client = client(&addr);
     static PIECE: [u8; 65536] = [b'x'; 65536];
     let pieces = vec![Bytes::from_static(&PIECE); 1024];
     let resp = client
@@ -630,10 +630,7 @@ async fn an_early_answer_stands_when_the_upstream_closes_mid_upload() {
 #[tokio::test]
 async fn an_early_answer_is_read_whole_while_the_upload_is_stuck() {
     // Answers as soon as it has the head, then never reads again.
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (listener, addr) = bound().await;
     let (hold, mut held) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         if let Ok((mut tcp, _)) = listener.accept().await {
@@ -645,7 +642,7 @@ async fn an_early_answer_is_read_whole_while_the_upload_is_stuck() {
             let _ = hold.send(tcp);
         }
     });
-    let client = client(&addr.to_string());
+    let client = client(&addr);
     // 64 MiB in 64 KiB pieces: far more than the sockets buffer.
     static PIECE: [u8; 65536] = [b'x'; 65536];
     let pieces = vec![Bytes::from_static(&PIECE); 1024];
