@@ -599,37 +599,11 @@ async fn request_trailers_are_not_forwarded() {
     );
 }
 
-#[tokio::test]
-async fn an_early_answer_stands_when_the_upstream_closes_mid_upload() {
-    // Answers 413 as soon as it has the head and closes with the upload
-    // unread: the writes that follow fail, the answer is still the answer.
-    let (listener, addr) = bound().await;
-    tokio::spawn(async move {
-        if let Ok((mut tcp, _)) = listener.accept().await {
-            let mut buf = vec![0u8; 1024];
-            let _ = tcp.read(&mut buf).await;
-            let _ = tcp
-                .write_all(
-                    b"HTTP/1.1 413 Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope",
-                )
-                .await;
-        }
-    });
-    let client = client(&addr);
-    static PIECE: [u8; 65536] = [b'x'; 65536];
-    let pieces = vec![Bytes::from_static(&PIECE); 1024];
-    let resp = client
-        .send(request(Method::POST, Some(pieces)), Instant::now())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(body_of(resp).await, "nope");
-    assert_eq!(client.idle(), 0);
-}
-
-#[tokio::test]
-async fn an_early_answer_is_read_whole_while_the_upload_is_stuck() {
-    // Answers as soon as it has the head, then never reads again.
+/// An upstream that answers 413 as soon as it has the request head, then
+/// reads nothing more: it closes the connection (`close`, so the writes
+/// that follow fail) or holds it open (so the upload is stuck). Either way
+/// the answer is the answer, read whole, and the connection is not reused.
+async fn early_answer(close: bool) {
     let (listener, addr) = bound().await;
     let (hold, mut held) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -639,7 +613,9 @@ async fn an_early_answer_is_read_whole_while_the_upload_is_stuck() {
             let _ = tcp
                 .write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 4\r\n\r\nnope")
                 .await;
-            let _ = hold.send(tcp);
+            if !close {
+                let _ = hold.send(tcp);
+            }
         }
     });
     let client = client(&addr);
@@ -658,4 +634,14 @@ async fn an_early_answer_is_read_whole_while_the_upload_is_stuck() {
         "a connection with half a request is not reused"
     );
     drop(held.recv().await);
+}
+
+#[tokio::test]
+async fn an_early_answer_stands_when_the_upstream_closes_mid_upload() {
+    early_answer(true).await;
+}
+
+#[tokio::test]
+async fn an_early_answer_is_read_whole_while_the_upload_is_stuck() {
+    early_answer(false).await;
 }
