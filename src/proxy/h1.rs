@@ -254,13 +254,16 @@ impl Client {
             None => self.connect().await?,
         };
         let mut exchange = conn;
-        exchange.start(head.clone(), has_body.then_some(body), framing);
+        // Kept for a retry only when one may happen (a clone of a fresh
+        // `Bytes` allocates).
+        let again = retry.then(|| head.clone());
+        exchange.start(head, has_body.then_some(body), framing);
         let head = match std::future::poll_fn(|cx| exchange.poll_head(cx, head_request)).await {
             Ok(head) => head,
             Err(Failed { error, answered }) => {
-                if !(reused && retry && !answered) {
+                let Some(head) = again.filter(|_| reused && !answered) else {
                     return Err(error);
-                }
+                };
                 exchange = self.connect().await?;
                 exchange.start(head, None, framing);
                 std::future::poll_fn(|cx| exchange.poll_head(cx, head_request))

@@ -104,8 +104,10 @@ impl Body for ResponseBody {
             if !exchange.sent()
                 && let Poll::Ready(Err(e)) = exchange.poll_send(cx)
             {
-                if let Error::Body(_) = e {
-                    // The client broke its upload: the exchange is cut.
+                if let Error::Body(_) | Error::Protocol(_) = e {
+                    // The request itself broke (the client's upload, or a
+                    // body that does not match its length): the exchange
+                    // is cut.
                     return this.fail(e);
                 }
                 // The upstream stopped taking the request (it answered

@@ -171,7 +171,10 @@ impl Conn {
             }
             if !self.sent() {
                 match self.poll_send(cx) {
-                    Poll::Ready(Err(error @ Error::Body(_))) => {
+                    // The request itself broke (the client's upload, or a
+                    // body that does not match its length): no answer to
+                    // wait for.
+                    Poll::Ready(Err(error @ (Error::Body(_) | Error::Protocol(_)))) => {
                         return Poll::Ready(Err(Failed {
                             answered: !self.buf.is_empty(),
                             error,
