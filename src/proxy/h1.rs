@@ -241,19 +241,12 @@ impl Client {
         let (head, framing) = wire::encode_head(&parts, has_body.then(|| body.size_hint().exact()));
         let retry = !has_body && idempotent(&parts.method);
         let head_request = parts.method == Method::HEAD;
-        let mut pooled = None;
-        while let Some(conn) = self.pool.pop(now) {
-            if !conn.is_closed() {
-                pooled = Some(conn);
-                break;
-            }
-        }
+        let pooled = std::iter::from_fn(|| self.pool.pop(now)).find(|c| !c.is_closed());
         let reused = pooled.is_some();
-        let conn = match pooled {
+        let mut exchange = match pooled {
             Some(conn) => conn,
             None => self.connect().await?,
         };
-        let mut exchange = conn;
         // Kept for a retry only when one may happen (a clone of a fresh
         // `Bytes` allocates).
         let again = retry.then(|| head.clone());

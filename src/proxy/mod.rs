@@ -567,19 +567,12 @@ impl Gateway {
                     return;
                 };
                 let client = hyper_util::rt::TokioIo::new(client);
-                // The client connection lives on as a tunnel once hyper
-                // has handed it over: it still counts as open.
                 match upstream_side {
-                    Some(Ok(own)) => {
-                        metrics.connection_opened();
-                        tunnel::run(client, own, idle).await;
-                        metrics.connection_closed();
-                    }
+                    Some(Ok(own)) => tunnel::run(client, own, idle, &metrics).await,
                     Some(Err(on)) => {
                         if let Ok(upgraded) = on.await {
-                            metrics.connection_opened();
-                            tunnel::run(client, hyper_util::rt::TokioIo::new(upgraded), idle).await;
-                            metrics.connection_closed();
+                            let upgraded = hyper_util::rt::TokioIo::new(upgraded);
+                            tunnel::run(client, upgraded, idle, &metrics).await;
                         }
                     }
                     None => {}

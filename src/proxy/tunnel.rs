@@ -12,8 +12,21 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, sleep_until};
 
-/// Runs a tunnel to its end.
-pub async fn run<C, U>(client: C, mut upstream: U, idle: Duration)
+use crate::metrics::Metrics;
+
+/// Runs a tunnel to its end. The client connection lives on as the tunnel
+/// once hyper has handed it over: it counts as open until then.
+pub async fn run<C, U>(client: C, upstream: U, idle: Duration, metrics: &Metrics)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    metrics.connection_opened();
+    relay(client, upstream, idle).await;
+    metrics.connection_closed();
+}
+
+async fn relay<C, U>(client: C, mut upstream: U, idle: Duration)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,

@@ -46,8 +46,8 @@ impl ResponseBody {
             failed: false,
             pool,
         };
-        // Not a connection that will not be reused: after a 101 it is the
-        // tunnel's, and any other is closed when the body is dropped.
+        // Only a reusable one: after a 101 the connection is the tunnel's,
+        // and any other is closed when the body is dropped.
         if body.decoder.is_done() && keep_alive {
             body.finish();
         }

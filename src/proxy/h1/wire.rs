@@ -2,6 +2,8 @@
 //! functions over buffers: the request head written, the response head
 //! parsed and its body's framing decided, chunks decoded.
 
+use std::fmt::Write;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
@@ -72,9 +74,9 @@ pub enum BodyFraming {
 pub fn encode_head(parts: &Parts, body: Option<Option<u64>>) -> (Bytes, BodyFraming) {
     // The client's `Content-Length`, if it parses (hyper's server checked
     // the body against it); the head then says only what framing says.
-    let mut sent = parts.headers.get_all(CONTENT_LENGTH).iter();
-    let sent_length = sent
-        .next()
+    let sent_length = parts
+        .headers
+        .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let had_length = parts.headers.contains_key(CONTENT_LENGTH);
@@ -130,7 +132,9 @@ pub fn chunk_size_line(close_previous: bool, len: usize) -> Bytes {
     if close_previous {
         out.put_slice(b"\r\n");
     }
-    out.put_slice(format!("{len:x}\r\n").as_bytes());
+    // Into the buffer directly: no string per chunk. Writing to a
+    // `BytesMut` cannot fail.
+    let _ = write!(out, "{len:x}\r\n");
     out.freeze()
 }
 
@@ -332,7 +336,7 @@ fn framing(response: &Response<()>, head_request: bool) -> Result<(Decoder, bool
 
 /// HTTP/1.1 keeps the connection unless `Connection: close`; HTTP/1.0 only
 /// with `Connection: keep-alive`.
-pub fn keep_alive(response: &Response<()>) -> bool {
+fn keep_alive(response: &Response<()>) -> bool {
     let mut tokens = response
         .headers()
         .get_all(CONNECTION)
