@@ -82,11 +82,16 @@ async fn invalid_store_keeps_the_last_good_index_and_reports_it() {
     let upstream = TestUpstream::start().await;
     let gw = TestGateway::start(&upstream.url());
     let good = std::fs::read_to_string(gw.store_path()).unwrap();
+    // Written whole (new file, renamed over): written in place, the watcher
+    // may read the file between its truncation and the write, load an empty
+    // store, and then keep that as the last good index.
+    let tmp = gw.dir.path().join(".keys.toml.swp");
     std::fs::write(
-        gw.store_path(),
+        &tmp,
         format!("{good}\n[[keys]]\nid = \"broken\"\naccess = \"admin\"\n"),
     )
     .unwrap();
+    std::fs::rename(&tmp, gw.store_path()).unwrap();
     let ops = gw.ops;
     wait_for_metric(ops, "keygate_reloads_total{result=\"failure\"}", |v| {
         v >= 1.0
