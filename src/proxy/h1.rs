@@ -66,6 +66,10 @@ pub struct Conn {
     owed: u64,
     /// A chunk's data was queued: its CRLF goes before the next size line.
     chunk_open: bool,
+    /// The request's header map, emptied: the response's headers fill it
+    /// (hyper's server hands the map of each response it writes to the next
+    /// request it reads, so one map's room serves every exchange).
+    headers: http::HeaderMap,
 }
 
 impl Reusable for Box<Conn> {
@@ -223,42 +227,44 @@ impl Client {
             framing: wire::BodyFraming::Length(0),
             owed: 0,
             chunk_open: false,
+            headers: http::HeaderMap::new(),
         }))
     }
 
-    /// Sends `req` and reads the response head; its body streams from the
-    /// returned `ResponseBody`. A request without a body that a kept-alive
-    /// connection failed before any byte of an answer (the upstream closed
-    /// it as it was taken) is sent once more on a new connection if its
-    /// method is idempotent.
-    pub async fn send(
-        &self,
-        req: Request<SentBody>,
-        now: Instant,
-    ) -> Result<Response<ResponseBody>, Error> {
-        let (parts, body) = req.into_parts();
-        let has_body = !body.is_end_stream();
-        let (head, framing) = wire::encode_head(&parts, has_body.then(|| body.size_hint().exact()));
-        let retry = !has_body && idempotent(&parts.method);
-        let head_request = parts.method == Method::HEAD;
+    /// Sends a request and reads the response head; its body streams from
+    /// the returned `ResponseBody`. A request without a body that a
+    /// kept-alive connection failed before any byte of an answer (the
+    /// upstream closed it as it was taken) is sent once more on a new
+    /// connection if its method is idempotent.
+    pub async fn send(&self, out: Outgoing, now: Instant) -> Result<Response<ResponseBody>, Error> {
+        let Outgoing {
+            head,
+            headers,
+            framing,
+            body,
+            retry,
+            head_request,
+        } = out;
         let pooled = std::iter::from_fn(|| self.pool.pop(now)).find(|c| !c.is_closed());
         let reused = pooled.is_some();
         let mut exchange = match pooled {
             Some(conn) => conn,
-            None => self.connect().await?,
+            // Boxed: rare, and its futures would make every request's
+            // future larger (and each copy of it dearer).
+            None => Box::pin(self.connect()).await?,
         };
         // Kept for a retry only when one may happen (a clone of a fresh
         // `Bytes` allocates).
         let again = retry.then(|| head.clone());
-        exchange.start(head, has_body.then_some(body), framing);
+        exchange.start(head, body, framing, headers);
         let head = match std::future::poll_fn(|cx| exchange.poll_head(cx, head_request)).await {
             Ok(head) => head,
             Err(Failed { error, answered }) => {
                 let Some(head) = again.filter(|_| reused && !answered) else {
                     return Err(error);
                 };
-                exchange = self.connect().await?;
-                exchange.start(head, None, framing);
+                exchange = Box::pin(self.connect()).await?;
+                exchange.start(head, None, framing, http::HeaderMap::new());
                 std::future::poll_fn(|cx| exchange.poll_head(cx, head_request))
                     .await
                     .map_err(|f| f.error)?
@@ -272,6 +278,37 @@ impl Client {
         let (parts, ()) = response.into_parts();
         let body = ResponseBody::new(exchange, decoder, keep_alive, Arc::downgrade(&self.pool));
         Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// A request encoded for the wire, before any wait: the future that sends
+/// it carries these few fields, not the request (which an async function
+/// would keep, as its argument, for its whole life).
+pub struct Outgoing {
+    head: Bytes,
+    /// The request's header map, emptied, for the response's headers.
+    headers: http::HeaderMap,
+    framing: wire::BodyFraming,
+    body: Option<SentBody>,
+    retry: bool,
+    head_request: bool,
+}
+
+impl Outgoing {
+    pub fn new(req: Request<SentBody>) -> Outgoing {
+        let (parts, body) = req.into_parts();
+        let has_body = !body.is_end_stream();
+        let (head, framing) = wire::encode_head(&parts, has_body.then(|| body.size_hint().exact()));
+        let mut headers = parts.headers;
+        headers.clear();
+        Outgoing {
+            head,
+            headers,
+            framing,
+            body: has_body.then_some(body),
+            retry: !has_body && idempotent(&parts.method),
+            head_request: parts.method == Method::HEAD,
+        }
     }
 }
 

@@ -162,7 +162,11 @@ impl Gateway {
     /// preflight), whole and counted, or a request to forward. A server
     /// calls this before it makes a future at all, so that a refusal costs
     /// no future, no allocation and no copy of one.
-    pub fn begin<B>(&self, mut req: Request<B>, conn: &ConnInfo) -> Begun<B> {
+    pub fn begin<B>(&self, mut req: Request<B>, conn: &ConnInfo) -> Begun
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BodyError>,
+    {
         let ctx = Context {
             started: Instant::now(),
             origin: req.headers().get(ORIGIN).cloned(),
@@ -185,26 +189,41 @@ impl Gateway {
         };
         let (route, key) = self.route(req, conn);
         match route {
-            Route::Forward(forward) => Begun::Forward(Box::new(Pending { forward, ctx, key })),
+            Route::Forward(forward) => match self.prepare(forward, conn) {
+                Ok((outgoing, after)) => Begun::Forward(Box::new(Pending {
+                    outgoing,
+                    after,
+                    ctx,
+                    key,
+                })),
+                Err(failed) => {
+                    let (answer, refused) = self.failed(failed, conn);
+                    Begun::Answered(self.answered(answer, &refused, ctx, key.as_ref(), conn))
+                }
+            },
             Route::Answer(answer, refused) => {
                 Begun::Answered(self.answered(answer, &refused, ctx, key.as_ref(), conn))
             }
         }
     }
 
-    /// Forwards what `begin` let through: the upstream's response head with
-    /// its body streaming through, or the answer to a failure.
-    pub async fn forward_pending<B>(
+    /// Forwards what `begin` let through and readied: the upstream's
+    /// response head with its body streaming through, or the answer to a
+    /// failure. The only wait of a forward, so that its future holds the
+    /// exchange and little else.
+    pub async fn forward_pending(
         &self,
-        pending: Box<Pending<B>>,
+        pending: Box<Pending>,
         conn: &ConnInfo,
-    ) -> Response<ProxyBody>
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BodyError>,
-    {
-        let Pending { forward, ctx, key } = *pending;
-        match self.forward(forward, conn).await {
+    ) -> Response<ProxyBody> {
+        let Pending {
+            outgoing,
+            after,
+            ctx,
+            key,
+        } = *pending;
+        let sent = self.upstream.send(outgoing).await;
+        match self.received(sent, after, conn) {
             Routed::Forwarded(response, label, upstream) => {
                 self.forwarded(response, label, upstream, ctx, key, conn)
             }
@@ -460,10 +479,13 @@ impl Gateway {
         }
     }
 
-    /// Forwards a request upstream: the upstream's response head with its
-    /// body streaming through, counted under `label`; or the answer to a
-    /// failure.
-    async fn forward<B>(&self, forward: Forward<B>, conn: &ConnInfo) -> Routed<'_>
+    /// Readies an allowed request for the upstream, before any wait: the
+    /// upgrade taken, the target and headers rewritten, the head encoded.
+    fn prepare<B>(
+        &self,
+        forward: Forward<B>,
+        conn: &ConnInfo,
+    ) -> Result<(upstream::Outgoing, After), upstream::SendError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BodyError>,
@@ -523,31 +545,69 @@ impl Gateway {
 
         let body = body.map_err(Into::into).boxed_unsync();
         let sent_at = Instant::now();
-        let (mut response, progress, lease) = match self
+        let outgoing = self
             .upstream
-            .send(Request::from_parts(parts, body), sent_at)
-            .await
-        {
+            .prepare(Request::from_parts(parts, body), sent_at)?;
+        Ok((
+            outgoing,
+            After {
+                client_upgrade,
+                label,
+                quota,
+                sent_at,
+            },
+        ))
+    }
+
+    /// What a failure to forward is answered with, counted and logged.
+    fn failed(&self, failed: upstream::SendError, conn: &ConnInfo) -> (Answer<'static>, Refused) {
+        match failed.kind {
+            Some(kind) => {
+                self.metrics.upstream_error(kind);
+                tracing::warn!(kind = kind.as_str(), client.addr = %conn.peer, "upstream request failed");
+            }
+            None => {
+                tracing::info!(decision = failed.error.label().as_str(), client.addr = %conn.peer, "client went silent mid-body; request cut")
+            }
+        }
+        // The request's headers went upstream with it; a failure
+        // answer needs none of them.
+        (
+            Answer::Failed(failed.error),
+            Refused {
+                headers: http::HeaderMap::new(),
+                uri: None,
+            },
+        )
+    }
+
+    /// The upstream's answer to a forward: its response head with the body
+    /// streaming through, counted under the request's label (a protocol
+    /// switch handed to a tunnel); or the answer to a failure.
+    fn received(
+        &self,
+        sent: Result<
+            (
+                Response<upstream::UpstreamBody>,
+                Arc<upstream::Progress>,
+                pool::Lease,
+            ),
+            upstream::SendError,
+        >,
+        after: After,
+        conn: &ConnInfo,
+    ) -> Routed<'static> {
+        let After {
+            client_upgrade,
+            label,
+            quota,
+            sent_at,
+        } = after;
+        let (mut response, progress, lease) = match sent {
             Ok(sent) => sent,
             Err(failed) => {
-                match failed.kind {
-                    Some(kind) => {
-                        self.metrics.upstream_error(kind);
-                        tracing::warn!(kind = kind.as_str(), client.addr = %conn.peer, "upstream request failed");
-                    }
-                    None => {
-                        tracing::info!(decision = failed.error.label().as_str(), client.addr = %conn.peer, "client went silent mid-body; request cut")
-                    }
-                }
-                // The request's headers went upstream with it; a failure
-                // answer needs none of them.
-                return Routed::Answered(
-                    Answer::Failed(failed.error),
-                    Refused {
-                        headers: http::HeaderMap::new(),
-                        uri: None,
-                    },
-                );
+                let (answer, refused) = self.failed(failed, conn);
+                return Routed::Answered(answer, refused);
             }
         };
         let upstream_time = sent_at.elapsed();
@@ -603,21 +663,32 @@ impl Gateway {
 }
 
 /// What `Gateway::begin` made of a request.
-pub enum Begun<B> {
+pub enum Begun {
     /// The gateway's own answer, complete.
     Answered(Response<ProxyBody>),
     /// Allowed: `Gateway::forward_pending` sends it on. Boxed: each future
     /// that holds it on the way (the server's, `forward_pending`'s) keeps
     /// a copy of what it was given for its whole life, and a refusal's
     /// `Begun` stays small.
-    Forward(Box<Pending<B>>),
+    Forward(Box<Pending>),
 }
 
-/// A request on its way upstream, with what its answer and log line need.
-pub struct Pending<B> {
-    forward: Forward<B>,
+/// A request readied for the upstream, with what its answer and log line need.
+pub struct Pending {
+    outgoing: upstream::Outgoing,
+    after: After,
     ctx: Context,
     key: Option<DecidedKey>,
+}
+
+/// What a forward needs once the upstream has answered.
+struct After {
+    /// The client's side of a protocol switch, when it asked for one.
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    label: DecisionLabel,
+    /// The rate limit nearest to running out, for the response's headers.
+    quota: Option<crate::limits::Quota>,
+    sent_at: Instant,
 }
 
 /// What a request's answer, log line and metrics need of it once it has

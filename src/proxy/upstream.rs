@@ -241,16 +241,15 @@ impl Upstream {
         self.read_timeout
     }
 
-    /// Sends a request and waits for the response head, within the bounds
-    /// described at the top of this file.
-    /// With the response, the request's `Progress`: its body may still be
-    /// on its way (and the client may still go silent) while the response
-    /// streams back. `sent_at` is now: the response timer runs from it.
-    pub async fn send(
+    /// Readies a request for `send`, before any wait: its target and Host,
+    /// its `Progress`, and for our own HTTP/1.1 engine its head encoded. So
+    /// the future that sends it carries what is left, not the request.
+    /// `sent_at` is now: the response timer runs from it.
+    pub fn prepare(
         &self,
         mut req: Request<RequestBody>,
         sent_at: Instant,
-    ) -> Result<(Response<UpstreamBody>, Arc<Progress>, Lease), SendError> {
+    ) -> Result<Outgoing, SendError> {
         if let Some((scheme, authority)) = &self.http2 {
             // HTTP/2 carries the host in `:authority`: the client's Host,
             // else the upstream's.
@@ -275,10 +274,36 @@ impl Upstream {
         }
         let progress = Arc::new(Progress::new(sent_at));
         let req = req.map(|inner| SentBody::new(inner, progress.clone(), self.body_timeout));
+        let message = match &self.engine {
+            Engine::Own(_) => Message::Own(h1::Outgoing::new(req)),
+            // Boxed: HTTPS and HTTP/2 backends only, and the request
+            // would make every `Outgoing` (and the futures holding one) larger.
+            Engine::Hyper(_) => Message::Hyper(Box::new(req)),
+        };
+        Ok(Outgoing {
+            message,
+            progress,
+            sent_at,
+        })
+    }
+
+    /// Sends what `prepare` readied and waits for the response head, within
+    /// the bounds described at the top of this file. With the response, the
+    /// request's `Progress`: its body may still be on its way (and the client
+    /// may still go silent) while the response streams back.
+    pub async fn send(
+        &self,
+        out: Outgoing,
+    ) -> Result<(Response<UpstreamBody>, Arc<Progress>, Lease), SendError> {
+        let Outgoing {
+            message,
+            progress,
+            sent_at,
+        } = out;
         let fail = |error, kind| SendError { error, kind };
         let exchange = async {
-            match &self.engine {
-                Engine::Own(client) => match client.send(req, sent_at).await {
+            match (&self.engine, message) {
+                (Engine::Own(client), Message::Own(out)) => match client.send(out, sent_at).await {
                     Ok(resp) => Ok((resp.map(UpstreamBody::Own), Lease::none())),
                     Err(e) => {
                         tracing::debug!(error = %e, "upstream exchange failed");
@@ -288,9 +313,21 @@ impl Upstream {
                         }
                     }
                 },
-                Engine::Hyper(pool) => self.via_hyper(pool, req, sent_at).await,
+                // Boxed: HTTPS and HTTP/2 backends only, and every
+                // plain request's future would otherwise carry its size.
+                (Engine::Hyper(pool), Message::Hyper(req)) => {
+                    Box::pin(self.via_hyper(pool, *req, sent_at)).await
+                }
+                // `prepare` makes the message for the engine it sees.
+                (Engine::Own(_), Message::Hyper(_)) | (Engine::Hyper(_), Message::Own(_)) => {
+                    Err(Failure::Protocol)
+                }
             }
         };
+        // Pinned where they are: moved into `select!`, each would be laid
+        // out twice in this future, and copied on the first poll.
+        let exchange = std::pin::pin!(exchange);
+        let overdue = std::pin::pin!(progress.response_overdue(self.response_timeout));
         tokio::select! {
             result = exchange => match result {
                 Ok((resp, lease)) => Ok((resp, progress.clone(), lease)),
@@ -300,7 +337,7 @@ impl Upstream {
                 Err(Failure::Connect) => Err(fail(ProxyError::Unavailable, Some(UpstreamErrorKind::Connect))),
                 Err(Failure::Protocol) => Err(fail(ProxyError::Unavailable, Some(UpstreamErrorKind::Protocol))),
             },
-            () = progress.response_overdue(self.response_timeout) => {
+            () = overdue => {
                 Err(fail(ProxyError::Timeout, Some(UpstreamErrorKind::Timeout)))
             }
         }
@@ -346,6 +383,19 @@ impl Upstream {
             Err(_) => Err(Failure::Protocol),
         }
     }
+}
+
+/// A request readied by `Upstream::prepare`.
+pub struct Outgoing {
+    message: Message,
+    progress: Arc<Progress>,
+    sent_at: Instant,
+}
+
+/// The request in the form its engine takes.
+enum Message {
+    Own(h1::Outgoing),
+    Hyper(Box<Request<SentBody>>),
 }
 
 /// How an exchange with the upstream failed before its response head.

@@ -34,7 +34,9 @@ impl Conn {
         head: Bytes,
         body: Option<SentBody>,
         framing: wire::BodyFraming,
+        headers: http::HeaderMap,
     ) {
+        self.headers = headers;
         self.out.clear();
         self.out.push_back(head);
         self.body = body;
@@ -156,7 +158,7 @@ impl Conn {
         head_request: bool,
     ) -> Poll<Result<wire::Head, Failed>> {
         loop {
-            match wire::parse_head(&mut self.buf, head_request) {
+            match wire::parse_head(&mut self.buf, head_request, &mut self.headers) {
                 Ok(Some(mut head)) => {
                     head.keep_alive &= !self.broken;
                     return Poll::Ready(Ok(head));

@@ -92,7 +92,7 @@ fn request_heads_frame_their_bodies_as_nginx_does() {
 
 fn head(raw: &str, head_request: bool) -> Result<Option<wire::Head>, ProtocolError> {
     let mut buf = BytesMut::from(raw);
-    wire::parse_head(&mut buf, head_request)
+    wire::parse_head(&mut buf, head_request, &mut HeaderMap::new())
 }
 
 fn whole(raw: &str, head_request: bool) -> wire::Head {
@@ -422,7 +422,7 @@ async fn kept_alive_connections_carry_one_exchange_after_another() {
     let client = client(&addr);
     for want in ["ok", "ab", "c", "d"] {
         let resp = client
-            .send(request(Method::GET, None), Instant::now())
+            .send(Outgoing::new(request(Method::GET, None)), Instant::now())
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(body_of(resp).await, want);
@@ -447,7 +447,10 @@ async fn request_bodies_go_chunked_or_by_length_and_whole() {
     let client = client(&addr);
     let pieces = vec![Bytes::from_static(b"hello"), Bytes::from_static(b" world")];
     let resp = client
-        .send(request(Method::POST, Some(pieces)), Instant::now())
+        .send(
+            Outgoing::new(request(Method::POST, Some(pieces))),
+            Instant::now(),
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(resp.status(), StatusCode::CREATED);
@@ -462,7 +465,7 @@ async fn request_bodies_go_chunked_or_by_length_and_whole() {
     req.headers_mut()
         .insert("content-length", http::HeaderValue::from_static("3"));
     let resp = client
-        .send(req, Instant::now())
+        .send(Outgoing::new(req), Instant::now())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(body_of(resp).await, "");
@@ -493,7 +496,7 @@ async fn a_kept_alive_connection_the_upstream_closed_is_not_used() {
     let client = client(&addr);
     for _ in 0..3 {
         let resp = client
-            .send(request(Method::GET, None), Instant::now())
+            .send(Outgoing::new(request(Method::GET, None)), Instant::now())
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(body_of(resp).await, "ok");
@@ -509,7 +512,7 @@ async fn an_upstream_cut_mid_body_is_an_error_not_an_end() {
     .await;
     let client = client(&addr);
     let resp = client
-        .send(request(Method::GET, None), Instant::now())
+        .send(Outgoing::new(request(Method::GET, None)), Instant::now())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let mut body = resp.into_body();
@@ -542,7 +545,7 @@ async fn a_response_without_a_body_gives_its_connection_back_unread() {
     // unread, as hyper's server drops them.
     for status in [StatusCode::NO_CONTENT, StatusCode::OK] {
         let resp = client
-            .send(request(Method::GET, None), Instant::now())
+            .send(Outgoing::new(request(Method::GET, None)), Instant::now())
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(resp.status(), status);
@@ -553,7 +556,7 @@ async fn a_response_without_a_body_gives_its_connection_back_unread() {
     let mut head_req = request(Method::HEAD, None);
     *head_req.method_mut() = Method::HEAD;
     let resp = client
-        .send(head_req, Instant::now())
+        .send(Outgoing::new(head_req), Instant::now())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
@@ -588,7 +591,7 @@ async fn request_trailers_are_not_forwarded() {
         .body(SentBody::for_test(body, progress))
         .unwrap_or_else(|e| panic!("{e}"));
     let resp = client
-        .send(req, Instant::now())
+        .send(Outgoing::new(req), Instant::now())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     drop(resp);
@@ -623,7 +626,10 @@ async fn early_answer(close: bool) {
     static PIECE: [u8; 65536] = [b'x'; 65536];
     let pieces = vec![Bytes::from_static(&PIECE); 1024];
     let resp = client
-        .send(request(Method::POST, Some(pieces)), Instant::now())
+        .send(
+            Outgoing::new(request(Method::POST, Some(pieces))),
+            Instant::now(),
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);

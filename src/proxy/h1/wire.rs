@@ -193,8 +193,14 @@ pub struct Head {
 }
 
 /// Parses a final response head from the front of `buf`, skipping interim
-/// 1xx responses (but not 101); `Ok(None)` until the head is whole.
-pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, ProtocolError> {
+/// 1xx responses (but not 101); `Ok(None)` until the head is whole. The
+/// head's headers go into `room`'s map (its allocation reused), which is
+/// left empty.
+pub fn parse_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+    room: &mut HeaderMap,
+) -> Result<Option<Head>, ProtocolError> {
     loop {
         if buf.is_empty() {
             return Ok(None);
@@ -251,7 +257,9 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
             continue;
         }
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
+        let mut headers = std::mem::take(room);
+        headers.clear();
+        headers.reserve(count);
         for &(ns, ne, vs, ve) in &spans[..count] {
             let (ns, ne, vs, ve): (usize, usize, usize, usize) =
                 (ns.into(), ne.into(), vs.into(), ve.into());

@@ -94,10 +94,10 @@ async fn exchange(up: &Upstream, path: &str, body: &'static [u8], read: usize) -
                 .boxed_unsync(),
         )
         .unwrap_or_else(|e| panic!("{e}"));
-    let (resp, progress, lease) = up
-        .send(req, tokio::time::Instant::now())
-        .await
+    let out = up
+        .prepare(req, tokio::time::Instant::now())
         .unwrap_or_else(|e| panic!("{e:?}"));
+    let (resp, progress, lease) = up.send(out).await.unwrap_or_else(|e| panic!("{e:?}"));
     let status = resp.status().as_u16();
     let mut body = ProxyBody::upstream(
         resp.into_body(),
