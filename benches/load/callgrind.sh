@@ -3,10 +3,13 @@
 # Instructions per request of a keygate binary, counted by callgrind: repeatable to about 1% on
 # this machine whatever else runs, where wall-clock figures move by 10-20% between runs.
 #
-#   benches/load/callgrind.sh BINARY [get|post|deny|denylog|limited|shared ...]   # default: get post deny
-#   benches/load/callgrind.sh nginx|haproxy [get|post|deny ...]
+#   benches/load/callgrind.sh BINARY [get|get64|post|deny|denylog|limited|shared ...]   # default: get post deny
+#   benches/load/callgrind.sh nginx|haproxy [get|get64|post|deny ...]
 #
 # deny runs with log level warn (no denial line), denylog with info: the line each denial logs.
+# get64: GETs on 64 kept-alive connections, one request in flight on each (all 64 sent, then all 64
+# answers read), so that the gateway goes round its connections as under wrk -c64; with
+# --cache-sim=yes it shows what a connection's state costs when it is no longer in the caches.
 # limited: get with a key under its rate limit (1000000/s), so every request pays the limit check;
 # shared: the same with the limit shared through Redis ($KEYGATE_BENCH_REDIS, default
 # redis://127.0.0.1:6379; the sync task's work in the background is counted too).
@@ -30,7 +33,7 @@ shift
 modes=("$@"); [ ${#modes[@]} -gt 0 ] || modes=(get post deny)
 if [ -n "$peer" ]; then
   for m in "${modes[@]}"; do
-    case "$m" in get|post|deny) ;; *) echo "$peer: mode $m is keygate's only (get, post, deny)" >&2; exit 2 ;; esac
+    case "$m" in get|get64|post|deny) ;; *) echo "$peer: mode $m is keygate's only (get, get64, post, deny)" >&2; exit 2 ;; esac
   done
 fi
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
@@ -61,6 +64,20 @@ fi
 cat >"$d/requests.py" <<'PY'
 import http.client, sys
 port, n, mode, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+if mode == "get64":
+    # 64 connections, each with one request in flight: the gateway serves
+    # them in turn, as under wrk -c64, each connection's state cold again.
+    conns = [http.client.HTTPConnection("127.0.0.1", port) for _ in range(64)]
+    left = n
+    while left > 0:
+        batch = conns[:min(left, 64)]
+        for c in batch:
+            c.request("GET", "/v1/things?x=1", headers={"X-Api-Key": key})
+        for c in batch:
+            r = c.getresponse(); r.read()
+            assert r.status == 200, r.status
+        left -= len(batch)
+    sys.exit(0)
 c = http.client.HTTPConnection("127.0.0.1", port)
 for _ in range(n):
     if mode == "post":
