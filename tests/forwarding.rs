@@ -22,6 +22,7 @@ async fn rewrites_headers_for_the_backend() {
             ("x-keygate-key-id", "spoofed"),
             ("x-keygate-anything", "spoofed"),
             ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
             ("connection", "x-private-hop"),
             ("x-private-hop", "1"),
             ("accept", "application/json"),
@@ -35,7 +36,9 @@ async fn rewrites_headers_for_the_backend() {
     assert_eq!(h["x-keygate-key-id"], "ro");
     assert!(h.get("x-keygate-anything").is_none());
     assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
     assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h.get_all("x-forwarded-proto").iter().count(), 1);
     assert!(h.get("x-private-hop").is_none());
     assert_eq!(h["accept"], "application/json");
     // Response side: the upstream's hop-by-hop headers are stripped too.

@@ -295,10 +295,15 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    pub fn new(req: Request<SentBody>) -> Outgoing {
+    /// `added`: the fields the gateway adds, written after the request's.
+    pub fn new<'n, 'v>(
+        req: Request<SentBody>,
+        added: impl Iterator<Item = (&'n str, &'v http::HeaderValue)> + Clone,
+    ) -> Outgoing {
         let (parts, body) = req.into_parts();
         let has_body = !body.is_end_stream();
-        let (head, framing) = wire::encode_head(&parts, has_body.then(|| body.size_hint().exact()));
+        let (head, framing) =
+            wire::encode_head(&parts, has_body.then(|| body.size_hint().exact()), added);
         let mut headers = parts.headers;
         headers.clear();
         Outgoing {

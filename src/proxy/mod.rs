@@ -535,7 +535,7 @@ impl Gateway {
                 .headers
                 .get(http::header::TE)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-        headers::rewrite_request(&mut parts.headers, &caller, upgrade);
+        let added = headers::rewrite_request(&mut parts.headers, &caller, upgrade);
         if te_trailers {
             parts
                 .headers
@@ -547,7 +547,7 @@ impl Gateway {
         let sent_at = Instant::now();
         let outgoing = self
             .upstream
-            .prepare(Request::from_parts(parts, body), sent_at)?;
+            .prepare(Request::from_parts(parts, body), added, sent_at)?;
         Ok((
             outgoing,
             After {

@@ -39,6 +39,7 @@ use tokio::time::Instant;
 
 use super::body::BodyError;
 use super::h1;
+use super::headers::Added;
 use super::pool::{Connect, Lease, Pool, Sender};
 use super::respond::ProxyError;
 use super::stall::Stall;
@@ -248,6 +249,7 @@ impl Upstream {
     pub fn prepare(
         &self,
         mut req: Request<RequestBody>,
+        added: Added,
         sent_at: Instant,
     ) -> Result<Outgoing, SendError> {
         if let Some((scheme, authority)) = &self.http2 {
@@ -275,10 +277,14 @@ impl Upstream {
         let progress = Arc::new(Progress::new(sent_at));
         let req = req.map(|inner| SentBody::new(inner, progress.clone(), self.body_timeout));
         let message = match &self.engine {
-            Engine::Own(_) => Message::Own(h1::Outgoing::new(req)),
+            Engine::Own(_) => Message::Own(h1::Outgoing::new(req, added.fields())),
             // Boxed: HTTPS and HTTP/2 backends only, and the request
             // would make every `Outgoing` (and the futures holding one) larger.
-            Engine::Hyper(_) => Message::Hyper(Box::new(req)),
+            Engine::Hyper(_) => {
+                let mut req = req;
+                added.insert_into(req.headers_mut());
+                Message::Hyper(Box::new(req))
+            }
         };
         Ok(Outgoing {
             message,

@@ -30,33 +30,61 @@ fn text(b: &Bytes) -> &str {
 }
 
 #[test]
+fn added_fields_follow_the_requests_own_before_the_framing() {
+    let (ip, proto) = (
+        http::HeaderValue::from_static("192.0.2.7"),
+        http::HeaderValue::from_static("http"),
+    );
+    let added = [("x-forwarded-for", &ip), ("x-forwarded-proto", &proto)];
+    let (head, _) = wire::encode_head(
+        &parts(Method::POST, &[("host", "up")]),
+        Some(Some(2)),
+        added.into_iter(),
+    );
+    assert_eq!(
+        text(&head),
+        "POST /a?b=c HTTP/1.1\r\nhost: up\r\nx-forwarded-for: 192.0.2.7\r\n\
+         x-forwarded-proto: http\r\ncontent-length: 2\r\n\r\n"
+    );
+}
+
+#[test]
 fn request_heads_frame_their_bodies_as_nginx_does() {
-    let (head, framing) = wire::encode_head(&parts(Method::GET, &[("host", "up")]), None);
+    let (head, framing) = wire::encode_head(
+        &parts(Method::GET, &[("host", "up")]),
+        None,
+        std::iter::empty(),
+    );
     assert_eq!(text(&head), "GET /a?b=c HTTP/1.1\r\nhost: up\r\n\r\n");
     assert_eq!(framing, BodyFraming::Length(0));
 
-    let (head, _) = wire::encode_head(&parts(Method::POST, &[]), None);
+    let (head, _) = wire::encode_head(&parts(Method::POST, &[]), None, std::iter::empty());
     assert_eq!(
         text(&head),
         "POST /a?b=c HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
     );
 
-    let (head, framing) = wire::encode_head(&parts(Method::PUT, &[]), Some(Some(12)));
+    let (head, framing) =
+        wire::encode_head(&parts(Method::PUT, &[]), Some(Some(12)), std::iter::empty());
     assert_eq!(
         text(&head),
         "PUT /a?b=c HTTP/1.1\r\ncontent-length: 12\r\n\r\n"
     );
     assert_eq!(framing, BodyFraming::Length(12));
 
-    let (head, framing) =
-        wire::encode_head(&parts(Method::POST, &[("content-length", "5")]), Some(None));
+    let (head, framing) = wire::encode_head(
+        &parts(Method::POST, &[("content-length", "5")]),
+        Some(None),
+        std::iter::empty(),
+    );
     assert_eq!(
         text(&head),
         "POST /a?b=c HTTP/1.1\r\ncontent-length: 5\r\n\r\n"
     );
     assert_eq!(framing, BodyFraming::Length(5));
 
-    let (head, framing) = wire::encode_head(&parts(Method::POST, &[]), Some(None));
+    let (head, framing) =
+        wire::encode_head(&parts(Method::POST, &[]), Some(None), std::iter::empty());
     assert_eq!(
         text(&head),
         "POST /a?b=c HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -68,6 +96,7 @@ fn request_heads_frame_their_bodies_as_nginx_does() {
     let (head, framing) = wire::encode_head(
         &parts(Method::POST, &[("content-length", "x"), ("a", "b")]),
         Some(None),
+        std::iter::empty(),
     );
     assert_eq!(
         text(&head),
@@ -77,13 +106,18 @@ fn request_heads_frame_their_bodies_as_nginx_does() {
     let (head, framing) = wire::encode_head(
         &parts(Method::POST, &[("content-length", "x")]),
         Some(Some(3)),
+        std::iter::empty(),
     );
     assert_eq!(
         text(&head),
         "POST /a?b=c HTTP/1.1\r\ncontent-length: 3\r\n\r\n"
     );
     assert_eq!(framing, BodyFraming::Length(3));
-    let (head, _) = wire::encode_head(&parts(Method::GET, &[("content-length", "0")]), None);
+    let (head, _) = wire::encode_head(
+        &parts(Method::GET, &[("content-length", "0")]),
+        None,
+        std::iter::empty(),
+    );
     assert_eq!(
         text(&head),
         "GET /a?b=c HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
@@ -422,7 +456,10 @@ async fn kept_alive_connections_carry_one_exchange_after_another() {
     let client = client(&addr);
     for want in ["ok", "ab", "c", "d"] {
         let resp = client
-            .send(Outgoing::new(request(Method::GET, None)), Instant::now())
+            .send(
+                Outgoing::new(request(Method::GET, None), std::iter::empty()),
+                Instant::now(),
+            )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(body_of(resp).await, want);
@@ -448,7 +485,7 @@ async fn request_bodies_go_chunked_or_by_length_and_whole() {
     let pieces = vec![Bytes::from_static(b"hello"), Bytes::from_static(b" world")];
     let resp = client
         .send(
-            Outgoing::new(request(Method::POST, Some(pieces))),
+            Outgoing::new(request(Method::POST, Some(pieces)), std::iter::empty()),
             Instant::now(),
         )
         .await
@@ -465,7 +502,7 @@ async fn request_bodies_go_chunked_or_by_length_and_whole() {
     req.headers_mut()
         .insert("content-length", http::HeaderValue::from_static("3"));
     let resp = client
-        .send(Outgoing::new(req), Instant::now())
+        .send(Outgoing::new(req, std::iter::empty()), Instant::now())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(body_of(resp).await, "");
@@ -496,7 +533,10 @@ async fn a_kept_alive_connection_the_upstream_closed_is_not_used() {
     let client = client(&addr);
     for _ in 0..3 {
         let resp = client
-            .send(Outgoing::new(request(Method::GET, None)), Instant::now())
+            .send(
+                Outgoing::new(request(Method::GET, None), std::iter::empty()),
+                Instant::now(),
+            )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(body_of(resp).await, "ok");
@@ -512,7 +552,10 @@ async fn an_upstream_cut_mid_body_is_an_error_not_an_end() {
     .await;
     let client = client(&addr);
     let resp = client
-        .send(Outgoing::new(request(Method::GET, None)), Instant::now())
+        .send(
+            Outgoing::new(request(Method::GET, None), std::iter::empty()),
+            Instant::now(),
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let mut body = resp.into_body();
@@ -545,7 +588,10 @@ async fn a_response_without_a_body_gives_its_connection_back_unread() {
     // unread, as hyper's server drops them.
     for status in [StatusCode::NO_CONTENT, StatusCode::OK] {
         let resp = client
-            .send(Outgoing::new(request(Method::GET, None)), Instant::now())
+            .send(
+                Outgoing::new(request(Method::GET, None), std::iter::empty()),
+                Instant::now(),
+            )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(resp.status(), status);
@@ -556,7 +602,7 @@ async fn a_response_without_a_body_gives_its_connection_back_unread() {
     let mut head_req = request(Method::HEAD, None);
     *head_req.method_mut() = Method::HEAD;
     let resp = client
-        .send(Outgoing::new(head_req), Instant::now())
+        .send(Outgoing::new(head_req, std::iter::empty()), Instant::now())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
@@ -591,7 +637,7 @@ async fn request_trailers_are_not_forwarded() {
         .body(SentBody::for_test(body, progress))
         .unwrap_or_else(|e| panic!("{e}"));
     let resp = client
-        .send(Outgoing::new(req), Instant::now())
+        .send(Outgoing::new(req, std::iter::empty()), Instant::now())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     drop(resp);
@@ -627,7 +673,7 @@ async fn early_answer(close: bool) {
     let pieces = vec![Bytes::from_static(&PIECE); 1024];
     let resp = client
         .send(
-            Outgoing::new(request(Method::POST, Some(pieces))),
+            Outgoing::new(request(Method::POST, Some(pieces)), std::iter::empty()),
             Instant::now(),
         )
         .await

@@ -71,15 +71,20 @@ pub enum BodyFraming {
 /// else chunked, and the head carries exactly one framing header for it
 /// (whatever else the client sent under that name is dropped). POST, PUT
 /// and PATCH without a body say `Content-Length: 0`, as nginx does.
-pub fn encode_head(parts: &Parts, body: Option<Option<u64>>) -> (Bytes, BodyFraming) {
+/// `added`: fields written after the request's own (the caller keeps
+/// their names out of the map).
+pub fn encode_head<'n, 'v>(
+    parts: &Parts,
+    body: Option<Option<u64>>,
+    added: impl Iterator<Item = (&'n str, &'v HeaderValue)> + Clone,
+) -> (Bytes, BodyFraming) {
     // The client's `Content-Length`, if it parses (hyper's server checked
     // the body against it); the head then says only what framing says.
-    let sent_length = parts
-        .headers
-        .get(CONTENT_LENGTH)
+    let sent = parts.headers.get(CONTENT_LENGTH);
+    let had_length = sent.is_some();
+    let sent_length = sent
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let had_length = parts.headers.contains_key(CONTENT_LENGTH);
     let (framing, length) = match (body, sent_length) {
         (None, _) => {
             let needs =
@@ -98,6 +103,9 @@ pub fn encode_head(parts: &Parts, body: Option<Option<u64>>) -> (Bytes, BodyFram
     for (name, value) in &parts.headers {
         size += name.as_str().len() + value.len() + 4;
     }
+    for (name, value) in added.clone() {
+        size += name.len() + value.len() + 4;
+    }
     let mut out = BytesMut::with_capacity(size);
     out.put_slice(parts.method.as_str().as_bytes());
     out.put_u8(b' ');
@@ -108,6 +116,12 @@ pub fn encode_head(parts: &Parts, body: Option<Option<u64>>) -> (Bytes, BodyFram
             continue;
         }
         out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    for (name, value) in added {
+        out.put_slice(name.as_bytes());
         out.put_slice(b": ");
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");

@@ -75,7 +75,7 @@ fn request_rewrite_removes_key_and_spoofed_identity_and_adds_ours() {
         ("x-forwarded-proto", "https"),
         ("authorization", "Basic dXNlcg=="),
     ]);
-    rewrite_request(&mut h, &caller(&id, &name, KeySource::Header), false);
+    rewrite_request(&mut h, &caller(&id, &name, KeySource::Header), false).insert_into(&mut h);
     assert!(!h.contains_key("x-api-key"));
     assert!(!h.contains_key("x-keygate-admin"));
     assert_eq!(h.get_all("x-keygate-key-id").iter().count(), 1);
@@ -101,7 +101,7 @@ fn bearer_key_removes_authorization() {
     let id = HeaderValue::from_static("key_a");
     let name = HeaderName::from_static("x-api-key");
     let mut h = map(&[("authorization", "Bearer kg_secret")]);
-    rewrite_request(&mut h, &caller(&id, &name, KeySource::Bearer), false);
+    rewrite_request(&mut h, &caller(&id, &name, KeySource::Bearer), false).insert_into(&mut h);
     assert!(!h.contains_key("authorization"));
 }
 
@@ -113,7 +113,7 @@ fn forward_key_keeps_it() {
     let mut c = caller(&id, &name, KeySource::Header);
     c.remove_key = None;
     c.forward_key = true;
-    rewrite_request(&mut h, &c, false);
+    rewrite_request(&mut h, &c, false).insert_into(&mut h);
     assert!(h.contains_key("x-api-key"));
 }
 
@@ -134,7 +134,7 @@ fn a_request_without_identity_gets_no_identity_headers_and_no_unchecked_key() {
         key_header: &name,
         forward_key: false,
     };
-    rewrite_request(&mut h, &c, false);
+    rewrite_request(&mut h, &c, false).insert_into(&mut h);
     for gone in [
         "x-api-key",
         "authorization",
@@ -157,7 +157,7 @@ fn several_forwarded_for_lines_fold_into_one() {
         ("x-forwarded-for", "10.0.0.1"),
         ("x-forwarded-for", "10.0.0.2"),
     ]);
-    rewrite_request(&mut h, &caller(&id, &name, KeySource::Header), false);
+    rewrite_request(&mut h, &caller(&id, &name, KeySource::Header), false).insert_into(&mut h);
     assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
     assert_eq!(
         h.get("x-forwarded-for").map(|v| v.as_bytes()),
@@ -170,7 +170,7 @@ fn split_cookies_are_folded_into_one_line() {
     let id = HeaderValue::from_static("key_a");
     let name = HeaderName::from_static("x-api-key");
     let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
-    rewrite_request(&mut h, &caller(&id, &name, KeySource::Header), false);
+    rewrite_request(&mut h, &caller(&id, &name, KeySource::Header), false).insert_into(&mut h);
     assert_eq!(h.get_all("cookie").iter().count(), 1);
     assert_eq!(
         h.get("cookie").map(|v| v.as_bytes()),
@@ -199,5 +199,37 @@ fn query_param_stripping_keeps_the_rest_in_order() {
     assert_eq!(
         strip_query_param("api_keyx=1", "api_key"),
         Some("api_keyx=1".into())
+    );
+}
+
+#[test]
+fn added_fields_stay_out_of_the_map_and_come_in_order() {
+    let id = HeaderValue::from_static("key_a");
+    let name = HeaderName::from_static("x-api-key");
+    let mut h = map(&[
+        ("x-api-key", "kg_secret"),
+        ("x-keygate-key-id", "spoofed"),
+        ("x-forwarded-for", "203.0.113.1"),
+        ("x-forwarded-for", "203.0.113.2"),
+        ("x-forwarded-proto", "https"),
+        ("accept", "*/*"),
+    ]);
+    let added = rewrite_request(&mut h, &caller(&id, &name, KeySource::Header), false);
+    // Our own engine writes the map and then these: a name left in the map
+    // would go out twice.
+    let names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+    assert_eq!(names, ["accept"]);
+    let fields: Vec<(&str, &[u8])> = added.fields().map(|(n, v)| (n, v.as_bytes())).collect();
+    assert_eq!(
+        fields,
+        [
+            (
+                "x-forwarded-for",
+                &b"203.0.113.1, 203.0.113.2, 192.0.2.7"[..]
+            ),
+            ("x-forwarded-proto", &b"http"[..]),
+            ("x-keygate-key-id", &b"key_a"[..]),
+            ("x-keygate-access", &b"read-only"[..]),
+        ]
     );
 }

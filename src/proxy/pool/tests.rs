@@ -95,7 +95,11 @@ async fn exchange(up: &Upstream, path: &str, body: &'static [u8], read: usize) -
         )
         .unwrap_or_else(|e| panic!("{e}"));
     let out = up
-        .prepare(req, tokio::time::Instant::now())
+        .prepare(
+            req,
+            crate::proxy::headers::Added::for_test(),
+            tokio::time::Instant::now(),
+        )
         .unwrap_or_else(|e| panic!("{e:?}"));
     let (resp, progress, lease) = up.send(out).await.unwrap_or_else(|e| panic!("{e:?}"));
     let status = resp.status().as_u16();
