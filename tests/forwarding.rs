@@ -638,3 +638,186 @@ async fn a_slow_upload_is_not_cut_by_the_response_timeout() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.ends_with("uploaded"), "{out}");
 }
+
+/// Reads one response from `tcp` (what follows it stays in `buf`): its
+/// head, and its body by `Content-Length` or chunked; an interim 1xx or a
+/// HEAD answer (`no_body`) has none.
+async fn read_response(
+    tcp: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    no_body: bool,
+) -> (String, Vec<u8>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut fields);
+        let httparse::Status::Complete(at) = response.parse(buf).unwrap() else {
+            more(tcp, buf, deadline).await;
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..at]).into_owned();
+        let field = |name: &str| {
+            response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
+        };
+        let length = field("content-length").map(|v| v.parse::<usize>().unwrap());
+        let chunked = field("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+        let interim = response.code.is_some_and(|c| c < 200);
+        if no_body || interim {
+            buf.drain(..at);
+            return (head, Vec::new());
+        }
+        if let Some(length) = length {
+            while buf.len() < at + length {
+                more(tcp, buf, deadline).await;
+            }
+            let body = buf[at..at + length].to_vec();
+            buf.drain(..at + length);
+            return (head, body);
+        }
+        assert!(chunked, "neither length nor chunked: {head}");
+        let mut body = Vec::new();
+        let mut pos = at;
+        loop {
+            let Some(eol) = buf[pos..].windows(2).position(|w| w == b"\r\n") else {
+                more(tcp, buf, deadline).await;
+                continue;
+            };
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&buf[pos..pos + eol]).unwrap(), 16)
+                    .unwrap();
+            if buf.len() < pos + eol + 2 + size + 2 {
+                more(tcp, buf, deadline).await;
+                continue;
+            }
+            body.extend_from_slice(&buf[pos + eol + 2..pos + eol + 2 + size]);
+            pos += eol + 2 + size + 2;
+            if size == 0 {
+                buf.drain(..pos);
+                return (head, body);
+            }
+        }
+    }
+}
+
+async fn more(tcp: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, deadline: Instant) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let mut chunk = [0u8; 4096];
+    let n = tokio::time::timeout(left, tcp.read(&mut chunk))
+        .await
+        .expect("no whole response within 5 s")
+        .unwrap();
+    assert!(
+        n > 0,
+        "closed mid-response: {:?}",
+        String::from_utf8_lossy(buf)
+    );
+    buf.extend_from_slice(&chunk[..n]);
+}
+
+#[tokio::test]
+async fn one_connection_carries_pipelined_refused_continued_and_head_requests() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(&upstream.url());
+    let (ro, full) = (&gw.keys.read_only, &gw.keys.full);
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+
+    // Two requests in one write: two answers, in order.
+    let two = format!(
+        "GET /a HTTP/1.1\r\nhost: x\r\nx-api-key: {ro}\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\nx-api-key: {ro}\r\n\r\n"
+    );
+    tcp.write_all(two.as_bytes()).await.unwrap();
+    let (a, _) = read_response(&mut tcp, &mut buf, false).await;
+    let (b, _) = read_response(&mut tcp, &mut buf, false).await;
+    assert!(
+        a.starts_with("HTTP/1.1 200") && b.starts_with("HTTP/1.1 200"),
+        "{a}{b}"
+    );
+    assert!(a.to_lowercase().contains("\r\ndate: "), "{a}");
+
+    // A body the upstream streams without a length goes chunked, whole.
+    let stream = format!("GET /stream/200000 HTTP/1.1\r\nhost: x\r\nx-api-key: {ro}\r\n\r\n");
+    tcp.write_all(stream.as_bytes()).await.unwrap();
+    let (streamed, body) = read_response(&mut tcp, &mut buf, false).await;
+    assert!(
+        streamed.contains("transfer-encoding: chunked"),
+        "{streamed}"
+    );
+    assert_eq!(body.len(), 200_000);
+
+    // A refused request whose body came with it: the next one on the same
+    // connection is still read as a request of its own.
+    let refused = format!(
+        "POST /c HTTP/1.1\r\nhost: x\r\nx-api-key: kg_nope\r\ncontent-length: 11\r\n\r\nGET /smuggl\
+         GET /d HTTP/1.1\r\nhost: x\r\nx-api-key: {ro}\r\n\r\n"
+    );
+    tcp.write_all(refused.as_bytes()).await.unwrap();
+    let (c, _) = read_response(&mut tcp, &mut buf, false).await;
+    assert!(c.starts_with("HTTP/1.1 401"), "{c}");
+    assert!(!c.to_lowercase().contains("connection: close"), "{c}");
+    let (d, _) = read_response(&mut tcp, &mut buf, false).await;
+    assert!(d.starts_with("HTTP/1.1 200"), "{d}");
+
+    // Expect: 100-continue: the interim answer first, then the body is read.
+    let head = format!(
+        "POST /echo-body HTTP/1.1\r\nhost: x\r\nx-api-key: {full}\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let (interim, _) = read_response(&mut tcp, &mut buf, false).await;
+    assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+    tcp.write_all(b"hello").await.unwrap();
+    let (echoed, body) = read_response(&mut tcp, &mut buf, false).await;
+    assert!(echoed.starts_with("HTTP/1.1 200"), "{echoed}");
+    assert_eq!(body, b"hello");
+
+    // HEAD: a head without a body; the request after it still parses.
+    let head_then_get = format!(
+        "HEAD /e HTTP/1.1\r\nhost: x\r\nx-api-key: {ro}\r\n\r\nGET /f HTTP/1.1\r\nhost: x\r\nx-api-key: {ro}\r\n\r\n"
+    );
+    tcp.write_all(head_then_get.as_bytes()).await.unwrap();
+    let (e, _) = read_response(&mut tcp, &mut buf, true).await;
+    assert!(e.starts_with("HTTP/1.1 200"), "{e}");
+    let (f, _) = read_response(&mut tcp, &mut buf, false).await;
+    assert!(f.starts_with("HTTP/1.1 200"), "{f}");
+    assert!(buf.is_empty(), "{:?}", String::from_utf8_lossy(&buf));
+
+    let paths: Vec<String> = upstream.seen().into_iter().map(|s| s.uri).collect();
+    assert_eq!(
+        paths,
+        ["/a", "/b", "/stream/200000", "/d", "/echo-body", "/e", "/f"]
+    );
+}
+
+#[tokio::test]
+async fn an_http10_client_gets_its_answer_delimited_and_the_connection_closed() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(&upstream.url());
+    // The upstream streams this body without a length: the client gets
+    // it to the connection's end, not chunked (HTTP/1.0 has no chunks).
+    let req = format!(
+        "GET /stream/100000 HTTP/1.0\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
+        gw.keys.read_only
+    );
+    let out = raw(gw.addr, req.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out:.200}");
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    assert!(!head.to_lowercase().contains("transfer-encoding"), "{head}");
+    assert!(head.to_lowercase().contains("connection: close"), "{head}");
+    assert_eq!(body.len(), 100_000);
+    let kept = format!(
+        "GET /x HTTP/1.0\r\nhost: x\r\nconnection: keep-alive\r\nx-api-key: {}\r\n\r\n",
+        gw.keys.read_only
+    );
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(kept.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let (head, _) = read_response(&mut tcp, &mut buf, false).await;
+    assert!(
+        head.to_lowercase().contains("connection: keep-alive"),
+        "{head}"
+    );
+}

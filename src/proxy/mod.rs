@@ -9,13 +9,13 @@
 
 pub mod access;
 mod body;
-mod h1;
+pub(crate) mod h1;
 pub mod headers;
 mod log_path;
 mod pool;
 pub mod respond;
 mod stall;
-mod tunnel;
+pub mod tunnel;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -497,7 +497,11 @@ impl Gateway {
             quota,
         } = forward;
         let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let client_upgrade = if upgrade {
+            req.extensions_mut().remove::<tunnel::OnClientUpgrade>()
+        } else {
+            None
+        };
         let (mut parts, body) = req.into_parts();
 
         let mut path_and_query = parts.uri.path_and_query().cloned();
@@ -623,10 +627,9 @@ impl Gateway {
             let idle = self.tunnel_idle;
             tokio::spawn(async move {
                 let _slot = slot;
-                let Ok(client) = client_side.await else {
+                let Some(client) = client_side.connection().await else {
                     return;
                 };
-                let client = hyper_util::rt::TokioIo::new(client);
                 match upstream_side {
                     Some(Ok(own)) => tunnel::run(client, own, idle, &metrics).await,
                     Some(Err(on)) => {
@@ -684,7 +687,7 @@ pub struct Pending {
 /// What a forward needs once the upstream has answered.
 struct After {
     /// The client's side of a protocol switch, when it asked for one.
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_upgrade: Option<tunnel::OnClientUpgrade>,
     label: DecisionLabel,
     /// The rate limit nearest to running out, for the response's headers.
     quota: Option<crate::limits::Quota>,

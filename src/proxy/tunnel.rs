@@ -14,8 +14,55 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::metrics::Metrics;
 
+/// A client connection handed over for a tunnel, by whichever server read
+/// the request (the proxy knows no connection type).
+pub trait ClientStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ClientStream for T {}
+
+/// The server's half of a protocol switch: it hands the connection over
+/// once the 101 response is written.
+pub struct Handover(tokio::sync::oneshot::Sender<Box<dyn ClientStream>>);
+
+type Waiting = tokio::sync::oneshot::Receiver<Box<dyn ClientStream>>;
+
+impl Handover {
+    /// Gives the connection to the tunnel; gives it back when nobody waits
+    /// for it (the upstream did not switch, or the request was refused).
+    pub fn give(self, client: Box<dyn ClientStream>) -> Result<(), Box<dyn ClientStream>> {
+        self.0.send(client)
+    }
+}
+
+/// The proxy's half, carried in the request's extensions (which need
+/// `Clone`, hence the shared slot; only requests that ask to upgrade carry
+/// one).
+#[derive(Clone)]
+pub struct OnClientUpgrade(Arc<std::sync::Mutex<Option<Waiting>>>);
+
+impl OnClientUpgrade {
+    /// The connection, once the server has written the 101; `None` when it
+    /// was closed instead.
+    pub async fn connection(self) -> Option<Box<dyn ClientStream>> {
+        let receiver = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()?;
+        receiver.await.ok()
+    }
+}
+
+/// A protocol switch's two halves.
+pub fn handover() -> (Handover, OnClientUpgrade) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    (
+        Handover(tx),
+        OnClientUpgrade(Arc::new(std::sync::Mutex::new(Some(rx)))),
+    )
+}
+
 /// Runs a tunnel to its end. The client connection lives on as the tunnel
-/// once hyper has handed it over: it counts as open until then.
+/// once the server has handed it over: it counts as open until then.
 pub async fn run<C, U>(client: C, upstream: U, idle: Duration, metrics: &Metrics)
 where
     C: AsyncRead + AsyncWrite + Unpin,

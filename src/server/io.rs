@@ -38,6 +38,23 @@ impl ClientIo {
     }
 }
 
+impl ClientIo {
+    /// The stream with `rest` (bytes read from it but not used) to be read
+    /// again first: what a client sent after the request that switched
+    /// protocols belongs to the tunnel.
+    pub fn replaying(mut self, rest: Bytes) -> Self {
+        if self.replay.is_empty() {
+            self.replay = rest;
+        } else if !rest.is_empty() {
+            let mut both = Vec::with_capacity(self.replay.len() + rest.len());
+            both.extend_from_slice(&self.replay);
+            both.extend_from_slice(&rest);
+            self.replay = both.into();
+        }
+        self
+    }
+}
+
 /// Reads from a plaintext connection until its first bytes tell HTTP/2 prior
 /// knowledge from HTTP/1; returns the verdict and the bytes read.
 pub async fn sniff_h2(stream: &mut TcpStream) -> io::Result<(bool, Bytes)> {

@@ -3,6 +3,7 @@
 //! graceful drain on shutdown. Requests go to `proxy::Gateway::handle`.
 
 pub mod activity;
+mod h1;
 mod io;
 pub mod tls;
 mod x509;
@@ -12,12 +13,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response, Version};
+use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -68,7 +70,7 @@ struct Shared {
     gateway: Arc<Gateway>,
     metrics: Arc<Metrics>,
     tls: Option<TlsAcceptor>,
-    h1: http1::Builder,
+    h1: h1::Limits,
     h2: http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
     idle_timeout: Duration,
@@ -86,14 +88,10 @@ pub async fn run(
     health: Arc<Health>,
     shutdown: impl Future<Output = ()>,
 ) -> Drain {
-    let mut h1 = http1::Builder::new();
-    h1.timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .max_headers(config.max_headers)
-        .max_header_size(config.max_header_bytes)
-        // Room for the head plus what arrives with it; beyond this hyper
-        // answers 431 before the head is even complete.
-        .max_buf_size(config.max_header_bytes.max(8192) + 16 * 1024);
+    let h1 = h1::Limits {
+        max_head_bytes: config.max_header_bytes,
+        max_headers: config.max_headers,
+    };
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     // Flow control bounds what a client can make the gateway buffer per
     // connection (README, "Memory").
@@ -155,8 +153,8 @@ pub async fn run(
     }
 }
 
-/// The per-connection hyper service: marks each request in flight and hands
-/// it to the gateway.
+/// The per-connection hyper service of an HTTP/2 connection: marks each
+/// request in flight and hands it to the gateway.
 #[derive(Clone)]
 struct ConnService {
     gateway: Arc<Gateway>,
@@ -182,7 +180,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 
     fn call(&self, req: Request<Incoming>) -> ResponseFuture {
         use futures_util::future::Either;
-        let busy = self.activity.begin(req.version() == Version::HTTP_2);
+        let busy = self.activity.begin(true);
         match self.gateway.begin(req, &self.info) {
             Begun::Answered(response) => Either::Left(std::future::ready(Ok(
                 response.map(|body| ServedBody { body, _busy: busy })
@@ -227,16 +225,19 @@ impl http_body::Body for ServedBody {
     }
 }
 
-/// An HTTP/1.1 (with upgrades) or HTTP/2 connection being served.
+/// An HTTP/1.x connection (keygate's own server, `h1`) or an HTTP/2 one
+/// (hyper's) being served.
 enum Served {
-    H1(Pin<Box<http1::UpgradeableConnection<TokioIo<ClientIo>, ConnService>>>),
+    H1(Pin<Box<dyn Future<Output = ()> + Send>>, Arc<AtomicBool>),
     H2(Pin<Box<http2::Connection<TokioIo<ClientIo>, ConnService, TokioExecutor>>>),
 }
 
 impl Served {
     fn graceful_shutdown(&mut self) {
         match self {
-            Served::H1(c) => c.as_mut().graceful_shutdown(),
+            // Seen when the connection is next polled, which the
+            // supervisor's loop does at once.
+            Served::H1(_, draining) => draining.store(true, Ordering::Relaxed),
             Served::H2(c) => c.as_mut().graceful_shutdown(),
         }
     }
@@ -246,7 +247,7 @@ impl Future for Served {
     type Output = hyper::Result<()>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
-            Served::H1(c) => c.as_mut().poll(cx),
+            Served::H1(c, _) => c.as_mut().poll(cx).map(Ok),
             Served::H2(c) => c.as_mut().poll(cx),
         }
     }
@@ -289,18 +290,27 @@ async fn serve_connection(
             return;
         }
     };
-    let io = TokioIo::new(ClientIo::new(stream, replay, activity.clone()));
-    let service = ConnService {
-        gateway: shared.gateway.clone(),
-        activity: activity.clone(),
-        info: Arc::new(ConnInfo::new(peer, is_tls).with_slot(slot)),
-    };
+    let io = ClientIo::new(stream, replay, activity.clone());
+    let info = Arc::new(ConnInfo::new(peer, is_tls).with_slot(slot));
     let mut conn = if h2 {
-        Served::H2(Box::pin(shared.h2.serve_connection(io, service)))
-    } else {
-        Served::H1(Box::pin(
-            shared.h1.serve_connection(io, service).with_upgrades(),
+        let service = ConnService {
+            gateway: shared.gateway.clone(),
+            activity: activity.clone(),
+            info,
+        };
+        Served::H2(Box::pin(
+            shared.h2.serve_connection(TokioIo::new(io), service),
         ))
+    } else {
+        let draining = Arc::new(AtomicBool::new(false));
+        let serve = h1::Serve {
+            gateway: shared.gateway.clone(),
+            activity: activity.clone(),
+            info,
+            limits: shared.h1,
+            draining: draining.clone(),
+        };
+        Served::H1(Box::pin(h1::serve(io, serve)), draining)
     };
 
     let (header_read, idle) = (shared.header_read_timeout, shared.idle_timeout);

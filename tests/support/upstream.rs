@@ -2,6 +2,7 @@
 //! request it receives and answers according to the path:
 //! - `/slow/<ms>`: waits, then answers;
 //! - `/bytes/<n>`: streams n bytes (in 64 KiB chunks);
+//! - `/stream/<n>`: the same without a length (chunked);
 //! - `/echo-body`: streams the request body back;
 //! - `/die-mid-body`: sends a head promising 1 MiB, some bytes, then drops;
 //! - `/stall-mid-body`: the same head and bytes, then silence for ever;
@@ -227,6 +228,18 @@ async fn answer(mut req: Request<Incoming>, record: &Mutex<Vec<Seen>>) -> Respon
         r.headers_mut()
             .insert("content-length", total.to_string().parse().unwrap());
         return r;
+    }
+    if let Some(n) = path.strip_prefix("/stream/") {
+        return Response::new(
+            Chunks {
+                left: n.parse().unwrap_or(0),
+                index: 0,
+                fail: false,
+                pause: None,
+                stall: false,
+            }
+            .boxed(),
+        );
     }
     if path == "/echo-body" {
         let (parts, body) = req.into_parts();
