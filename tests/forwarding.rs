@@ -762,6 +762,21 @@ async fn one_connection_carries_pipelined_refused_continued_and_head_requests() 
     let (d, _) = read_response(&mut tcp, &mut buf, false).await;
     assert!(d.starts_with("HTTP/1.1 200"), "{d}");
 
+    // Expect: 100-continue refused: the final answer, with no interim one,
+    // and the connection closes (the body never came).
+    let mut other = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let refused = "POST /g HTTP/1.1\r\nhost: x\r\nx-api-key: kg_nope\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n";
+    other.write_all(refused.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), other.read_to_end(&mut out))
+        .await
+        .expect("the refused connection did not close")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    assert!(!out.contains("100 Continue"), "{out}");
+    assert!(out.to_lowercase().contains("connection: close"), "{out}");
+
     // Expect: 100-continue: the interim answer first, then the body is read.
     let head = format!(
         "POST /echo-body HTTP/1.1\r\nhost: x\r\nx-api-key: {full}\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n"
@@ -820,4 +835,29 @@ async fn an_http10_client_gets_its_answer_delimited_and_the_connection_closed() 
         head.to_lowercase().contains("connection: keep-alive"),
         "{head}"
     );
+}
+
+#[tokio::test]
+async fn an_http10_answer_cut_short_ends_in_a_reset_not_an_end() {
+    // Delimited by the connection's end, a body cut short would look
+    // whole to an HTTP/1.0 client if the connection ended normally.
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(&upstream.url());
+    let req = format!(
+        "GET /die-mid-stream HTTP/1.0\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
+        gw.keys.read_only
+    );
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out))
+        .await
+        .expect("the connection did not end within 5 s");
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
+    let error = ended.expect_err("the connection ended as if the body were whole");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
 }

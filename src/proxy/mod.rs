@@ -216,13 +216,26 @@ impl Gateway {
         pending: Box<Pending>,
         conn: &ConnInfo,
     ) -> Response<ProxyBody> {
+        let timer = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
+        self.forward_with_timer(pending, conn, timer).await
+    }
+
+    /// `forward_pending` with the timer for the response's deadline given:
+    /// a server reuses one for a connection's requests (see
+    /// `upstream::Progress::response_overdue`).
+    pub async fn forward_with_timer(
+        &self,
+        pending: Box<Pending>,
+        conn: &ConnInfo,
+        timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    ) -> Response<ProxyBody> {
         let Pending {
             outgoing,
             after,
             ctx,
             key,
         } = *pending;
-        let sent = self.upstream.send(outgoing).await;
+        let sent = self.upstream.send(outgoing, timer).await;
         match self.received(sent, after, conn) {
             Routed::Forwarded(response, label, upstream) => {
                 self.forwarded(response, label, upstream, ctx, key, conn)

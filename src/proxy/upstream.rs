@@ -300,6 +300,7 @@ impl Upstream {
     pub async fn send(
         &self,
         out: Outgoing,
+        timer: Pin<&mut tokio::time::Sleep>,
     ) -> Result<(Response<UpstreamBody>, Arc<Progress>, Lease), SendError> {
         let Outgoing {
             message,
@@ -333,7 +334,7 @@ impl Upstream {
         // Pinned where they are: moved into `select!`, each would be laid
         // out twice in this future, and copied on the first poll.
         let exchange = std::pin::pin!(exchange);
-        let overdue = std::pin::pin!(progress.response_overdue(self.response_timeout));
+        let overdue = std::pin::pin!(progress.response_overdue(self.response_timeout, timer));
         tokio::select! {
             result = exchange => match result {
                 Ok((resp, lease)) => Ok((resp, progress.clone(), lease)),
@@ -476,14 +477,21 @@ impl Progress {
     /// deadlines, so a request costs one timer, not one per body chunk (and
     /// no clock reading of its own: the timer knows when its deadline has
     /// passed).
-    async fn response_overdue(&self, limit: Duration) {
+    ///
+    /// `timer` is the caller's, reset here: a server that hands the same
+    /// one to each request of a connection pays for registering it once.
+    /// Each request's deadline is later than the last, so tokio only moves
+    /// the registered one's expiry on (an atomic update, where a new timer
+    /// costs an insertion into the timer wheel and a removal).
+    async fn response_overdue(&self, limit: Duration, mut timer: Pin<&mut tokio::time::Sleep>) {
         let mut slept_until = None;
         loop {
             let state = self.state.load(Ordering::Acquire);
             let since = Duration::from_millis(self.since_ms.load(Ordering::Relaxed));
             if state == AWAITING_CLIENT {
                 slept_until = None;
-                tokio::time::sleep(limit).await;
+                timer.as_mut().reset(Instant::now() + limit);
+                timer.as_mut().await;
                 continue;
             }
             let deadline = self.started + since + limit;
@@ -491,7 +499,8 @@ impl Progress {
                 // The upstream owed the same step for the whole wait.
                 return;
             }
-            tokio::time::sleep_until(deadline).await;
+            timer.as_mut().reset(deadline);
+            timer.as_mut().await;
             slept_until = Some(deadline);
         }
     }
@@ -721,7 +730,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_response_timer_restarts_each_time_the_upstream_takes_a_piece() {
         let progress = Progress::new(Instant::now());
-        let overdue = progress.response_overdue(LIMIT);
+        let timer = std::pin::pin!(tokio::time::sleep(LIMIT));
+        let overdue = progress.response_overdue(LIMIT, timer);
         tokio::pin!(overdue);
         // A piece taken every 200 ms for a second: never 300 ms owed.
         for _ in 0..5 {
@@ -740,7 +750,8 @@ mod tests {
     async fn the_response_timer_stops_while_the_client_owes_the_next_piece() {
         let progress = Progress::new(Instant::now());
         progress.set(AWAITING_CLIENT);
-        let overdue = progress.response_overdue(LIMIT);
+        let timer = std::pin::pin!(tokio::time::sleep(LIMIT));
+        let overdue = progress.response_overdue(LIMIT, timer);
         tokio::pin!(overdue);
         tokio::select! {
             () = &mut overdue => panic!("cut while the client owed the body"),

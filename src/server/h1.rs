@@ -70,6 +70,8 @@ pub async fn serve(stream: ClientIo, serve: Serve) {
     let peer = serve.info.peer;
     let mut conn = Conn::new(stream, serve.limits);
     let mut number = 0u64;
+    // The response deadline's timer, one for all the connection's requests.
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
     loop {
         let head = match poll_fn(|cx| conn.poll_head(cx, &serve.draining)).await {
             Ok(Some(head)) => head,
@@ -94,14 +96,12 @@ pub async fn serve(stream: ClientIo, serve: Serve) {
             framing,
             keep_alive,
             expect_continue,
-            trailers,
         } = head;
         let http11 = request.version() == Version::HTTP_11;
         let exchange = Exchange {
             head_request: request.method() == Method::HEAD,
             http11,
             keep_alive,
-            trailers,
         };
         let body = {
             let mut io = lock(&conn.shared);
@@ -129,7 +129,10 @@ pub async fn serve(stream: ClientIo, serve: Serve) {
         let (response, answered) = match serve.gateway.begin(request, &serve.info) {
             Begun::Answered(response) => (response, true),
             Begun::Forward(pending) => (
-                serve.gateway.forward_pending(pending, &serve.info).await,
+                serve
+                    .gateway
+                    .forward_with_timer(pending, &serve.info, timer.as_mut())
+                    .await,
                 false,
             ),
         };
@@ -140,7 +143,7 @@ pub async fn serve(stream: ClientIo, serve: Serve) {
         match next {
             Ok(Next::KeepAlive) => {}
             Ok(Next::Close) => return conn.close(false).await,
-            Ok(Next::Upgrade(give)) => return conn.hand_over(give),
+            Ok(Next::Upgrade(give)) => return conn.hand_over(give, peer),
             Err(e) => {
                 tracing::debug!(client.addr = %peer, error = %e, "response cut");
                 return;
@@ -161,7 +164,6 @@ struct Exchange {
     head_request: bool,
     http11: bool,
     keep_alive: bool,
-    trailers: bool,
 }
 
 /// After a response.
@@ -199,6 +201,7 @@ struct Conn {
     /// fill it.
     room: HeaderMap,
     spans: Vec<head::Span>,
+    names: head::Names,
     /// Response bytes to write, from `out_at`; then `queue`, in order.
     out: Vec<u8>,
     out_at: usize,
@@ -219,6 +222,7 @@ impl Conn {
             limits,
             room: HeaderMap::new(),
             spans: Vec::new(),
+            names: head::Names::default(),
             out: Vec::with_capacity(1024),
             out_at: 0,
             queue: VecDeque::new(),
@@ -236,8 +240,13 @@ impl Conn {
         let mut io = lock(&self.shared);
         loop {
             if !io.buf.is_empty() {
-                match head::parse_request(&mut io.buf, self.limits, &mut self.room, &mut self.spans)
-                {
+                match head::parse_request(
+                    &mut io.buf,
+                    self.limits,
+                    &mut self.room,
+                    &mut self.spans,
+                    &mut self.names,
+                ) {
                     Ok(Some(head)) => return Poll::Ready(Ok(Some(head))),
                     Ok(None) => {}
                     Err(e) => return Poll::Ready(Err(Failure::Head(e))),
@@ -283,6 +292,12 @@ impl Conn {
         if keep && answered {
             keep = self.discard_body();
         }
+        {
+            // The interim answer is owed only until a final one goes.
+            let mut io = lock(&self.shared);
+            let owed = io.take_continue();
+            self.out.extend_from_slice(owed);
+        }
         let persist = match (switching, keep, x.http11) {
             (true, _, _) | (false, true, true) => Persist::Default,
             (false, true, false) => Persist::KeepAlive,
@@ -303,9 +318,13 @@ impl Conn {
         if send == Send::Nothing {
             drop(body);
             poll_fn(|cx| self.poll_out(cx)).await.map_err(Cut::Io)?;
-        } else {
-            let trailers = x.trailers && send == Send::Chunked;
-            self.stream(&mut body, send, trailers).await?;
+        } else if let Err(cut) = self.stream(&mut body, send).await {
+            // A body cut short must not look whole to the client: with no
+            // length or chunks to tell, only a reset says so.
+            if send == Send::UntilClose {
+                lock(&self.shared).stream.abort_on_close();
+            }
+            return Err(cut);
         }
         if switching {
             return Ok(match handover {
@@ -325,20 +344,35 @@ impl Conn {
     }
 
     /// Drops the rest of the current request's body, as far as it has been
-    /// read: true when none is left.
+    /// read: true when none is left. A body still held elsewhere (by an
+    /// HTTPS or HTTP/2 backend's connection, which may go on sending it
+    /// after the answer) is cut off instead: its next read fails, and the
+    /// connection closes after this exchange.
     fn discard_body(&mut self) -> bool {
+        if self.detach_reader() {
+            return false;
+        }
         let mut io = lock(&self.shared);
         let io = &mut *io;
         head::discard(&mut io.body, &mut io.buf)
     }
 
-    /// Sends a response body, framed as its head said.
-    async fn stream(
-        &mut self,
-        body: &mut ProxyBody,
-        send: Send,
-        trailers: bool,
-    ) -> Result<(), Cut> {
+    /// True when a request body elsewhere still holds the connection; it
+    /// reads nothing more from then on.
+    fn detach_reader(&self) -> bool {
+        if Arc::strong_count(&self.shared) == 1 {
+            return false;
+        }
+        let mut io = lock(&self.shared);
+        io.request = io.request.wrapping_add(1);
+        io.body = Decoding::Failed;
+        true
+    }
+
+    /// Sends a response body, framed as its head said. Trailers are
+    /// dropped, as hyper's server dropped them (it sends only fields a
+    /// `Trailer` header declared, and that header is hop-by-hop here).
+    async fn stream(&mut self, body: &mut ProxyBody, send: Send) -> Result<(), Cut> {
         let mut sent = 0u64;
         let mut ended = false;
         let mut chunk_open = false;
@@ -365,12 +399,7 @@ impl Conn {
                                         _ => self.push(data),
                                     }
                                 }
-                                Err(frame) => {
-                                    if let (true, Ok(fields)) = (trailers, frame.into_trailers()) {
-                                        ended = true;
-                                        self.push(last_chunk(chunk_open, Some(&fields)));
-                                    }
-                                }
+                                Err(_trailers) => {}
                             }
                             continue;
                         }
@@ -463,6 +492,7 @@ impl Conn {
     /// may be left unread (or `linger`), what still comes read and dropped
     /// for a short while first.
     async fn close(self, linger: bool) {
+        self.detach_reader();
         let linger = linger || {
             let io = lock(&self.shared);
             io.body != Decoding::Done || !io.buf.is_empty()
@@ -489,15 +519,20 @@ impl Conn {
 
     /// Gives the connection to the tunnel the gateway started for a
     /// protocol switch, with what the client sent after its request.
-    fn hand_over(self, give: Handover) {
-        // The request had no body reader left (a switch's request has no
-        // body); if one were still held, the tunnel does not start.
-        if let Ok(io) = Arc::try_unwrap(self.shared) {
-            let io = io
-                .into_inner()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let stream = io.stream.replaying(io.buf.freeze());
-            let _ = give.give(Box::new(stream));
+    fn hand_over(self, give: Handover, peer: std::net::SocketAddr) {
+        // A switch's request has no body, so no reader holds the stream;
+        // if one still did, the tunnel cannot start.
+        match Arc::try_unwrap(self.shared) {
+            Ok(io) => {
+                let io = io
+                    .into_inner()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let stream = io.stream.replaying(io.buf.freeze());
+                let _ = give.give(Box::new(stream));
+            }
+            Err(_) => {
+                tracing::info!(client.addr = %peer, "protocol switch dropped: the request's body was still being read");
+            }
         }
     }
 }

@@ -39,6 +39,17 @@ impl ClientIo {
 }
 
 impl ClientIo {
+    /// Makes the close that follows a reset, not an orderly end: a client
+    /// that reads a body to the connection's end must not take a body cut
+    /// short for a whole one.
+    pub fn abort_on_close(&self) {
+        let tcp = match &self.stream {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        };
+        let _ = tcp.set_zero_linger();
+    }
+
     /// The stream with `rest` (bytes read from it but not used) to be read
     /// again first: what a client sent after the request that switched
     /// protocols belongs to the tunnel.

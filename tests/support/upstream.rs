@@ -5,6 +5,7 @@
 //! - `/stream/<n>`: the same without a length (chunked);
 //! - `/echo-body`: streams the request body back;
 //! - `/die-mid-body`: sends a head promising 1 MiB, some bytes, then drops;
+//! - `/die-mid-stream`: the same without a length (chunked);
 //! - `/stall-mid-body`: the same head and bytes, then silence for ever;
 //! - `/ws`: answers 101 and echoes bytes on the upgraded connection;
 //! - anything else: 200 with a small JSON body.
@@ -253,6 +254,18 @@ async fn answer(mut req: Request<Incoming>, record: &Mutex<Vec<Seen>>) -> Respon
             r.headers_mut().insert("content-type", ct.clone());
         }
         return r;
+    }
+    if path == "/die-mid-stream" {
+        return Response::new(
+            Chunks {
+                left: 1000,
+                index: 0,
+                fail: true,
+                pause: None,
+                stall: false,
+            }
+            .boxed(),
+        );
     }
     if path == "/die-mid-body" {
         // Some bytes, then an error: hyper aborts the connection mid-body.

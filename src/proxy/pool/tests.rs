@@ -101,7 +101,11 @@ async fn exchange(up: &Upstream, path: &str, body: &'static [u8], read: usize) -
             tokio::time::Instant::now(),
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
-    let (resp, progress, lease) = up.send(out).await.unwrap_or_else(|e| panic!("{e:?}"));
+    let timer = std::pin::pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
+    let (resp, progress, lease) = up
+        .send(out, timer)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
     let status = resp.status().as_u16();
     let mut body = ProxyBody::upstream(
         resp.into_body(),

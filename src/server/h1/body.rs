@@ -65,6 +65,16 @@ impl Io {
         std::future::Future::poll(read, cx)
     }
 
+    /// What is still owed of `100 Continue`, taken over by the response
+    /// about to be written: a final answer needs no interim one first, and
+    /// one begun must be finished before it.
+    pub fn take_continue(&mut self) -> &'static [u8] {
+        match self.continue_at.take() {
+            Some(0) | None => &[],
+            Some(at) => CONTINUE.get(at..).unwrap_or_default(),
+        }
+    }
+
     /// Writes whatever is owed of `100 Continue`.
     fn poll_continue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some(at) = self.continue_at {

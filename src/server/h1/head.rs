@@ -6,7 +6,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TE, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 
 /// Header fields parsed on the stack; a configured `max_headers` above it
@@ -40,8 +40,6 @@ pub struct RequestHead {
     /// and the head framed its body once.
     pub keep_alive: bool,
     pub expect_continue: bool,
-    /// `TE: trailers`: the client takes a chunked response's trailers.
-    pub trailers: bool,
 }
 
 /// Why a head is refused.
@@ -76,15 +74,42 @@ impl HeadError {
 /// Where a field's name and value lie in the head.
 pub type Span = [u32; 4];
 
+/// Field names seen on a connection, by their bytes as sent. A name the
+/// http crate does not know (`x-api-key`) costs an allocation, a copy and
+/// a free in `HeaderName::from_bytes` on every request; a connection's
+/// requests repeat the same few names, so each is made once here.
+#[derive(Debug, Default)]
+pub struct Names {
+    seen: Vec<(Box<[u8]>, HeaderName)>,
+}
+
+/// Names remembered per connection at most (a client that sends ever new
+/// names pays for them as before).
+const NAMES: usize = 16;
+
+impl Names {
+    fn get(&mut self, raw: &[u8]) -> Option<HeaderName> {
+        if let Some((_, name)) = self.seen.iter().find(|(seen, _)| **seen == *raw) {
+            return Some(name.clone());
+        }
+        let name = HeaderName::from_bytes(raw).ok()?;
+        if self.seen.len() < NAMES {
+            self.seen.push((raw.into(), name.clone()));
+        }
+        Some(name)
+    }
+}
+
 /// Parses a request head from the front of `buf`: `Ok(None)` until it is
 /// whole. Its fields go into `room`'s map (its allocation reused: hyper's
-/// server does the same with each response's map); `spans` is scratch
-/// space kept by the connection.
+/// server does the same with each response's map); `spans` and `names`
+/// are kept by the connection from one request to the next.
 pub fn parse_request(
     buf: &mut BytesMut,
     limits: Limits,
     room: &mut HeaderMap,
     spans: &mut Vec<Span>,
+    names: &mut Names,
 ) -> Result<Option<RequestHead>, HeadError> {
     // Not zeroed: httparse writes each field before it is read. The stack
     // array keeps a vector out of every request.
@@ -159,12 +184,11 @@ pub fn parse_request(
     let mut keep_alive = http11;
     let mut close = false;
     let mut expect_continue = false;
-    let mut trailers = false;
     for &[ns, ne, vs, ve] in spans.iter() {
         let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
         let name = head
             .get(ns..ne)
-            .and_then(|n| HeaderName::from_bytes(n).ok())
+            .and_then(|n| names.get(n))
             .ok_or(HeadError::Malformed("invalid header name"))?;
         if vs > ve || ve > head.len() {
             return Err(HeadError::Malformed("invalid header value"));
@@ -198,8 +222,6 @@ pub fn parse_request(
             }
         } else if name == EXPECT {
             expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
-        } else if name == TE {
-            trailers = has_token(&value, "trailers");
         }
         headers.append(name, value);
     }
@@ -235,7 +257,6 @@ pub fn parse_request(
         framing,
         keep_alive: keep_alive && !close,
         expect_continue,
-        trailers,
     }))
 }
 

@@ -19,7 +19,13 @@ fn parse(text: &str) -> Result<Option<head::RequestHead>, HeadError> {
 }
 
 fn parse_bytes(buf: &mut BytesMut) -> Result<Option<head::RequestHead>, HeadError> {
-    head::parse_request(buf, LIMITS, &mut HeaderMap::new(), &mut Vec::new())
+    head::parse_request(
+        buf,
+        LIMITS,
+        &mut HeaderMap::new(),
+        &mut Vec::new(),
+        &mut head::Names::default(),
+    )
 }
 
 fn head(text: &str) -> head::RequestHead {
@@ -42,7 +48,7 @@ fn a_request_head_is_parsed_whole_and_the_rest_left() {
     assert_eq!(twos, ["1", "2"]);
     assert_eq!(parsed.framing, Framing::None);
     assert!(parsed.keep_alive);
-    assert!(!parsed.expect_continue && !parsed.trailers);
+    assert!(!parsed.expect_continue);
 }
 
 #[test]
@@ -83,9 +89,15 @@ fn more_fields_than_the_stack_holds_are_parsed_when_allowed() {
     };
     let many: String = (0..200).map(|i| format!("x-{i}: {i}\r\n")).collect();
     let mut buf = BytesMut::from(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes());
-    let parsed = head::parse_request(&mut buf, limits, &mut HeaderMap::new(), &mut Vec::new())
-        .unwrap()
-        .unwrap();
+    let parsed = head::parse_request(
+        &mut buf,
+        limits,
+        &mut HeaderMap::new(),
+        &mut Vec::new(),
+        &mut head::Names::default(),
+    )
+    .unwrap()
+    .unwrap();
     assert_eq!(parsed.request.headers().len(), 200);
     assert_eq!(parsed.request.headers()["x-199"], "199");
 }
@@ -187,12 +199,10 @@ fn keep_alive_follows_the_version_and_connection() {
 }
 
 #[test]
-fn expect_continue_and_trailers_are_noted() {
-    let h = head(
-        "POST / HTTP/1.1\r\nexpect: 100-Continue\r\nte: trailers\r\ncontent-length: 1\r\n\r\n",
-    );
+fn expect_continue_is_noted() {
+    let h = head("POST / HTTP/1.1\r\nexpect: 100-Continue\r\ncontent-length: 1\r\n\r\n");
     assert!(h.expect_continue);
-    assert!(h.trailers);
+    assert!(!head("POST / HTTP/1.1\r\nexpect: other\r\n\r\n").expect_continue);
 }
 
 #[test]
@@ -209,13 +219,62 @@ fn the_room_map_is_reused_and_emptied() {
     room.insert("x-old", HeaderValue::from_static("1"));
     let capacity = room.capacity();
     let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nx-new: 2\r\n\r\n"[..]);
-    let parsed = head::parse_request(&mut buf, LIMITS, &mut room, &mut Vec::new())
-        .unwrap()
-        .unwrap();
+    let parsed = head::parse_request(
+        &mut buf,
+        LIMITS,
+        &mut room,
+        &mut Vec::new(),
+        &mut head::Names::default(),
+    )
+    .unwrap()
+    .unwrap();
     let headers = parsed.request.headers();
     assert!(!headers.contains_key("x-old"));
     assert_eq!(headers["x-new"], "2");
     assert!(headers.capacity() >= capacity);
+}
+
+#[test]
+fn names_are_made_once_per_connection_and_still_read_as_sent() {
+    let mut names = head::Names::default();
+    let mut parse = |text: &str| {
+        let mut buf = BytesMut::from(text.as_bytes());
+        head::parse_request(
+            &mut buf,
+            LIMITS,
+            &mut HeaderMap::new(),
+            &mut Vec::new(),
+            &mut names,
+        )
+        .unwrap()
+        .unwrap()
+        .request
+    };
+    let first = parse("GET / HTTP/1.1\r\nX-Api-Key: a\r\nx-other: b\r\n\r\n");
+    let second = parse("GET / HTTP/1.1\r\nx-api-key: c\r\nX-Api-Key: d\r\nX-OTHER: e\r\n\r\n");
+    assert_eq!(first.headers()["x-api-key"], "a");
+    let keys: Vec<_> = second.headers().get_all("x-api-key").iter().collect();
+    assert_eq!(keys, ["c", "d"]);
+    assert_eq!(second.headers()["x-other"], "e");
+    // Past the bound, new names still parse.
+    let many: String = (0..20).map(|i| format!("x-n{i}: {i}\r\n")).collect();
+    let limits = Limits {
+        max_head_bytes: 4096,
+        max_headers: 32,
+    };
+    let mut buf = BytesMut::from(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes());
+    let third = head::parse_request(
+        &mut buf,
+        limits,
+        &mut HeaderMap::new(),
+        &mut Vec::new(),
+        &mut names,
+    )
+    .unwrap()
+    .unwrap()
+    .request;
+    assert_eq!(third.headers()["x-n19"], "19");
+    assert_eq!(third.headers().len(), 20);
 }
 
 #[test]
