@@ -214,7 +214,8 @@ async fn answer(mut req: Request<Incoming>, record: &Mutex<Vec<Seen>>) -> Respon
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
         return Response::new(full("slow done"));
     }
-    if let Some(n) = path.strip_prefix("/bytes/") {
+    let sized = path.strip_prefix("/bytes/");
+    if let Some(n) = sized.or_else(|| path.strip_prefix("/stream/")) {
         let total: usize = n.parse().unwrap_or(0);
         let mut r = Response::new(
             Chunks {
@@ -226,21 +227,11 @@ async fn answer(mut req: Request<Incoming>, record: &Mutex<Vec<Seen>>) -> Respon
             }
             .boxed(),
         );
-        r.headers_mut()
-            .insert("content-length", total.to_string().parse().unwrap());
+        if sized.is_some() {
+            r.headers_mut()
+                .insert("content-length", total.to_string().parse().unwrap());
+        }
         return r;
-    }
-    if let Some(n) = path.strip_prefix("/stream/") {
-        return Response::new(
-            Chunks {
-                left: n.parse().unwrap_or(0),
-                index: 0,
-                fail: false,
-                pause: None,
-                stall: false,
-            }
-            .boxed(),
-        );
     }
     if path == "/echo-body" {
         let (parts, body) = req.into_parts();
@@ -255,19 +246,7 @@ async fn answer(mut req: Request<Incoming>, record: &Mutex<Vec<Seen>>) -> Respon
         }
         return r;
     }
-    if path == "/die-mid-stream" {
-        return Response::new(
-            Chunks {
-                left: 1000,
-                index: 0,
-                fail: true,
-                pause: None,
-                stall: false,
-            }
-            .boxed(),
-        );
-    }
-    if path == "/die-mid-body" {
+    if path == "/die-mid-body" || path == "/die-mid-stream" {
         // Some bytes, then an error: hyper aborts the connection mid-body.
         let mut r = Response::new(
             Chunks {
@@ -279,8 +258,10 @@ async fn answer(mut req: Request<Incoming>, record: &Mutex<Vec<Seen>>) -> Respon
             }
             .boxed(),
         );
-        r.headers_mut()
-            .insert("content-length", "1048576".parse().unwrap());
+        if path == "/die-mid-body" {
+            r.headers_mut()
+                .insert("content-length", "1048576".parse().unwrap());
+        }
         return r;
     }
     if path == "/stall-mid-body" {
