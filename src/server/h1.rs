@@ -146,6 +146,9 @@ pub async fn serve(stream: ClientIo, serve: Serve) {
             Ok(Next::Upgrade(give)) => return conn.hand_over(give, peer),
             Err(e) => {
                 tracing::debug!(client.addr = %peer, error = %e, "response cut");
+                // A body still held elsewhere must not read on from a
+                // connection that is over.
+                conn.detach_reader();
                 return;
             }
         }
