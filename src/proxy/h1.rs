@@ -45,7 +45,7 @@ mod wire;
 pub use response::ResponseBody;
 pub use wire::ProtocolError;
 // The chunked coding, for the server's side of a client connection too.
-pub(crate) use wire::{Chunk, Step, decode_chunk, last_chunk, take_up_to};
+pub(crate) use wire::{Chunk, Step, content_length, decode_chunk, last_chunk, take_up_to};
 
 /// Bytes read from the upstream at a time.
 const READ_CHUNK: usize = 16 * 1024;

@@ -335,25 +335,38 @@ fn framing(response: &Response<()>, head_request: bool) -> Result<(Decoder, bool
     }
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
-        let value = value
-            .to_str()
-            .map_err(|_| ProtocolError::BadContentLength)?;
-        for part in value.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(ProtocolError::BadContentLength);
-            }
-            let n: u64 = part.parse().map_err(|_| ProtocolError::BadContentLength)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ProtocolError::BadContentLength);
-            }
-            length = Some(n);
+        let n = content_length(value).ok_or(ProtocolError::BadContentLength)?;
+        if length.is_some_and(|l| l != n) {
+            return Err(ProtocolError::BadContentLength);
         }
+        length = Some(n);
     }
     Ok(match length {
         Some(n) => (Decoder::Length(n), true),
         None => (Decoder::Eof, true),
     })
+}
+
+/// A `Content-Length` value: digits only, or a list of one length
+/// repeated (RFC 9110 §8.6); `None` when malformed or past `u64`. Both
+/// sides read lengths with it: the upstream's responses and the clients'
+/// requests (`server::h1`).
+pub fn content_length(value: &HeaderValue) -> Option<u64> {
+    let mut length = None;
+    for part in value.as_bytes().split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = part.iter().try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })?;
+        if length.is_some_and(|l| l != n) {
+            return None;
+        }
+        length = Some(n);
+    }
+    length
 }
 
 /// HTTP/1.1 keeps the connection unless `Connection: close`; HTTP/1.0 only

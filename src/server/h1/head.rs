@@ -9,6 +9,8 @@ use bytes::{Buf, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 
+use crate::proxy::h1::content_length;
+
 /// Header fields parsed on the stack; a configured `max_headers` above it
 /// costs a vector per head.
 const STACK_FIELDS: usize = 128;
@@ -266,24 +268,6 @@ fn last_coding_is_chunked(value: &HeaderValue) -> bool {
         .ok()
         .and_then(|v| v.rsplit(',').next())
         .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"))
-}
-
-/// A `Content-Length` value: digits only, or a list of one length
-/// repeated (RFC 9110 §8.6).
-fn content_length(value: &HeaderValue) -> Option<u64> {
-    let mut length = None;
-    for part in value.as_bytes().split(|&b| b == b',') {
-        let part = part.trim_ascii();
-        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
-        if length.is_some_and(|l| l != n) {
-            return None;
-        }
-        length = Some(n);
-    }
-    length
 }
 
 fn has_token(value: &HeaderValue, token: &str) -> bool {
