@@ -48,7 +48,7 @@ pub struct ConnInfo {
     /// The peer's IP as a header value, formatted once per connection.
     pub peer_ip: HeaderValue,
     /// The connection's slot under `server.max_connections`. A WebSocket
-    /// tunnel outlives hyper's connection and keeps a share of it, so that
+    /// tunnel outlives the server's connection and keeps a share of it, so that
     /// tunnels count against the limit and the shutdown drain waits for them.
     pub slot: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
@@ -80,7 +80,7 @@ pub struct Gateway {
     settings: PolicySettings,
     forward_key: bool,
     access_log: bool,
-    /// `server.max_headers`, for HTTP/2 requests (hyper applies it to
+    /// `server.max_headers`, for HTTP/2 requests (`server::h1` applies it to
     /// HTTP/1.1 heads, and HTTP/2 has no field-count limit of its own).
     max_headers: usize,
     /// `server.idle_timeout`, applied to upgraded tunnels.
@@ -145,8 +145,8 @@ impl Gateway {
         self
     }
 
-    /// Handles one request, start to response head. Any body will do: hyper's
-    /// for a real connection, an in-memory one in tests.
+    /// Handles one request, start to response head. Any body will do: the
+    /// server's for a real connection, an in-memory one in tests.
     pub async fn handle<B>(&self, req: Request<B>, conn: &ConnInfo) -> Response<ProxyBody>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,

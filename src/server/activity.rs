@@ -7,7 +7,7 @@
 //!   no byte of a new one; and, while a response is being sent, a client
 //!   that accepts no byte of it for that long (it stopped reading).
 //!
-//! hyper's own header timer starts as soon as it waits for a head, which would
+//! A timer armed whenever the server waits for a head (as hyper's was) would
 //! cut every idle kept-alive connection at `header_read_timeout`; hence this.
 //!
 //! Nothing here wakes the supervisor: it polls at its deadlines (see

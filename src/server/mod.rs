@@ -1,6 +1,7 @@
 //! The client listener: accept (bounded by `max_connections`), optional TLS,
-//! HTTP/1.1 or HTTP/2 on the same port, per-connection timeouts, and the
-//! graceful drain on shutdown. Requests go to `proxy::Gateway::handle`.
+//! HTTP/1.1 (`h1`, keygate's own) or HTTP/2 (hyper's) on the same port,
+//! per-connection timeouts, and the graceful drain on shutdown. Requests go
+//! to `proxy::Gateway::begin` and, when forwarded, `forward_pending`.
 
 pub mod activity;
 mod h1;

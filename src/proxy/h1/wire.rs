@@ -78,8 +78,8 @@ pub fn encode_head<'n, 'v>(
     body: Option<Option<u64>>,
     added: impl Iterator<Item = (&'n str, &'v HeaderValue)> + Clone,
 ) -> (Bytes, BodyFraming) {
-    // The client's `Content-Length`, if it parses (hyper's server checked
-    // the body against it); the head then says only what framing says.
+    // The client's `Content-Length`, if it parses (the server, `server::h1`
+    // or hyper's for HTTP/2, checks the body against it); the head then says only what framing says.
     let sent = parts.headers.get(CONTENT_LENGTH);
     let had_length = sent.is_some();
     let sent_length = sent
