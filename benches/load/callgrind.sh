@@ -3,8 +3,8 @@
 # Instructions per request of a keygate binary, counted by callgrind: repeatable to about 1% on
 # this machine whatever else runs, where wall-clock figures move by 10-20% between runs.
 #
-#   benches/load/callgrind.sh BINARY [get|get64|post|deny|denylog|limited|shared ...]   # default: get post deny
-#   benches/load/callgrind.sh nginx|haproxy [get|get64|post|deny ...]
+#   benches/load/callgrind.sh BINARY [get|get64|post|deny|denylog|limited|shared|h2c ...]   # default: get post deny
+#   benches/load/callgrind.sh nginx|haproxy [get|get64|post|deny|h2c ...]
 #
 # deny runs with log level warn (no denial line), denylog with info: the line each denial logs.
 # get64: GETs on 64 kept-alive connections, one request in flight on each (all 64 sent, then all 64
@@ -13,6 +13,9 @@
 # limited: get with a key under its rate limit (1000000/s), so every request pays the limit check;
 # shared: the same with the limit shared through Redis ($KEYGATE_BENCH_REDIS, default
 # redis://127.0.0.1:6379; the sync task's work in the background is counted too).
+# h2c: allowed GETs over HTTP/2 without TLS (prior knowledge), sent by h2load on one connection
+# with 4 streams in flight, the shape of each of the harness's 16 h2c connections (needs h2load,
+# apt-get install nghttp2-client).
 #
 # One worker, one kept-alive connection, the harness's backend (built if missing) on 127.0.0.1.
 # `nginx` or `haproxy` instead of a binary counts that peer, with the harness's config for it
@@ -33,10 +36,13 @@ shift
 modes=("$@"); [ ${#modes[@]} -gt 0 ] || modes=(get post deny)
 if [ -n "$peer" ]; then
   for m in "${modes[@]}"; do
-    case "$m" in get|get64|post|deny) ;; *) echo "$peer: mode $m is keygate's only (get, get64, post, deny)" >&2; exit 2 ;; esac
+    case "$m" in get|get64|post|deny|h2c) ;; *) echo "$peer: mode $m is keygate's only (get, get64, post, deny, h2c)" >&2; exit 2 ;; esac
   done
 fi
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+for m in "${modes[@]}"; do
+  [ "$m" != h2c ] || command -v h2load >/dev/null || { echo "h2c needs h2load (apt-get install nghttp2-client)" >&2; exit 1; }
+done
 port=18190 ops=18191 up=18181
 # shellcheck source=common.sh
 source "$here/common.sh"
@@ -103,7 +109,16 @@ total() { # mode n -> instructions
   (cd "$d" && exec valgrind --tool=callgrind ${KG_CALLGRIND_ARGS:-} --callgrind-out-file="$d/cg.$2" "${cmd[@]}" 2>/dev/null) &
   local pid=$!; pids+=("$pid")
   for _ in $(seq 1 300); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-  python3 "$d/requests.py" "$port" "$2" "$1" "$k"
+  if [ "$1" = h2c ]; then
+    # keygate tells h2c from HTTP/1.1 on its one port; the peers take it on their h2c port.
+    local h2port=$port
+    [ -z "$peer" ] || { h2port=$ops; for _ in $(seq 1 300); do (echo >"/dev/tcp/127.0.0.1/$h2port") 2>/dev/null && break; sleep 0.1; done; }
+    local out
+    out=$(h2load -n "$2" -c1 -m4 -H "x-api-key: $k" "http://127.0.0.1:$h2port/v1/things?x=1" 2>&1)
+    grep -q "status codes: $2 2xx" <<<"$out" || { echo "h2load: not $2 answers of 2xx:" >&2; echo "$out" >&2; exit 1; }
+  else
+    python3 "$d/requests.py" "$port" "$2" "$1" "$k"
+  fi
   # nginx's graceful stop is QUIT (TERM is its fast one); both end with callgrind's totals.
   kill "-$([ "$peer" = nginx ] && echo QUIT || echo TERM)" "$pid"; wait "$pid" || true
   # Reaped: not the cleanup's to signal (the number may be another process's by then).

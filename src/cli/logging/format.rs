@@ -20,18 +20,22 @@ use crate::config::LogFormat;
 
 pub struct Lines {
     json: bool,
+    /// Where a finished line goes: the writer's batch (`super::push`), or a
+    /// test's capture.
+    sink: fn(&[u8]),
 }
 
 impl Lines {
-    pub fn new(format: LogFormat) -> Self {
+    pub fn new(format: LogFormat, sink: fn(&[u8])) -> Self {
         Lines {
             json: format == LogFormat::Json,
+            sink,
         }
     }
 }
 
-/// A thread's buffers: the line, its message, and room to format a value
-/// before it is escaped.
+/// A thread's buffers: the line, a message recorded after other fields
+/// (text), and room to format a value before it is escaped (JSON).
 #[derive(Default)]
 struct Buffers {
     line: String,
@@ -58,7 +62,7 @@ impl<S: Subscriber> Layer<S> for Lines {
                 format_text(b, now, *meta.level(), meta.target(), event);
             }
             b.line.push('\n');
-            super::push(b.line.as_bytes());
+            (self.sink)(b.line.as_bytes());
         };
         // A line logged while this thread formats another (a `Display` that
         // logs) gets buffers of its own rather than a panic.
@@ -76,77 +80,140 @@ fn format_text(
     target: &str,
     event: &Event<'_>,
 ) {
-    let mut fields = std::mem::take(&mut b.scratch);
-    fields.clear();
+    timestamp(&mut b.line, now);
+    b.line.push_str(match level {
+        Level::TRACE => " TRACE ",
+        Level::DEBUG => " DEBUG ",
+        Level::INFO => "  INFO ",
+        Level::WARN => "  WARN ",
+        Level::ERROR => " ERROR ",
+    });
+    b.line.push_str(target);
+    b.line.push_str(": ");
+    // The fields are written straight into the line. The message goes
+    // before them: the macros record it first, so it is nearly always
+    // written in place too; one recorded later is moved in front.
+    let message_at = b.line.len();
     let mut v = TextFields {
-        fields: &mut fields,
+        line: &mut b.line,
         message: &mut b.message,
+        message_at,
     };
     event.record(&mut v);
-    timestamp(&mut b.line, now);
-    let _ = write!(b.line, " {:>5} {target}: ", level.as_str());
-    b.line.push_str(&b.message);
-    b.line.push_str(&fields);
-    b.scratch = fields;
+    if !b.message.is_empty() {
+        b.line.insert_str(message_at, &b.message);
+    }
 }
 
 struct TextFields<'a> {
-    fields: &'a mut String,
+    line: &'a mut String,
+    /// A message recorded after other fields, to be moved in front of them.
     message: &'a mut String,
+    message_at: usize,
+}
+
+impl TextFields<'_> {
+    /// ` name=`, the start of every field.
+    fn name(&mut self, field: &Field, extra: usize) {
+        let name = field.name();
+        self.line.reserve(name.len() + extra + 4);
+        self.line.push(' ');
+        self.line.push_str(name);
+        self.line.push('=');
+    }
+
+    fn in_place(&self) -> bool {
+        self.line.len() == self.message_at
+    }
 }
 
 /// True when `{:?}` would escape something in `value`: a quote, a
 /// backslash or a control character. Printable ASCII, what nearly every
-/// field is, is told by a loop over bytes (the compiler vectorises it);
-/// only other text is looked at char by char.
+/// field is, is told eight bytes at a time; only other text is looked at
+/// char by char.
 fn needs_escape(value: &str) -> bool {
-    let plain = |b: &u8| (0x20..0x7f).contains(b) && *b != b'"' && *b != b'\\';
-    if value.as_bytes().iter().all(plain) {
+    if plain_ascii(value.as_bytes()) {
         return false;
     }
     value.contains(|c: char| c == '"' || c == '\\' || c.is_control())
 }
 
+/// True when every byte is printable ASCII other than `"` and `\`. Each
+/// eight bytes are one word tested with the classic bit tricks ("does a
+/// byte lie below n", "is a byte zero"), exact for whether any byte fails;
+/// the last few are padded with a plain byte.
+fn plain_ascii(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let any_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let bad = |x: u64| {
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        // 0x7f and up: adding one sets the top bit, or it was set (a byte
+        // of 0xff carries into the next, but is caught itself).
+        let high = (x.wrapping_add(ONES) | x) & HIGH;
+        control
+            | high
+            | any_zero(x ^ (ONES * u64::from(b'"')))
+            | any_zero(x ^ (ONES * u64::from(b'\\')))
+    };
+    let mut words = bytes.chunks_exact(8);
+    let mut found = 0;
+    for w in &mut words {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(w);
+        found |= bad(u64::from_le_bytes(word));
+    }
+    let mut last = [b'a'; 8];
+    for (to, from) in last.iter_mut().zip(words.remainder()) {
+        *to = *from;
+    }
+    found |= bad(u64::from_le_bytes(last));
+    found == 0
+}
+
 impl Visit for TextFields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
-            self.message.push_str(value);
+            if self.in_place() {
+                self.line.push_str(value);
+                self.message_at = usize::MAX;
+            } else {
+                self.message.push_str(value);
+            }
         } else {
-            self.fields.push(' ');
-            self.fields.push_str(field.name());
-            self.fields.push('=');
+            self.name(field, value.len());
             if needs_escape(value) {
-                let _ = write!(self.fields, "{value:?}");
+                let _ = write!(self.line, "{value:?}");
             } else {
                 // What `{:?}` would write, without escaping char by char.
-                self.fields.push('"');
-                self.fields.push_str(value);
-                self.fields.push('"');
+                self.line.push('"');
+                self.line.push_str(value);
+                self.line.push('"');
             }
         }
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.fields.push(' ');
-        self.fields.push_str(field.name());
-        self.fields.push('=');
-        push_u64(self.fields, value);
+        self.name(field, 20);
+        push_u64(self.line, value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.fields.push(' ');
-        self.fields.push_str(field.name());
-        self.fields.push_str(if value { "=true" } else { "=false" });
+        self.name(field, 5);
+        self.line.push_str(if value { "true" } else { "false" });
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if field.name() == "message" {
-            let _ = write!(self.message, "{value:?}");
+            if self.in_place() {
+                let _ = write!(self.line, "{value:?}");
+                self.message_at = usize::MAX;
+            } else {
+                let _ = write!(self.message, "{value:?}");
+            }
         } else {
-            self.fields.push(' ');
-            self.fields.push_str(field.name());
-            self.fields.push('=');
-            let _ = write!(self.fields, "{value:?}");
+            self.name(field, 0);
+            let _ = write!(self.line, "{value:?}");
         }
     }
 }
@@ -336,9 +403,104 @@ mod tests {
         ] {
             assert_eq!(needs_escape(value), reference(value), "{value:?}");
         }
-        proptest::proptest!(|(value in ".{0,40}")| {
+        // Any text, mostly ASCII text, and ASCII with a few odd bytes in.
+        proptest::proptest!(|(value in ".{0,40}", ascii in "[ -~]{0,40}", near in "[\\x00-\\x7f]{0,24}")| {
             proptest::prop_assert_eq!(needs_escape(&value), reference(&value));
+            proptest::prop_assert_eq!(needs_escape(&ascii), reference(&ascii));
+            proptest::prop_assert_eq!(needs_escape(&near), reference(&near));
         });
+        // Each byte value at each place of a word and of a padded tail.
+        for len in [1, 7, 8, 9, 16, 17] {
+            for at in 0..len {
+                for c in (0..=0x7f_u8)
+                    .map(char::from)
+                    .chain(['\u{80}', '\u{ff}', '\u{a0}', '\u{2028}'])
+                {
+                    let mut v: Vec<char> = vec!['a'; len];
+                    v[at] = c;
+                    let v: String = v.into_iter().collect();
+                    assert_eq!(needs_escape(&v), reference(&v), "{v:?}");
+                }
+            }
+        }
+    }
+
+    thread_local! {
+        static CAPTURED: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn capture(line: &[u8]) {
+        CAPTURED.with(|c| {
+            c.borrow_mut()
+                .push(String::from_utf8_lossy(line).into_owned())
+        });
+    }
+
+    /// The lines `emit` logs in `format`, each without its timestamp.
+    fn lines_of(format: LogFormat, emit: impl FnOnce()) -> Vec<String> {
+        use tracing_subscriber::prelude::*;
+        CAPTURED.with(|c| c.borrow_mut().clear());
+        let subscriber = tracing_subscriber::registry().with(Lines::new(format, capture));
+        tracing::subscriber::with_default(subscriber, emit);
+        CAPTURED
+            .with(|c| c.borrow_mut().drain(..).collect::<Vec<_>>())
+            .into_iter()
+            .map(|l| match format {
+                LogFormat::Json => l.replacen(&l[14..41], "T", 1),
+                _ => l[27..].to_string(),
+            })
+            .collect()
+    }
+
+    /// Every kind of field in both formats, the message first (as the
+    /// macros put it), last, or absent, and values that need escaping.
+    fn emit_every_kind() {
+        let path = "/v1/\"odd\"";
+        let none: Option<&str> = None;
+        tracing::info!(
+            message = "request denied",
+            decision = "invalid_key",
+            key.id = none,
+            url.path = path,
+            http.response.status_code = 401u16,
+            network.peer.port = 54_321u64,
+            delta = -3i64,
+            ratio = 0.5f64,
+            response.complete = true,
+            limit = %"10/s",
+        );
+        tracing::warn!(kind = "connect", "upstream request failed: {}", 7);
+        tracing::error!(a = 1u64, b = "x\ty");
+        tracing::debug!("only a message");
+        tracing::info!(a = 1u64, message = "late");
+    }
+
+    #[test]
+    fn a_text_line_is_level_target_message_then_fields() {
+        assert_eq!(
+            lines_of(LogFormat::Text, emit_every_kind),
+            [
+                "  INFO keygate::cli::logging::format::tests: request denied decision=\"invalid_key\" url.path=\"/v1/\\\"odd\\\"\" http.response.status_code=401 network.peer.port=54321 delta=-3 ratio=0.5 response.complete=true limit=10/s\n",
+                "  WARN keygate::cli::logging::format::tests: upstream request failed: 7 kind=\"connect\"\n",
+                " ERROR keygate::cli::logging::format::tests:  a=1 b=\"x\\ty\"\n",
+                " DEBUG keygate::cli::logging::format::tests: only a message\n",
+                "  INFO keygate::cli::logging::format::tests: late a=1\n",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_json_line_is_one_object_with_its_fields_typed() {
+        assert_eq!(
+            lines_of(LogFormat::Json, emit_every_kind),
+            [
+                "{\"timestamp\":\"T\",\"level\":\"INFO\",\"fields\":{\"message\":\"request denied\",\"decision\":\"invalid_key\",\"url.path\":\"/v1/\\\"odd\\\"\",\"http.response.status_code\":401,\"network.peer.port\":54321,\"delta\":-3,\"ratio\":0.5,\"response.complete\":true,\"limit\":\"10/s\"},\"target\":\"keygate::cli::logging::format::tests\"}\n",
+                "{\"timestamp\":\"T\",\"level\":\"WARN\",\"fields\":{\"message\":\"upstream request failed: 7\",\"kind\":\"connect\"},\"target\":\"keygate::cli::logging::format::tests\"}\n",
+                "{\"timestamp\":\"T\",\"level\":\"ERROR\",\"fields\":{\"a\":1,\"b\":\"x\\ty\"},\"target\":\"keygate::cli::logging::format::tests\"}\n",
+                "{\"timestamp\":\"T\",\"level\":\"DEBUG\",\"fields\":{\"message\":\"only a message\"},\"target\":\"keygate::cli::logging::format::tests\"}\n",
+                "{\"timestamp\":\"T\",\"level\":\"INFO\",\"fields\":{\"a\":1,\"message\":\"late\"},\"target\":\"keygate::cli::logging::format::tests\"}\n",
+            ]
+        );
     }
 
     #[test]

@@ -109,7 +109,7 @@ pub fn init(log: &LogConfig) -> Result<(), CliError> {
         .map_err(|e| CliError::user(format!("cannot start the log writer: {e}")))?;
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(format::Lines::new(log.format))
+        .with(format::Lines::new(log.format, push))
         .try_init();
     Ok(())
 }
