@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 
@@ -89,14 +90,13 @@ impl Answer<'_> {
         let (status, code, message) = self.parts();
         let mut r = if grpc {
             grpc_error(status, code, message)
+        } else if matches!(self, Answer::Rejected(_)) && status == StatusCode::UNAUTHORIZED {
+            json_error(status, code, message, &JSON_401_HEADERS)
         } else {
-            json_error(status, code, message)
+            json_error(status, code, message, &JSON_HEADERS)
         };
         let h = r.headers_mut();
         match self {
-            Answer::Rejected(_) if status == StatusCode::UNAUTHORIZED && !grpc => {
-                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
             Answer::NotReady => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
@@ -224,23 +224,67 @@ struct ErrorBody<'a> {
 }
 
 /// A JSON error response.
-fn json_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
-    let body = error_body(code, message);
-    let mut r = Response::new(ProxyBody::full(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
+/// The headers of every JSON error: a copy of this map costs less than
+/// hashing each name into a new one.
+static JSON_HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(|| {
+    let mut h = HeaderMap::with_capacity(3);
+    h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h
+});
+
+/// A 401's: the JSON error's, then `WWW-Authenticate: Bearer`.
+static JSON_401_HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(|| {
+    let mut h = JSON_HEADERS.clone();
+    h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    h
+});
+
+fn json_error(
+    status: StatusCode,
+    code: &'static str,
+    message: &'static str,
+    headers: &HeaderMap,
+) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(error_body(code, message)));
+    *r.status_mut() = status;
+    *r.headers_mut() = headers.clone();
     r
+}
+
+/// The body of an error: made once per thread for a run of the same
+/// answer (a flood of one refusal is the case that matters), shared after.
+fn error_body(code: &'static str, message: &'static str) -> Bytes {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(&'static str, &'static str, Bytes)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let make = || Bytes::from(error_json(code, message));
+    LAST.try_with(|last| {
+        let Ok(mut last) = last.try_borrow_mut() else {
+            return make();
+        };
+        match &*last {
+            Some((c, m, body)) if std::ptr::eq(*c, code) && std::ptr::eq(*m, message) => {
+                body.clone()
+            }
+            _ => {
+                let body = make();
+                *last = Some((code, message, body.clone()));
+                body
+            }
+        }
+    })
+    .unwrap_or_else(|_| make())
 }
 
 /// `{"error": code, "message": message}`. The gateway's codes and messages
 /// need no escaping, and then the body is put together directly (a denial
 /// costs its response and little else); anything else goes through serde.
-fn error_body(code: &str, message: &str) -> Vec<u8> {
+fn error_json(code: &str, message: &str) -> Vec<u8> {
     let plain = |s: &str| !s.bytes().any(|b| b == b'"' || b == b'\\' || b < b' ');
     if plain(code) && plain(message) {
         let mut body = Vec::with_capacity(code.len() + message.len() + 25);
@@ -374,6 +418,15 @@ mod tests {
                 message,
             })
             .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(error_json(code, message), expected);
+            // Made, then the thread's copy of it, then made again after
+            // another answer: the same bytes each time.
+            assert_eq!(error_body(code, message), expected);
+            assert_eq!(error_body(code, message), expected);
+            assert_eq!(
+                error_body("other", "answer"),
+                &b"{\"error\":\"other\",\"message\":\"answer\"}"[..]
+            );
             assert_eq!(error_body(code, message), expected);
         }
     }
