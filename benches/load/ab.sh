@@ -7,13 +7,16 @@
 #   benches/load/ab.sh ROUNDS LAYOUT MODE BINARY...     # e.g. ab.sh 3 split get old/keygate new/keygate
 #
 # LAYOUT: split (keygate on CPU 1, wrk and the harness's backend on CPU 0) or onecore (all on CPU 0).
-# MODE: get, or post (an 81-byte JSON body). One worker, one full-access key, wrk -t1 -c64, 2 s of
-# warm-up then 8 s measured; CPU time (user + system) of the gateway from /proc over the requests
-# wrk counted, and wrk's p99. Every process it starts is stopped by PID; traffic stays on 127.0.0.1.
+# MODE: get, post (an 81-byte JSON body), or deny (an unknown key: 401 with the denial's log line,
+# as SPEC asks and the harness's keygate writes it; the lines go to /dev/null). One worker, one
+# full-access key, wrk -t1 -c64, 2 s of warm-up then 8 s measured; CPU time (user + system) of
+# the gateway from /proc over the requests wrk counted, and wrk's p99. Every process it starts is
+# stopped by PID; traffic stays on 127.0.0.1.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-[ $# -ge 4 ] || { sed -n 2,11p "$0" >&2; exit 2; }
+[ $# -ge 4 ] || { sed -n 2,14p "$0" >&2; exit 2; }
 rounds=$1 layout=$2 mode=$3; shift 3
+case "$mode" in get|post|deny) ;; *) echo "MODE: get, post or deny" >&2; exit 2 ;; esac
 bins=()
 for b in "$@"; do bins+=("$(realpath "$b")"); done
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
@@ -21,8 +24,9 @@ up=18381 port=18390
 # shellcheck source=common.sh
 source "$here/common.sh"
 taskset -c 0 "$backend" "127.0.0.1:$up" 1 >/dev/null 2>&1 & pids+=($!)
-write_config "$port" "$up" "$((port + 1))" warn
+write_config "$port" "$up" "$((port + 1))" "$([ "$mode" = deny ] && echo info || echo warn)"
 key=$(create_key "${bins[0]}" ab full-access)
+[ "$mode" != deny ] || key=kg_unknown_unknown_unknown
 case "$layout" in split) cpu=1 ;; onecore) cpu=0 ;; *) echo "layout: split or onecore" >&2; exit 2 ;; esac
 lua=()
 if [ "$mode" = post ]; then
