@@ -346,9 +346,13 @@ async fn streaming_h2c_uploads_into_a_stalled_upstream_stay_within_the_memory_bo
         "{CONNECTIONS} h2c connections x {STREAMS} endless uploads into a stalled upstream: RSS {rss_before} KiB -> {rss} KiB, {per_connection} KiB per connection"
     );
     // The bound for this shape (README, "Memory"): the connection window
-    // (256 KiB) plus, per stream, the upstream connection's buffer (64 KiB),
-    // plus 64 KiB for the connection's own state: 576 KiB.
-    let bound = 256 + STREAMS as u64 * 64 + 64;
+    // (256 KiB) plus, per stream, what the upstream connection queues (64
+    // KiB, and the one piece it takes before it stops: an HTTP/2 DATA frame,
+    // at most 16 KiB), plus 64 KiB for the connection's own state: 640 KiB.
+    // (It said 576 before, without the piece: a gateway whose upstream
+    // queues were all full measured 572-580 KiB, hyper's server and this
+    // one alike, while one whose kernel took some of it measured 272-346.)
+    let bound = 256 + STREAMS as u64 * (64 + 16) + 64;
     assert!(
         per_connection < bound,
         "{per_connection} KiB per connection, over the {bound} KiB bound"

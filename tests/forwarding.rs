@@ -105,6 +105,130 @@ async fn http2_prior_knowledge_on_plaintext() {
     assert_eq!(denied.code(), "browser_full_access");
 }
 
+/// A spawned exchange's result, or a failure after 20 s rather than a hung
+/// test.
+async fn within<T>(task: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("no answer within 20 s")
+        .unwrap()
+}
+
+/// One h2c connection carries, at once, a slow forward, a refusal, a
+/// download and an upload each larger than a stream's flow-control window
+/// (64 KiB): each gets its own answer, the refusal (with a `Date`) before
+/// the slow one.
+#[tokio::test]
+async fn http2_streams_of_one_connection_are_answered_side_by_side() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(&upstream.url());
+    let sender = h2c_connect(gw.addr).await;
+    let url = |path: &str| format!("http://{}{path}", gw.addr);
+    let full = gw.keys.full.clone();
+    let upload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let started = Instant::now();
+    let slow = {
+        let (mut s, u, k) = (sender.clone(), url("/slow/400"), full.clone());
+        tokio::spawn(async move {
+            let r = send_on(&mut s, "GET", &u, &[("x-api-key", &k)], Bytes::new()).await;
+            (r.map(|r| (r.status, r.body)), started.elapsed())
+        })
+    };
+    let refused = {
+        let (mut s, u) = (sender.clone(), url("/v1"));
+        tokio::spawn(async move {
+            let r = send_on(&mut s, "GET", &u, &[], Bytes::new()).await;
+            // The gateway's own answer gets a Date, as the backend's have.
+            (
+                r.map(|r| (r.code(), r.header("date").is_some())),
+                started.elapsed(),
+            )
+        })
+    };
+    let download = {
+        let (mut s, u, k) = (sender.clone(), url("/bytes/700000"), full.clone());
+        tokio::spawn(async move {
+            let r = send_on(&mut s, "GET", &u, &[("x-api-key", &k)], Bytes::new()).await;
+            r.map(|r| {
+                (
+                    r.status,
+                    r.body.len(),
+                    r.header("content-length").map(str::to_owned),
+                )
+            })
+        })
+    };
+    let echoed = {
+        let (mut s, u, k, body) = (sender.clone(), url("/echo-body"), full, upload.clone());
+        tokio::spawn(async move {
+            let r = send_on(&mut s, "POST", &u, &[("x-api-key", &k)], body).await;
+            r.map(|r| (r.status, r.body))
+        })
+    };
+    let (slow, slow_at) = within(slow).await;
+    let (refused, refused_at) = within(refused).await;
+    assert_eq!(
+        slow.unwrap(),
+        (http::StatusCode::OK, Bytes::from("slow done"))
+    );
+    assert_eq!(refused.unwrap(), ("missing_key".to_owned(), true));
+    assert!(
+        refused_at < slow_at,
+        "the refusal waited for the slow forward"
+    );
+    assert_eq!(
+        within(download).await.unwrap(),
+        (http::StatusCode::OK, 700_000, Some("700000".to_owned()))
+    );
+    let (status, body) = within(echoed).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body == upload,
+        "the upload came back altered ({} bytes)",
+        body.len()
+    );
+}
+
+/// A drain over HTTP/2: the request in flight is answered, the client is
+/// told (GOAWAY) to open no more streams, and the gateway exits 0.
+#[tokio::test]
+async fn an_http2_connection_drains_on_shutdown() {
+    let upstream = TestUpstream::start().await;
+    let mut gw = TestGateway::start(&upstream.url());
+    let sender = h2c_connect(gw.addr).await;
+    let url = format!("http://{}/slow/600", gw.addr);
+    let key = gw.keys.read_only.clone();
+    let in_flight = {
+        let (mut s, u, k) = (sender.clone(), url.clone(), key.clone());
+        tokio::spawn(
+            async move { send_on(&mut s, "GET", &u, &[("x-api-key", &k)], Bytes::new()).await },
+        )
+    };
+    // The request has reached the upstream before the signal.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream.seen().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gw.signal("TERM");
+    let answered = within(in_flight).await.unwrap();
+    assert_eq!(answered.status, 200);
+    assert_eq!(answered.body, "slow done");
+    let mut s = sender.clone();
+    let after = within(tokio::spawn(async move {
+        send_on(&mut s, "GET", &url, &[("x-api-key", &key)], Bytes::new()).await
+    }))
+    .await;
+    assert!(
+        after.is_err(),
+        "a stream opened after the GOAWAY was served"
+    );
+    assert!(gw.wait_exit().success());
+}
+
 fn tls_setup(dir: &std::path::Path) -> (Setup, String) {
     let (cert, key) = self_signed();
     std::fs::write(dir.join("cert.pem"), &cert).unwrap();

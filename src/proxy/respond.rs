@@ -26,8 +26,8 @@ pub enum Answer<'a> {
     Failed(ProxyError),
     /// No key index loaded yet (a database store not reached since start).
     NotReady,
-    /// More header fields than `server.max_headers` (HTTP/2: hyper answers
-    /// an HTTP/1.1 head over the limit itself, before the gateway sees it).
+    /// More header fields than `server.max_headers` (HTTP/2; over HTTP/1.1
+    /// `server::h1` refuses such a head itself, before the gateway sees it).
     HeadersTooLarge,
     /// An allowed CORS preflight, answered from this `[cors]`.
     Preflight(&'a CorsConfig),

@@ -96,6 +96,33 @@ where
     Reply::read(resp).await
 }
 
+/// An h2c connection (prior knowledge) to send several requests on; the
+/// connection's driver runs in a task of its own.
+pub async fn h2c_connect(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// One request on a connection from `h2c_connect`; the error when the
+/// stream was refused or reset.
+pub async fn send_on(
+    sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<Reply, hyper::Error> {
+    let resp = sender
+        .send_request(build(method, url, headers, body.into()))
+        .await?;
+    Ok(Reply::read(resp).await)
+}
+
 /// HTTP/2 with prior knowledge over plain TCP (h2c).
 pub async fn get_h2c(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
     let tcp = TcpStream::connect(addr).await.unwrap();
