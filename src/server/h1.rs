@@ -4,7 +4,7 @@
 //! forwarded request and a body channel; here a request's forward is a part
 //! of the connection's own future, its body is read from the connection's
 //! buffer, and its response head and first bytes go out in one write.
-//! HTTP/2 is `super::h2`'s.
+//! HTTP/2 stays with hyper (`super::Served::H2`).
 //!
 //! The timeouts of the connection (head, idle, a client that stops reading)
 //! stay with the supervisor in `super`, which sees reads and writes through

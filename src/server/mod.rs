@@ -1,15 +1,15 @@
 //! The client listener: accept (bounded by `max_connections`), optional TLS,
-//! HTTP/1.1 (`h1`) or HTTP/2 (`h2`, on the `h2` crate) on the same port,
+//! HTTP/1.1 (`h1`, keygate's own) or HTTP/2 (hyper's) on the same port,
 //! per-connection timeouts, and the graceful drain on shutdown. Requests go
 //! to `proxy::Gateway::begin` and, when forwarded, `forward_pending`.
 
 pub mod activity;
 mod h1;
-mod h2;
 mod io;
 pub mod tls;
 mod x509;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -18,17 +18,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_rustls::TlsAcceptor;
 
-use activity::Activity;
+use activity::{Activity, InFlight};
 use io::{ClientIo, Stream, sniff_h2};
 
 use crate::config::ServerConfig;
 use crate::metrics::{Health, Metrics};
-use crate::proxy::{ConnInfo, Gateway};
+use crate::proxy::{Begun, BodyError, ConnInfo, Gateway, ProxyBody};
 
 /// Binds the client listener with a listen backlog that follows
 /// `max_connections`, as HAProxy's does (the kernel caps it at
@@ -68,7 +72,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     tls: Option<TlsAcceptor>,
     h1: h1::Limits,
-    h2: ::h2::server::Builder,
+    h2: http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -89,17 +93,15 @@ pub async fn run(
         max_head_bytes: config.max_header_bytes,
         max_headers: config.max_headers,
     };
-    let mut h2 = ::h2::server::Builder::new();
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
     // Flow control bounds what a client can make the gateway buffer per
-    // connection (README, "Memory"). The rest as hyper's server set them:
-    // 16 KiB frames, at most 1,024 streams reset for a client's errors.
-    h2.max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+    // connection (README, "Memory").
+    h2.timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(config.h2.max_concurrent_streams)
-        .initial_window_size(config.h2.stream_window_bytes)
+        .initial_stream_window_size(config.h2.stream_window_bytes)
         .initial_connection_window_size(config.h2.connection_window_bytes)
-        .max_send_buffer_size(config.h2.send_buffer_bytes)
-        .max_frame_size(16 * 1024)
-        .max_local_error_reset_streams(Some(1024));
+        .max_send_buf_size(config.h2.send_buffer_bytes);
     let shared = Arc::new(Shared {
         gateway,
         metrics,
@@ -152,22 +154,103 @@ pub async fn run(
     }
 }
 
-/// An HTTP/1.x or HTTP/2 connection being served (boxed once), and the
-/// flag that asks it to drain.
-struct Served(Pin<Box<dyn Future<Output = ()> + Send>>, Arc<AtomicBool>);
+/// The per-connection hyper service of an HTTP/2 connection: marks each
+/// request in flight and hands it to the gateway.
+#[derive(Clone)]
+struct ConnService {
+    gateway: Arc<Gateway>,
+    activity: Arc<Activity>,
+    /// Shared by the connection's requests: one reference count per
+    /// request instead of a copy of each field.
+    info: Arc<ConnInfo>,
+}
+
+type Reply = Result<Response<ServedBody>, Infallible>;
+
+/// A request's answer: ready at once when the gateway answered it itself
+/// (no future to allocate), or the forward's boxed future.
+type ResponseFuture = futures_util::future::Either<
+    std::future::Ready<Reply>,
+    Pin<Box<dyn Future<Output = Reply> + Send>>,
+>;
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<ServedBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn call(&self, req: Request<Incoming>) -> ResponseFuture {
+        use futures_util::future::Either;
+        let busy = self.activity.begin(true);
+        match self.gateway.begin(req, &self.info) {
+            Begun::Answered(response) => Either::Left(std::future::ready(Ok(
+                response.map(|body| ServedBody { body, _busy: busy })
+            ))),
+            Begun::Forward(pending) => {
+                let gateway = self.gateway.clone();
+                let info = self.info.clone();
+                Either::Right(Box::pin(async move {
+                    let response = gateway.forward_pending(pending, &info).await;
+                    Ok(response.map(|body| ServedBody { body, _busy: busy }))
+                }))
+            }
+        }
+    }
+}
+
+/// A response body on its way to the client, holding the request's
+/// in-flight mark for as long as it is being sent, so that the connection
+/// counts as busy (an idle timeout must not cut a long download).
+pub struct ServedBody {
+    body: ProxyBody,
+    _busy: InFlight,
+}
+
+impl http_body::Body for ServedBody {
+    type Data = bytes::Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BodyError>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// An HTTP/1.x connection (keygate's own server, `h1`) or an HTTP/2 one
+/// (hyper's) being served.
+enum Served {
+    H1(Pin<Box<dyn Future<Output = ()> + Send>>, Arc<AtomicBool>),
+    H2(Pin<Box<http2::Connection<TokioIo<ClientIo>, ConnService, TokioExecutor>>>),
+}
 
 impl Served {
     fn graceful_shutdown(&mut self) {
-        // Seen when the connection is next polled, which the supervisor's
-        // loop does at once.
-        self.1.store(true, Ordering::Relaxed);
+        match self {
+            // Seen when the connection is next polled, which the
+            // supervisor's loop does at once.
+            Served::H1(_, draining) => draining.store(true, Ordering::Relaxed),
+            Served::H2(c) => c.as_mut().graceful_shutdown(),
+        }
     }
 }
 
 impl Future for Served {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.get_mut().0.as_mut().poll(cx)
+    type Output = hyper::Result<()>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Served::H1(c, _) => c.as_mut().poll(cx).map(Ok),
+            Served::H2(c) => c.as_mut().poll(cx),
+        }
     }
 }
 
@@ -210,17 +293,17 @@ async fn serve_connection(
     };
     let io = ClientIo::new(stream, replay, activity.clone());
     let info = Arc::new(ConnInfo::new(peer, is_tls).with_slot(slot));
-    let draining = Arc::new(AtomicBool::new(false));
     let mut conn = if h2 {
-        let serve = h2::Serve {
+        let service = ConnService {
             gateway: shared.gateway.clone(),
             activity: activity.clone(),
             info,
-            settings: shared.h2.clone(),
-            draining: draining.clone(),
         };
-        Served(Box::pin(h2::serve(io, serve)), draining)
+        Served::H2(Box::pin(
+            shared.h2.serve_connection(TokioIo::new(io), service),
+        ))
     } else {
+        let draining = Arc::new(AtomicBool::new(false));
         let serve = h1::Serve {
             gateway: shared.gateway.clone(),
             activity: activity.clone(),
@@ -228,7 +311,7 @@ async fn serve_connection(
             limits: shared.h1,
             draining: draining.clone(),
         };
-        Served(Box::pin(h1::serve(io, serve)), draining)
+        Served::H1(Box::pin(h1::serve(io, serve)), draining)
     };
 
     let (header_read, idle) = (shared.header_read_timeout, shared.idle_timeout);
@@ -242,7 +325,12 @@ async fn serve_connection(
             break;
         }
         tokio::select! {
-            () = &mut conn => break,
+            result = &mut conn => {
+                if let Err(e) = result {
+                    tracing::debug!(client.addr = %peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
             _ = stop.changed(), if !draining => {
                 draining = true;
                 tracing::debug!(client.addr = %peer, "draining connection");
