@@ -223,7 +223,6 @@ struct ErrorBody<'a> {
     message: &'a str,
 }
 
-/// A JSON error response.
 /// The headers of every JSON error: a copy of this map costs less than
 /// hashing each name into a new one.
 static JSON_HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(|| {
@@ -243,6 +242,7 @@ static JSON_401_HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::n
     h
 });
 
+/// A JSON error response, with `headers`.
 fn json_error(
     status: StatusCode,
     code: &'static str,
