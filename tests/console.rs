@@ -105,7 +105,8 @@ async fn the_vendors_page_workflow_in_a_browser() {
     // Its snippets: no browser one for a full-access key.
     b.click(&b.button("ERP backend").await).await;
     b.wait_shows("Integration Snippets", true).await;
-    assert!(b.shows("Server side (Python, requests)").await);
+    // The heading can show before the snippets under it: wait for them.
+    b.wait_shows("Server side (Python, requests)", true).await;
     assert!(!b.shows("Browser (read-only keys only)").await);
 
     // Rename and downgrade it: no confirmation for a downgrade.

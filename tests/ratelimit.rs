@@ -344,8 +344,14 @@ async fn a_redis_restart_mid_test_changes_nothing_for_requests() {
             ..Setup::default()
         },
     );
+    let full = r#"keygate_keys{access="full-access"}"#;
+    let before = metric(gw.ops, full).await;
     let (id, secret) = create(&gw, "full-access", Some("1000/min"));
     let (_, tight) = create(&gw, "full-access", Some("2/min"));
+    // Both keys loaded: a reload between the two writes takes the first
+    // alone, and `tight` (not polled here, each request counts) must not
+    // meet a 401 further on.
+    wait_for_metric(gw.ops, full, |v| v == before + 2.0).await;
     wait_for_status(&gw, &secret, 200).await;
     wait_for_metric(gw.ops, "keygate_ratelimit_shared_connected", |v| v == 1.0).await;
     // The consumption reaches Redis.
