@@ -7,10 +7,11 @@ pub mod activity;
 mod h1;
 mod io;
 pub mod tls;
+mod watchers;
 mod x509;
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use tokio_rustls::TlsAcceptor;
 
 use activity::{Activity, InFlight};
 use io::{ClientIo, Stream, sniff_h2};
+use watchers::{Watched, Watchers};
 
 use crate::config::ServerConfig;
 use crate::metrics::{Health, Metrics};
@@ -316,6 +318,7 @@ async fn serve_connection(
 
     let (header_read, idle) = (shared.header_read_timeout, shared.idle_timeout);
     let mut draining = false;
+    let mut watchers = Watchers::new();
     loop {
         let now = Instant::now();
         let deadline = activity.deadline(header_read, idle);
@@ -324,21 +327,48 @@ async fn serve_connection(
             tracing::debug!(client.addr = %peer, ?deadline, "connection closed: timed out");
             break;
         }
-        tokio::select! {
-            result = &mut conn => {
+        let was_draining = draining;
+        // The watchers: the drain signal first, then the next check.
+        let mut drain = std::pin::pin!(async {
+            if was_draining {
+                std::future::pending::<()>().await;
+            }
+            // An error means the server is gone: drain as well.
+            let _ = stop.changed().await;
+        });
+        let mut check = std::pin::pin!(sleep_until(deadline.check_at(now, header_read, idle)));
+        watchers.arm();
+        // The connection first: most wake-ups are its own.
+        let woke = poll_fn(|cx| {
+            if let Poll::Ready(result) = Pin::new(&mut conn).poll(cx) {
+                return Poll::Ready(Woke::Ended(result));
+            }
+            watchers
+                .poll(cx, drain.as_mut(), check.as_mut())
+                .map(Woke::Watcher)
+        })
+        .await;
+        match woke {
+            Woke::Ended(result) => {
                 if let Err(e) = result {
                     tracing::debug!(client.addr = %peer, error = %e, "connection ended with an error");
                 }
                 break;
             }
-            _ = stop.changed(), if !draining => {
+            Woke::Watcher(Watched::First) => {
                 draining = true;
                 tracing::debug!(client.addr = %peer, "draining connection");
                 conn.graceful_shutdown();
             }
-            () = sleep_until(deadline.check_at(now, header_read, idle)) => {}
+            Woke::Watcher(Watched::Second) => {}
         }
     }
+}
+
+/// Why a connection's supervisor woke.
+enum Woke {
+    Ended(hyper::Result<()>),
+    Watcher(Watched),
 }
 
 /// Decrements the open-connections gauge however the connection ends.
