@@ -8,16 +8,19 @@
 #
 # LAYOUT: split (keygate on CPU 1, wrk and the harness's backend on CPU 0) or onecore (all on CPU 0).
 # MODE: get, post (an 81-byte JSON body), deny (an unknown key: 401 with the denial's log line,
-# as SPEC asks and the harness's keygate writes it; the lines go to /dev/null), or h2c (GETs over
+# as SPEC asks and the harness's keygate writes it; the lines go to /dev/null), lat (get over one
+# connection, the harness's lat_get_ro when the layout is onecore), or h2c (GETs over
 # HTTP/2 by prior knowledge: h2load -t1 -c16 -m4, the harness's h2c shape; its mean latency in
-# place of the p99). One worker, one full-access key, wrk -t1 -c64, 2 s of warm-up then 8 s
+# place of the p99). One worker, one full-access key, wrk -t1 -c64 (lat: -c1), 2 s of warm-up then 8 s
 # measured; CPU time (user + system) of the gateway from /proc over the requests counted, and
 # wrk's p99. Every process it starts is stopped by PID; traffic stays on 127.0.0.1.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 [ $# -ge 4 ] || { sed -n 2,15p "$0" >&2; exit 2; }
 rounds=$1 layout=$2 mode=$3; shift 3
-case "$mode" in get|post|deny|h2c) ;; *) echo "MODE: get, post, deny or h2c" >&2; exit 2 ;; esac
+case "$mode" in get|post|deny|lat|h2c) ;; *) echo "MODE: get, post, deny, lat or h2c" >&2; exit 2 ;; esac
+conns=64
+[ "$mode" != lat ] || conns=1
 [ "$mode" != h2c ] || command -v h2load >/dev/null || { echo "h2c needs h2load (apt-get install nghttp2-client)" >&2; exit 1; }
 bins=()
 for b in "$@"; do bins+=("$(realpath "$b")"); done
@@ -54,9 +57,9 @@ for r in $(seq 1 "$rounds"); do
       n=$(echo "$out" | awk '/^requests:/ {print $8}')
       p99="mean $(echo "$out" | awk '/^time for request:/ {print $6}')"
     else
-      taskset -c 0 wrk -t1 -c64 -d2s "${lua[@]}" -H "x-api-key: $key" "$url" >/dev/null
+      taskset -c 0 wrk -t1 -c"$conns" -d2s "${lua[@]}" -H "x-api-key: $key" "$url" >/dev/null
       t0=$(awk '{print $14 + $15}' "/proc/$gp/stat")
-      out=$(taskset -c 0 wrk -t1 -c64 -d8s --latency "${lua[@]}" -H "x-api-key: $key" "$url")
+      out=$(taskset -c 0 wrk -t1 -c"$conns" -d8s --latency "${lua[@]}" -H "x-api-key: $key" "$url")
       t1=$(awk '{print $14 + $15}' "/proc/$gp/stat")
       n=$(echo "$out" | awk '/requests in/ {print $1}')
       p99=$(echo "$out" | awk '$1 == "99%" {print $2}')

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 
 use super::body::Decoding;
 use super::head::{self, Framing, HeadError, Limits, Persist, Send};
-use super::size_line;
+use super::{behind_the_ready_tasks, size_line};
 use crate::proxy::h1::Chunk;
 
 const LIMITS: Limits = Limits {
@@ -470,4 +470,26 @@ proptest! {
         let parsed = parse_bytes(&mut buf).unwrap().unwrap();
         prop_assert_eq!(parsed.request.headers()["x-v"].as_bytes(), value.trim().as_bytes());
     }
+}
+
+#[test]
+fn a_forward_waits_behind_the_tasks_ready_with_it() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    rt.block_on(async {
+        let (first, second) = (order.clone(), order.clone());
+        let a = tokio::spawn(async move {
+            first.lock().unwrap().push("a read");
+            behind_the_ready_tasks().await;
+            first.lock().unwrap().push("a written");
+        });
+        let b = tokio::spawn(async move {
+            second.lock().unwrap().push("b read");
+        });
+        a.await.unwrap();
+        b.await.unwrap();
+    });
+    assert_eq!(*order.lock().unwrap(), ["a read", "b read", "a written"]);
 }
