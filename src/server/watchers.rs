@@ -155,6 +155,13 @@ mod tests {
         }
     }
 
+    fn polls(a: &Probe, b: &Probe) -> (usize, usize) {
+        (
+            a.polls.load(Ordering::Relaxed),
+            b.polls.load(Ordering::Relaxed),
+        )
+    }
+
     /// Counts the task's wake-ups.
     #[derive(Default)]
     struct Task(AtomicUsize);
@@ -176,48 +183,24 @@ mod tests {
         let mut poll = |w: &mut Watchers| w.poll(&mut cx, Pin::new(&mut fa), Pin::new(&mut fb));
 
         assert_eq!(poll(&mut w), Poll::Pending);
-        assert_eq!(
-            (
-                a.polls.load(Ordering::Relaxed),
-                b.polls.load(Ordering::Relaxed)
-            ),
-            (1, 1)
-        );
+        assert_eq!(polls(&a, &b), (1, 1));
         // Woken by the connection, not a watcher: neither is polled.
         for _ in 0..5 {
             assert_eq!(poll(&mut w), Poll::Pending);
         }
-        assert_eq!(
-            (
-                a.polls.load(Ordering::Relaxed),
-                b.polls.load(Ordering::Relaxed)
-            ),
-            (1, 1)
-        );
+        assert_eq!(polls(&a, &b), (1, 1));
 
         // The second fires: the task is woken, and both are looked at.
         b.fire();
         assert_eq!(task.0.load(Ordering::Relaxed), 1);
         assert_eq!(poll(&mut w), Poll::Ready(Watched::Second));
-        assert_eq!(
-            (
-                a.polls.load(Ordering::Relaxed),
-                b.polls.load(Ordering::Relaxed)
-            ),
-            (2, 2)
-        );
+        assert_eq!(polls(&a, &b), (2, 2));
 
         // New watchers: armed, they are polled at once.
         b.ready.store(false, Ordering::Release);
         w.arm();
         assert_eq!(poll(&mut w), Poll::Pending);
-        assert_eq!(
-            (
-                a.polls.load(Ordering::Relaxed),
-                b.polls.load(Ordering::Relaxed)
-            ),
-            (3, 3)
-        );
+        assert_eq!(polls(&a, &b), (3, 3));
         a.fire();
         assert_eq!(task.0.load(Ordering::Relaxed), 2);
         assert_eq!(poll(&mut w), Poll::Ready(Watched::First));
