@@ -473,7 +473,7 @@ proptest! {
 }
 
 #[test]
-fn a_forward_waits_behind_the_tasks_ready_with_it() {
+fn a_request_waits_behind_the_tasks_ready_with_it() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
