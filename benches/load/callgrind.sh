@@ -48,15 +48,7 @@ port=18190 ops=18191 up=18181
 source "$here/common.sh"
 "$backend" "127.0.0.1:$up" 1 >/dev/null 2>&1 & pids+=($!)
 if [ -n "$peer" ]; then
-  command -v "$peer" >/dev/null || { echo "needs $peer (apt-get install $peer)" >&2; exit 1; }
-  python3 "$here/gen_keys.py" "$d" 10000
-  # shellcheck disable=SC1091
-  . "$d/sample.env"
-  key=$KEY_FA
-  mkdir -p "$d/nginx-tmp"
-  sed -e "s|@RUN@|$d|g" -e "s|@PORT@|$port|g" -e "s|@H2PORT@|$ops|g" -e "s|@BACKEND@|127.0.0.1:$up|g" \
-    -e 's/^master_process on;/master_process off;/' "$here/conf/$peer.$( [ "$peer" = nginx ] && echo conf || echo cfg).in" \
-    >"$d/$peer.conf"
+  peer_setup "$peer" "$port" "$ops" "$up"
 else
   write_config "$port" "$up" "$ops" warn
   key=$(create_key "$bin" callgrind full-access)
@@ -101,10 +93,7 @@ total() { # mode n -> instructions
     denylog) config="$d/keygate-denylog.toml" ;;
   esac
   local cmd=("$bin" serve --config "$config")
-  case "$peer" in
-    nginx) cmd=(nginx -p "$d" -e "$d/nginx-error.log" -c "$d/nginx.conf") ;;
-    haproxy) cmd=(haproxy -db -f "$d/haproxy.conf") ;;
-  esac
+  [ -z "$peer" ] || cmd=("${peer_cmd[@]}")
   # shellcheck disable=SC2086  # KG_CALLGRIND_ARGS: more valgrind options, split on spaces
   (cd "$d" && exec valgrind --tool=callgrind ${KG_CALLGRIND_ARGS:-} --callgrind-out-file="$d/cg.$2" "${cmd[@]}" 2>/dev/null) &
   local pid=$!; pids+=("$pid")

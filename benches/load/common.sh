@@ -1,8 +1,8 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2154  # $here is set by the script that sources this file
-# Sourced by callgrind.sh, ab.sh and reload_under_load.sh (which set $here to this folder): a
-# scratch folder $d removed on exit, with every PID in $pids stopped; the harness's backend
-# ($backend, built if missing); a one-worker keygate config; new keys.
+# Sourced by callgrind.sh, ab.sh, wakeups.sh and reload_under_load.sh (which set $here to this
+# folder): a scratch folder $d removed on exit, with every PID in $pids stopped; the harness's
+# backend ($backend, built if missing); a one-worker keygate config; new keys; a peer's config.
 backend="$here/backend/target/release/kg-perf-backend"
 [ -x "$backend" ] || (cd "$here/backend" && cargo build --release --quiet)
 d=$(mktemp -d)
@@ -38,4 +38,26 @@ create_key() {
   shift 3
   "$bin" keys create --config "$d/keygate.toml" --name "$name" --access "$access" "$@" --json \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])'
+}
+
+# peer_setup nginx|haproxy PORT H2_PORT UPSTREAM_PORT: the harness's config for that peer (conf/,
+# one worker or thread; nginx without its master process, so that one process does all the work)
+# and the harness's key index (gen_keys.py, 10,000 keys) in $d. Sets $key (a full-access key) and
+# $peer_cmd (the command that runs the peer in the foreground).
+# shellcheck disable=SC2034  # key and peer_cmd are the caller's
+peer_setup() {
+  local peer=$1 port=$2 h2port=$3 up=$4 ext=cfg
+  command -v "$peer" >/dev/null || { echo "needs $peer (apt-get install $peer)" >&2; exit 1; }
+  python3 "$here/gen_keys.py" "$d" 10000
+  # shellcheck disable=SC1091
+  . "$d/sample.env"
+  key=$KEY_FA
+  mkdir -p "$d/nginx-tmp"
+  [ "$peer" != nginx ] || ext=conf
+  sed -e "s|@RUN@|$d|g" -e "s|@PORT@|$port|g" -e "s|@H2PORT@|$h2port|g" -e "s|@BACKEND@|127.0.0.1:$up|g" \
+    -e 's/^master_process on;/master_process off;/' "$here/conf/$peer.$ext.in" >"$d/$peer.conf"
+  case "$peer" in
+    nginx) peer_cmd=(nginx -p "$d" -e "$d/nginx-error.log" -c "$d/nginx.conf") ;;
+    haproxy) peer_cmd=(haproxy -db -f "$d/haproxy.conf") ;;
+  esac
 }

@@ -32,20 +32,8 @@ source "$here/common.sh"
 taskset -c 0 "$backend" "127.0.0.1:$up" 1 >/dev/null 2>&1 & backend_pid=$!
 pids+=("$backend_pid")
 if [ -n "$peer" ]; then
-  command -v "$peer" >/dev/null || { echo "needs $peer (apt-get install $peer)" >&2; exit 1; }
-  python3 "$here/gen_keys.py" "$d" 10000
-  # shellcheck disable=SC1091
-  . "$d/sample.env"
-  key=$KEY_FA
-  mkdir -p "$d/nginx-tmp"
-  # One process does all the work: nginx without its master, as in callgrind.sh.
-  sed -e "s|@RUN@|$d|g" -e "s|@PORT@|$port|g" -e "s|@H2PORT@|$ops|g" -e "s|@BACKEND@|127.0.0.1:$up|g" \
-    -e 's/^master_process on;/master_process off;/' "$here/conf/$peer.$( [ "$peer" = nginx ] && echo conf || echo cfg).in" \
-    >"$d/$peer.conf"
-  case "$peer" in
-    nginx) cmd=(nginx -p "$d" -e "$d/nginx-error.log" -c "$d/nginx.conf") ;;
-    haproxy) cmd=(haproxy -db -f "$d/haproxy.conf") ;;
-  esac
+  peer_setup "$peer" "$port" "$ops" "$up"
+  cmd=("${peer_cmd[@]}")
   h2port=$ops
 else
   # Log level info: each refusal writes its line, as SPEC asks.

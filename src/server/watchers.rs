@@ -213,24 +213,14 @@ mod tests {
         let (first, second) = (Arc::new(Task::default()), Arc::new(Task::default()));
         let mut w = Watchers::new();
         let (mut fa, mut fb) = (Polled(&a), Polled(&b));
-        let waker = Waker::from(first.clone());
-        assert!(
-            w.poll(
-                &mut Context::from_waker(&waker),
-                Pin::new(&mut fa),
-                Pin::new(&mut fb)
-            )
-            .is_pending()
-        );
-        let waker = Waker::from(second.clone());
-        assert!(
-            w.poll(
-                &mut Context::from_waker(&waker),
-                Pin::new(&mut fa),
-                Pin::new(&mut fb)
-            )
-            .is_pending()
-        );
+        for task in [&first, &second] {
+            let waker = Waker::from(Arc::clone(task));
+            let mut cx = Context::from_waker(&waker);
+            assert!(
+                w.poll(&mut cx, Pin::new(&mut fa), Pin::new(&mut fb))
+                    .is_pending()
+            );
+        }
         assert_eq!(a.polls.load(Ordering::Relaxed), 2);
         a.fire();
         assert_eq!(first.0.load(Ordering::Relaxed), 0);
