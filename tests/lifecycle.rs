@@ -414,6 +414,33 @@ async fn access_log_is_off_by_default() {
     assert!(!gw.output().contains("request allowed"));
 }
 
+/// Request lines are written apart from `tracing` (`cli::logging::access`),
+/// so the log filter's verdict for them is taken at start: off when the
+/// level leaves INFO out, on when their target is named.
+#[tokio::test]
+async fn the_log_filter_decides_whether_denials_are_logged() {
+    let upstream = TestUpstream::start().await;
+    for (level, logged) in [
+        ("warn,keygate::cli=info", false),
+        ("warn,keygate::cli=info,keygate::proxy::access=info", true),
+    ] {
+        let mut gw = TestGateway::start_with(
+            &upstream.url(),
+            Setup {
+                log: format!("level = \"{level}\"\n"),
+                ..Setup::default()
+            },
+        );
+        assert_eq!(get(&gw.url("/"), &[]).await.status, 401);
+        // Lines leave in the order they were logged: once the last is
+        // read, a denial line would have been too.
+        gw.signal("TERM");
+        assert!(gw.wait_exit().success());
+        gw.wait_for_output("shutdown complete");
+        assert_eq!(gw.output().contains("request denied"), logged, "{level}");
+    }
+}
+
 /// systemd's `Type=notify`: READY=1 once the gateway serves, STOPPING=1 when
 /// it starts draining, over the datagram socket `$NOTIFY_SOCKET` names.
 #[tokio::test]

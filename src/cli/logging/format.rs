@@ -37,38 +37,46 @@ impl Lines {
 /// A thread's buffers: the line, a message recorded after other fields
 /// (text), and room to format a value before it is escaped (JSON).
 #[derive(Default)]
-struct Buffers {
-    line: String,
+pub(super) struct Buffers {
+    pub(super) line: String,
     message: String,
-    scratch: String,
+    pub(super) scratch: String,
 }
 
 thread_local! {
     static BUFFERS: RefCell<Buffers> = RefCell::new(Buffers::default());
 }
 
+/// Formats one line with this thread's buffers (cleared) and the time now
+/// since the epoch, then hands it with its newline to `sink`.
+pub(super) fn emit(sink: fn(&[u8]), format: impl FnOnce(&mut Buffers, std::time::Duration)) {
+    let run = |b: &mut Buffers| {
+        b.line.clear();
+        b.message.clear();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        format(b, now);
+        b.line.push('\n');
+        sink(b.line.as_bytes());
+    };
+    // A line logged while this thread formats another (a `Display` that
+    // logs) gets buffers of its own rather than a panic.
+    let _ = BUFFERS.try_with(|cell| match cell.try_borrow_mut() {
+        Ok(mut b) => run(&mut b),
+        Err(_) => run(&mut Buffers::default()),
+    });
+}
+
 impl<S: Subscriber> Layer<S> for Lines {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
         let meta = event.metadata();
-        let emit = |b: &mut Buffers| {
-            b.line.clear();
-            b.message.clear();
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
+        emit(self.sink, |b, now| {
             if self.json {
                 format_json(b, now, *meta.level(), meta.target(), event);
             } else {
                 format_text(b, now, *meta.level(), meta.target(), event);
             }
-            b.line.push('\n');
-            (self.sink)(b.line.as_bytes());
-        };
-        // A line logged while this thread formats another (a `Display` that
-        // logs) gets buffers of its own rather than a panic.
-        let _ = BUFFERS.try_with(|cell| match cell.try_borrow_mut() {
-            Ok(mut b) => emit(&mut b),
-            Err(_) => emit(&mut Buffers::default()),
         });
     }
 }
@@ -80,16 +88,7 @@ fn format_text(
     target: &str,
     event: &Event<'_>,
 ) {
-    timestamp(&mut b.line, now);
-    b.line.push_str(match level {
-        Level::TRACE => " TRACE ",
-        Level::DEBUG => " DEBUG ",
-        Level::INFO => "  INFO ",
-        Level::WARN => "  WARN ",
-        Level::ERROR => " ERROR ",
-    });
-    b.line.push_str(target);
-    b.line.push_str(": ");
+    text_head(&mut b.line, now, level, target);
     // The fields are written straight into the line. The message goes
     // before them: the macros record it first, so it is nearly always
     // written in place too; one recorded later is moved in front.
@@ -102,6 +101,32 @@ fn format_text(
     event.record(&mut v);
     if !b.message.is_empty() {
         b.line.insert_str(message_at, &b.message);
+    }
+}
+
+/// `<timestamp>  INFO <target>: `, what a text line starts with.
+pub(super) fn text_head(line: &mut String, now: std::time::Duration, level: Level, target: &str) {
+    timestamp(line, now);
+    line.push_str(match level {
+        Level::TRACE => " TRACE ",
+        Level::DEBUG => " DEBUG ",
+        Level::INFO => "  INFO ",
+        Level::WARN => "  WARN ",
+        Level::ERROR => " ERROR ",
+    });
+    line.push_str(target);
+    line.push_str(": ");
+}
+
+/// A string field's value in a text line: quoted, escaped as `{:?}` does.
+pub(super) fn text_string(line: &mut String, value: &str) {
+    if needs_escape(value) {
+        let _ = write!(line, "{value:?}");
+    } else {
+        // What `{:?}` would write, without escaping char by char.
+        line.push('"');
+        line.push_str(value);
+        line.push('"');
     }
 }
 
@@ -131,7 +156,7 @@ impl TextFields<'_> {
 /// backslash or a control character. Printable ASCII, what nearly every
 /// field is, is told eight bytes at a time; only other text is looked at
 /// char by char.
-fn needs_escape(value: &str) -> bool {
+pub(super) fn needs_escape(value: &str) -> bool {
     if plain_ascii(value.as_bytes()) {
         return false;
     }
@@ -182,14 +207,7 @@ impl Visit for TextFields<'_> {
             }
         } else {
             self.name(field, value.len());
-            if needs_escape(value) {
-                let _ = write!(self.line, "{value:?}");
-            } else {
-                // What `{:?}` would write, without escaping char by char.
-                self.line.push('"');
-                self.line.push_str(value);
-                self.line.push('"');
-            }
+            text_string(self.line, value);
         }
     }
 
@@ -225,11 +243,7 @@ fn format_json(
     target: &str,
     event: &Event<'_>,
 ) {
-    b.line.push_str("{\"timestamp\":\"");
-    timestamp(&mut b.line, now);
-    b.line.push_str("\",\"level\":\"");
-    b.line.push_str(level.as_str());
-    b.line.push_str("\",\"fields\":{");
+    json_head(&mut b.line, now, level);
     let mut v = JsonFields {
         line: &mut b.line,
         scratch: &mut b.scratch,
@@ -239,6 +253,15 @@ fn format_json(
     b.line.push_str("},\"target\":");
     json_string(&mut b.line, target);
     b.line.push('}');
+}
+
+/// `{"timestamp":...,"level":...,"fields":{`, what a JSON line starts with.
+pub(super) fn json_head(line: &mut String, now: std::time::Duration, level: Level) {
+    line.push_str("{\"timestamp\":\"");
+    timestamp(line, now);
+    line.push_str("\",\"level\":\"");
+    line.push_str(level.as_str());
+    line.push_str("\",\"fields\":{");
 }
 
 struct JsonFields<'a> {
@@ -298,12 +321,12 @@ impl Visit for JsonFields<'_> {
 
 /// Appends `n` in decimal, without `fmt`'s machinery (a log line carries
 /// several: status, port, sizes, durations).
-fn push_u64(out: &mut String, n: u64) {
+pub(super) fn push_u64(out: &mut String, n: u64) {
     out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// Appends `s` as a JSON string.
-fn json_string(out: &mut String, s: &str) {
+pub(super) fn json_string(out: &mut String, s: &str) {
     out.push('"');
     let mut rest = s;
     while let Some(i) = rest.find(|c: char| c == '"' || c == '\\' || c < ' ') {

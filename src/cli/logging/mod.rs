@@ -23,12 +23,13 @@
 //! process exits, at most `FLUSH_WAIT`, so a stderr nobody reads cannot stop
 //! the exit.
 
+mod access;
 mod format;
 
 use std::io::Write;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use tracing_subscriber::filter::Targets;
@@ -107,6 +108,15 @@ pub fn init(log: &LogConfig) -> Result<(), CliError> {
         .name("keygate-log".into())
         .spawn(write_lines)
         .map_err(|e| CliError::user(format!("cannot start the log writer: {e}")))?;
+    // Request lines skip `tracing` (`access`), so they get the filter's
+    // verdict for their target here, once: the filter is fixed for life.
+    static ACCESS: OnceLock<access::AccessLines> = OnceLock::new();
+    let writer = ACCESS.get_or_init(|| access::AccessLines {
+        json: log.format == crate::config::LogFormat::Json,
+        enabled: filter.would_enable(crate::proxy::access::TARGET, &tracing::Level::INFO),
+        sink: push,
+    });
+    crate::proxy::access::install_writer(writer);
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(format::Lines::new(log.format, push))
