@@ -367,11 +367,7 @@ async fn three_gateways_follow_create_downgrade_and_delete() {
             metric(gw.ops, "keygate_keys{access=\"full-access\"}").await,
             0.0
         );
-        assert!(
-            gw.output().contains("key store changes applied"),
-            "{}",
-            gw.output()
-        );
+        gw.wait_for_output("key store changes applied");
         assert!(!gw.output().contains(&secret), "a secret reached the log");
     }
 }
@@ -603,7 +599,7 @@ async fn a_counter_that_went_backwards_means_a_full_load_and_revocations_stick()
     let (_, after_restore) = create_key(&db, "read-only");
     // The gateway sees version 1 < its own: it loads everything...
     until_status(&gw, "GET", &after_restore, 200).await;
-    assert!(gw.output().contains("went backwards"), "{}", gw.output());
+    gw.wait_for_output("went backwards");
     // ...and the key it saw deleted stays refused.
     assert_eq!(status(&gw, "GET", &deleted).await, 401);
     assert_eq!(status(&gw, "GET", &kept).await, 200);
@@ -663,11 +659,7 @@ async fn a_null_inside_origins_refuses_that_key_only() {
     until_status(&gw, "GET", &bad, 401).await;
     let (_, good) = create_key(&db, "read-only");
     until_status(&gw, "GET", &good, 200).await;
-    assert!(
-        gw.output().contains("origins: a NULL element"),
-        "{}",
-        gw.output()
-    );
+    gw.wait_for_output("origins: a NULL element");
     // The CLI reports the row instead of failing on it.
     let list = keygate(&["keys", "list", "--store", &db.url()]);
     assert!(
@@ -730,11 +722,7 @@ async fn a_local_snapshot_starts_a_gateway_without_the_database_and_keeps_revoca
     assert_eq!(metric(second.ops, "keygate_store_connected").await, 0.0);
     assert_eq!(status(&second, "GET", &kept).await, 200);
     assert_eq!(status(&second, "GET", &deleted).await, 401);
-    assert!(
-        second.output().contains("serving from the local snapshot"),
-        "{}",
-        second.output()
-    );
+    second.wait_for_output("serving from the local snapshot");
     // The database comes back restored from before the deletion: the
     // snapshot's revocation still wins.
     db.exec(&format!(

@@ -243,8 +243,8 @@ async fn no_secret_ever_appears_in_output_or_metrics() {
         String::from_utf8_lossy(&get(&format!("http://{}/metrics", gw.ops), &[]).await.body)
             .into_owned();
     let store = std::fs::read_to_string(gw.store_path()).unwrap();
+    gw.wait_for_output("request denied");
     let output = gw.output();
-    assert!(output.contains("request denied"));
     for s in secrets.iter().map(|s| s.as_str()).chain([typo.as_str()]) {
         assert!(!output.contains(s), "a secret was logged");
         assert!(!metrics.contains(s), "a secret is in the metrics");

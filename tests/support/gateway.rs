@@ -199,15 +199,7 @@ impl TestGateway {
 
     /// Waits (polling) until the output contains `needle`; panics after 10 s.
     pub fn wait_for_output(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.output().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "gateway never printed {needle:?}; output:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_text(|| self.output(), needle);
     }
 
     /// Waits (polling) until `needle` is in `count` lines of the output:
@@ -254,6 +246,21 @@ impl TestGateway {
 }
 
 /// The socket address after `field` in a text log line.
+/// Waits (polling) until `output()` contains `needle`; panics after 10 s.
+/// Log lines reach stderr in batches (up to 20 ms after they are logged),
+/// so a line is waited for, not expected at once.
+pub fn wait_for_text(output: impl Fn() -> String, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !output().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "gateway never printed {needle:?}; output:\n{}",
+            output()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 pub fn address_in(line: &str, field: &str) -> SocketAddr {
     let at = line
         .find(field)

@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
-use super::gateway::{BIN, Process, spawn_serve};
+use super::gateway::{BIN, Process, spawn_serve, wait_for_text};
 
 fn server() -> String {
     std::env::var("KEYGATE_TEST_PG")
@@ -289,6 +289,11 @@ impl PgGateway {
 
     pub fn output(&self) -> String {
         self.output.lock().unwrap().join("\n")
+    }
+
+    /// Waits (polling) until the output contains `needle`; panics after 10 s.
+    pub fn wait_for_output(&self, needle: &str) {
+        wait_for_text(|| self.output(), needle);
     }
 
     pub fn signal(&self, sig: &str) {
