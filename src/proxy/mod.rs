@@ -237,8 +237,8 @@ impl Gateway {
         } = *pending;
         let sent = self.upstream.send(outgoing, timer).await;
         match self.received(sent, after, conn) {
-            Routed::Forwarded(response, label, upstream) => {
-                self.forwarded(response, label, upstream, ctx, key, conn)
+            Routed::Forwarded(response, label, headed) => {
+                self.forwarded(response, label, headed, ctx, key, conn)
             }
             Routed::Answered(answer, refused) => {
                 self.answered(answer, &refused, ctx, key.as_ref(), conn)
@@ -252,7 +252,7 @@ impl Gateway {
         &self,
         mut response: Response<ProxyBody>,
         label: DecisionLabel,
-        upstream: std::time::Duration,
+        headed: Headed,
         ctx: Context,
         key: Option<DecidedKey>,
         conn: &ConnInfo,
@@ -277,11 +277,11 @@ impl Gateway {
                 key_id: key.as_ref().map(|k| k.id.clone()),
                 status: response.status().as_u16(),
                 started: ctx.started,
-                upstream,
+                upstream: headed.upstream,
             };
             response.body_mut().log_when_done(Box::new(record));
         }
-        let elapsed = ctx.started.elapsed();
+        let elapsed = headed.at.saturating_duration_since(ctx.started);
         self.finish(response, label, ctx, key.as_ref(), elapsed)
     }
 
@@ -628,7 +628,9 @@ impl Gateway {
                 return Routed::Answered(answer, refused);
             }
         };
-        let upstream_time = sent_at.elapsed();
+        // One reading for the upstream's time and the request's.
+        let headed = Instant::now();
+        let upstream_time = headed.saturating_duration_since(sent_at);
         self.metrics.upstream_duration(upstream_time.as_secs_f64());
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(client_side)) = (switching, client_upgrade) {
@@ -674,7 +676,10 @@ impl Gateway {
                 ),
             ),
             label,
-            upstream_time,
+            Headed {
+                at: headed,
+                upstream: upstream_time,
+            },
         )
     }
 }
@@ -742,9 +747,16 @@ struct Forward<B> {
 /// Where a request ended: forwarded (the upstream's response, counted under
 /// the label), or answered by the gateway (with what is left of the request).
 enum Routed<'a> {
-    /// With the time the upstream took to answer the head.
-    Forwarded(Response<ProxyBody>, DecisionLabel, std::time::Duration),
+    Forwarded(Response<ProxyBody>, DecisionLabel, Headed),
     Answered(Answer<'a>, Refused),
+}
+
+/// When the upstream's response head came, and how long after the request
+/// was sent: one clock reading for both.
+#[derive(Clone, Copy)]
+struct Headed {
+    at: Instant,
+    upstream: std::time::Duration,
 }
 
 /// What an answered request leaves for its answer and its log line.

@@ -560,8 +560,11 @@ impl Body for SentBody {
             Poll::Ready(frame) => {
                 this.silence.progressed();
                 // A piece (or the end) handed over: the upstream owes the
-                // next step, from now.
-                this.progress.set(AWAITING_UPSTREAM);
+                // next step, from now. The end polled right after the last
+                // piece (which said so) changes nothing: no clock reading.
+                if frame.is_some() || !this.progress.request_done.load(Ordering::Relaxed) {
+                    this.progress.set(AWAITING_UPSTREAM);
+                }
                 let done = match &frame {
                     None => true,
                     Some(Ok(f)) => {
