@@ -404,7 +404,7 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::cli::logging) mod tests {
     use super::*;
 
     #[test]
@@ -452,26 +452,37 @@ mod tests {
         static CAPTURED: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
     }
 
-    fn capture(line: &[u8]) {
+    /// A sink that keeps each line this thread logs, for `taken`.
+    pub(in crate::cli::logging) fn capture(line: &[u8]) {
         CAPTURED.with(|c| {
             c.borrow_mut()
                 .push(String::from_utf8_lossy(line).into_owned())
         });
     }
 
+    /// The lines `capture` kept on this thread since the last call.
+    pub(in crate::cli::logging) fn taken() -> Vec<String> {
+        CAPTURED.with(|c| c.borrow_mut().drain(..).collect())
+    }
+
+    /// A line without its timestamp, the one part that differs run to run.
+    pub(in crate::cli::logging) fn untimed(json: bool, line: &str) -> String {
+        if json {
+            line.replacen(&line[14..41], "T", 1)
+        } else {
+            line[27..].to_string()
+        }
+    }
+
     /// The lines `emit` logs in `format`, each without its timestamp.
     fn lines_of(format: LogFormat, emit: impl FnOnce()) -> Vec<String> {
         use tracing_subscriber::prelude::*;
-        CAPTURED.with(|c| c.borrow_mut().clear());
+        taken();
         let subscriber = tracing_subscriber::registry().with(Lines::new(format, capture));
         tracing::subscriber::with_default(subscriber, emit);
-        CAPTURED
-            .with(|c| c.borrow_mut().drain(..).collect::<Vec<_>>())
-            .into_iter()
-            .map(|l| match format {
-                LogFormat::Json => l.replacen(&l[14..41], "T", 1),
-                _ => l[27..].to_string(),
-            })
+        taken()
+            .iter()
+            .map(|l| untimed(format == LogFormat::Json, l))
             .collect()
     }
 

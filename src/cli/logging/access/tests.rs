@@ -1,35 +1,11 @@
-use std::cell::RefCell;
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Version};
 
+use super::super::format::tests::{capture, taken, untimed};
 use super::*;
 use crate::config::LogFormat;
 use crate::proxy::access::log_with_tracing;
-
-thread_local! {
-    static CAPTURED: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
-}
-
-fn capture(line: &[u8]) {
-    CAPTURED.with(|c| {
-        c.borrow_mut()
-            .push(String::from_utf8_lossy(line).into_owned())
-    });
-}
-
-fn taken() -> Vec<String> {
-    CAPTURED.with(|c| c.borrow_mut().drain(..).collect())
-}
-
-/// The line without its timestamp, which is the one part that differs.
-fn untimed(json: bool, l: &str) -> String {
-    if json {
-        l.replacen(&l[14..41], "T", 1)
-    } else {
-        l[27..].to_string()
-    }
-}
 
 /// The line `log_with_tracing` writes through the `tracing` layer, and the
 /// one the typed writer writes, for the same request.
