@@ -155,10 +155,10 @@ pub trait LineWriter: Send + Sync {
 
 static WRITER: OnceLock<&'static dyn LineWriter> = OnceLock::new();
 
-/// Sends every request line to `w` from now on; false when one was
-/// installed already (it stays).
-pub fn install_writer(w: &'static dyn LineWriter) -> bool {
-    WRITER.set(w).is_ok()
+/// Sends every request line to `w` from now on; a second call keeps the
+/// first writer.
+pub fn install_writer(w: &'static dyn LineWriter) {
+    let _ = WRITER.set(w);
 }
 
 /// Writes the line (at INFO).
