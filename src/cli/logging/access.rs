@@ -43,16 +43,13 @@ impl AccessLines {
             format::json_head(line, now, Level::INFO);
             line.push_str("\"message\":");
             format::json_string(line, o.message);
-        } else {
-            format::text_head(line, now, Level::INFO, access::TARGET);
-            line.push_str(o.message);
-        }
-        if self.json {
             Fields::<true> { line, scratch }.all(r, o);
             line.push_str("},\"target\":\"");
             line.push_str(access::TARGET);
             line.push_str("\"}");
         } else {
+            format::text_head(line, now, Level::INFO, access::TARGET);
+            line.push_str(o.message);
             Fields::<false> { line, scratch }.all(r, o);
         }
     }
