@@ -12,6 +12,7 @@
 # Any run.sh variable can be set (DURATION, WORKLOADS, TARGETS, ...): see run.sh's header.
 # KG_BENCH_LIMIT=1000000/s gives every key a rate limit it stays under (each request pays the
 # limit check); KG_BENCH_SHARED=redis://127.0.0.1:6379 shares it (see keygate-slot.sh).
+# KG_BENCH_LOG=warn leaves out the line each refusal logs (the peers' configs log none).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
