@@ -23,14 +23,17 @@ impl KeyHash {
                 bytes.len()
             ));
         }
+        // A table lookup a digit, the check once at the end: a store of a
+        // million keys reads 64 million of them.
         let mut out = [0u8; 32];
-        for (i, pair) in bytes.chunks_exact(2).enumerate() {
-            let hi = hex_digit(pair[0]);
-            let lo = hex_digit(pair[1]);
-            match (hi, lo) {
-                (Some(h), Some(l)) => out[i] = h << 4 | l,
-                _ => return Err("must be lowercase hex (0-9, a-f)".to_string()),
-            }
+        let mut bad = 0u8;
+        for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            let (hi, lo) = (HEX[usize::from(pair[0])], HEX[usize::from(pair[1])]);
+            bad |= hi | lo;
+            *o = (hi << 4) | (lo & 0x0f);
+        }
+        if bad & 0xf0 != 0 {
+            return Err("must be lowercase hex (0-9, a-f)".to_string());
         }
         Ok(KeyHash(out))
     }
@@ -64,13 +67,21 @@ impl KeyHash {
     }
 }
 
-fn hex_digit(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
+/// A lowercase hex digit's value, and 0xff for any other byte.
+const HEX: [u8; 256] = {
+    let mut t = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 impl fmt::Debug for KeyHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -21,9 +21,9 @@ pub fn read(src: &str) -> Option<Vec<KeyRecord>> {
     let mut records = Vec::with_capacity(src.len() / 200);
     let mut table: Option<Table<'_>> = None;
     let mut empty_seen = false;
-    for line in src.split('\n') {
+    for line in lines(src) {
         let line = line.strip_suffix('\r').unwrap_or(line);
-        let t = line.trim_matches([' ', '\t']);
+        let t = trim(line);
         if t.is_empty() || t.starts_with('#') {
             continue;
         }
@@ -37,11 +37,9 @@ pub fn read(src: &str) -> Option<Vec<KeyRecord>> {
             table = Some(Table::default());
             continue;
         }
-        let (name, value) = t.split_once('=')?;
-        let (name, value) = (
-            name.trim_matches([' ', '\t']),
-            value.trim_matches([' ', '\t']),
-        );
+        let eq = memchr::memchr(b'=', t.as_bytes())?;
+        // `=` is ASCII: both sides are whole characters.
+        let (name, value) = (trim(&t[..eq]), trim(&t[eq + 1..]));
         match table.as_mut() {
             Some(current) => current.set(name, value)?,
             // How an empty store is written.
@@ -141,41 +139,62 @@ impl<'a> Table<'a> {
     }
 }
 
+/// The lines of `src`, as `str::split('\n')` gives them. A store's lines are
+/// short, and `split`'s searcher costs more a line than `memchr`'s.
+fn lines(src: &str) -> impl Iterator<Item = &str> {
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', src.as_bytes())
+        .map(Some)
+        .chain(std::iter::once(None))
+        .map(move |end| {
+            let end = end.unwrap_or(src.len());
+            // `\n` is ASCII: both ends fall between characters.
+            let line = &src[start..end];
+            start = end + 1;
+            line
+        })
+}
+
+/// `s` without leading and trailing spaces and tabs (TOML's whitespace;
+/// `str::trim_matches` with a `char` set decodes every character).
+fn trim(s: &str) -> &str {
+    let b = s.as_bytes();
+    let blank = |c: &u8| *c == b' ' || *c == b'\t';
+    let start = b.iter().position(|c| !blank(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !blank(c)).map_or(start, |e| e + 1);
+    // Spaces and tabs are ASCII: both ends fall between characters.
+    &s[start..end]
+}
+
 /// The contents of a one-line string with nothing to unescape: `"..."`
-/// without backslashes, or `'...'`; nothing may follow it.
+/// without backslashes, or `'...'`; nothing may follow it. One pass over
+/// the bytes: the closing quote must be the last byte and the only one.
 fn string(v: &str) -> Option<&str> {
-    let (quote, rest) = match v.as_bytes().first()? {
-        b'"' => (b'"', &v[1..]),
-        b'\'' => (b'\'', &v[1..]),
-        _ => return None,
-    };
-    let end = rest.bytes().position(|b| b == quote)?;
-    let (inner, after) = (&rest[..end], &rest[end + 1..]);
-    // `""` might open a multi-line string; escapes and control characters
-    // are the full parser's.
-    if after.is_empty()
-        && !(inner.is_empty() && rest.len() > 1)
-        && !inner.bytes().any(|b| b == b'\\' || b < b' ' || b == 0x7f)
-    {
-        Some(inner)
-    } else {
-        None
+    let b = v.as_bytes();
+    let quote = *b.first()?;
+    if (quote != b'"' && quote != b'\'') || b.len() < 2 || b[b.len() - 1] != quote {
+        return None;
     }
+    // `""` followed by more might open a multi-line string (it has a quote
+    // inside); escapes and control characters are the full parser's.
+    let inner = &b[1..b.len() - 1];
+    if inner
+        .iter()
+        .any(|&c| c == quote || c == b'\\' || c < b' ' || c == 0x7f)
+    {
+        return None;
+    }
+    // Quotes are ASCII: the slice falls between characters.
+    Some(&v[1..v.len() - 1])
 }
 
 /// A one-line array of such strings: `["a", "b"]` or `[]`.
 fn array(v: &str) -> Option<Vec<&str>> {
-    let inner = v
-        .strip_prefix('[')?
-        .strip_suffix(']')?
-        .trim_matches([' ', '\t']);
+    let inner = trim(v.strip_prefix('[')?.strip_suffix(']')?);
     if inner.is_empty() {
         return Some(Vec::new());
     }
-    inner
-        .split(',')
-        .map(|item| string(item.trim_matches([' ', '\t'])))
-        .collect()
+    inner.split(',').map(|item| string(trim(item))).collect()
 }
 
 #[cfg(test)]
