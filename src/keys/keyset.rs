@@ -72,8 +72,12 @@ impl KeySet {
     /// Builds a set, refusing duplicates. On error, also returns the index of
     /// the offending record so the caller can point at its line.
     pub fn from_records(records: Vec<KeyRecord>) -> Result<Self, (usize, KeySetError)> {
-        let mut ids = HashSet::with_capacity(records.len());
-        let mut hashes = std::collections::HashMap::with_capacity(records.len());
+        let n = records.len();
+        let mut ids = HashSet::with_capacity_and_hasher(n, super::IdState::default());
+        let mut hashes = std::collections::HashMap::with_capacity_and_hasher(
+            n,
+            super::hash::DigestState::default(),
+        );
         for (i, r) in records.iter().enumerate() {
             if !ids.insert(&r.id) {
                 return Err((i, KeySetError::DuplicateId(r.id.to_string())));

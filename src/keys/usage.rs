@@ -119,7 +119,7 @@ impl Borrow<str> for ById {
 /// changed without keeping a copy of a million counters to compare.
 #[derive(Debug, Default)]
 pub(super) struct Table {
-    set: HashSet<ById>,
+    set: HashSet<ById, super::IdState>,
     generation: u64,
     /// Ids whose counters no index held at a sweep, since when: forgotten
     /// only once that has lasted `FORGET_AFTER` (few: deleted keys).
@@ -133,6 +133,13 @@ pub(super) struct Table {
 pub const FORGET_AFTER: Duration = Duration::from_secs(600);
 
 impl Table {
+    /// Room for `keys` counters in all, so that a first load of a large
+    /// store does not grow the set a step at a time (a reload, which finds
+    /// every key already here, reserves nothing).
+    pub(super) fn reserve_for(&mut self, keys: usize) {
+        self.set.reserve(keys.saturating_sub(self.set.len()));
+    }
+
     /// The counters of `id`, new ones at zero the first time; `None` for an
     /// id that cannot be a header value (never a valid key id).
     #[allow(clippy::mutable_key_type)] // `ById` hashes the id alone, which never changes

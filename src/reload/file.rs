@@ -10,14 +10,14 @@
 //! build runs on the loader thread (`loader`), never on a request worker.
 
 use std::collections::HashSet;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::fingerprint::Fingerprint;
 use super::{Hangup, Publisher, Report, poll_files};
-use crate::keys::{KeyHash, StoreSnapshot};
+use crate::keys::{IdHasher, KeyHash, StoreSnapshot};
 use crate::store::{FileStore, StoreError, read_text};
 
 /// How often the watcher looks at the files.
@@ -145,8 +145,10 @@ impl FileWatcher {
     }
 
     fn diff(&mut self, snapshot: &StoreSnapshot) -> ReloadStats {
-        let digest = |v: &dyn Fn(&mut DefaultHasher)| {
-            let mut h = DefaultHasher::new();
+        // For counts only (the log line and a counter): a collision would
+        // miscount a change.
+        let digest = |v: &dyn Fn(&mut IdHasher)| {
+            let mut h = IdHasher::default();
             v(&mut h);
             h.finish()
         };

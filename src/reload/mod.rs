@@ -80,9 +80,10 @@ impl Publisher {
         self.index.load().usage().clone()
     }
 
-    /// Builds an index of `snapshot` counting in this process's usage table.
+    /// Builds an index of `snapshot` counting in this process's usage table,
+    /// guided by the index it will replace.
     pub fn build(&self, snapshot: &StoreSnapshot) -> KeyIndex {
-        KeyIndex::build_with_usage(snapshot, self.usage())
+        KeyIndex::build_after(snapshot, &self.index.load())
     }
 
     pub fn is_loaded(&self) -> bool {

@@ -20,7 +20,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
@@ -29,7 +28,7 @@ use tokio_postgres::{Client, IsolationLevel};
 
 use super::snapshot::LocalSnapshot;
 use super::{Hangup, Publisher, Report};
-use crate::keys::{KeyHash, KeyIndex, StoreSnapshot, UsageSample, UsageTable};
+use crate::keys::{KeyHash, KeyIndex, StoreSnapshot, UsageSample};
 use crate::metrics::unix_ms;
 use crate::store::StoreError;
 use crate::store::postgres::{self, PgStore, schema};
@@ -111,8 +110,8 @@ impl PgSync {
                 snapshot.revoked.clone_from(&self.revoked_seen);
                 let keys = snapshot.keys.len();
                 let started = Instant::now();
-                let usage = self.publisher.usage();
-                match build_off_thread(move || full_build(snapshot, usage)).await {
+                let previous = self.publisher.current();
+                match build_off_thread(move || full_build(snapshot, &previous)).await {
                     Ok(index) => {
                         self.publisher.full(
                             index,
@@ -353,8 +352,8 @@ impl PgSync {
                 if let Some(snap) = &mut self.snapshot {
                     snap.mirror_full(&snapshot);
                 }
-                let usage = self.publisher.usage();
-                let index = build_off_thread(move || full_build(snapshot, usage)).await?;
+                let previous = self.publisher.current();
+                let index = build_off_thread(move || full_build(snapshot, &previous)).await?;
                 let cause = if self.version.is_none() {
                     "start"
                 } else {
@@ -415,10 +414,12 @@ fn postgres_err(store: &PgStore, action: &str, e: &tokio_postgres::Error) -> Sto
     postgres::db_err(store, action, e)
 }
 
-/// An index of the whole snapshot; the snapshot's records are dropped here,
-/// on the loader thread (`Publisher::full` hands the memory back).
-fn full_build(snapshot: StoreSnapshot, usage: Arc<UsageTable>) -> KeyIndex {
-    let index = KeyIndex::build_with_usage(&snapshot, usage);
+/// An index of the whole snapshot, guided by the one it replaces (its
+/// counters found in order, `KeyIndex::build_after`); the snapshot's records
+/// are dropped here, on the loader thread (`Publisher::full` hands the
+/// memory back).
+fn full_build(snapshot: StoreSnapshot, previous: &KeyIndex) -> KeyIndex {
+    let index = KeyIndex::build_after(&snapshot, previous);
     drop(snapshot);
     index
 }

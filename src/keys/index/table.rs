@@ -7,7 +7,7 @@
 //! The price is one more memory access per lookup, measured in
 //! PERFORMANCE.md ("Large stores").
 
-use hashbrown::HashTable;
+use hashbrown::hash_table::{Entry, HashTable};
 
 use super::Slot;
 use crate::keys::KeyHash;
@@ -49,20 +49,26 @@ impl DenseMap {
     /// Sets the slot of `digest`, replacing the one it had.
     pub(super) fn insert(&mut self, digest: KeyHash, slot: Slot) {
         let items = &mut self.items;
-        let hash = hash_of(&digest);
-        if let Some(&i) = self
-            .positions
-            .find(hash, |&i| items[i as usize].0 == digest)
-        {
-            items[i as usize].1 = slot;
-            return;
+        // One probe of the table for both cases (a build inserts a million).
+        match self.positions.entry(
+            hash_of(&digest),
+            |&i| items[i as usize].0 == digest,
+            |&i| hash_of(&items[i as usize].0),
+        ) {
+            Entry::Occupied(e) => items[*e.get() as usize].1 = slot,
+            Entry::Vacant(e) => {
+                // A store of more than 4 billion entries does not fit in
+                // memory anyway; positions stay u32 to keep the table small.
+                e.insert(u32::try_from(items.len()).unwrap_or(u32::MAX));
+                items.push((digest, slot));
+            }
         }
-        // A store of more than 4 billion entries does not fit in memory
-        // anyway; positions stay u32 to keep the table small.
-        let at = u32::try_from(items.len()).unwrap_or(u32::MAX);
-        items.push((digest, slot));
-        self.positions
-            .insert_unique(hash, at, |&i| hash_of(&items[i as usize].0));
+    }
+
+    /// The entries in the order they were first inserted (a build's: the
+    /// store's order).
+    pub(super) fn items(&self) -> &[(KeyHash, Slot)] {
+        &self.items
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = &(KeyHash, Slot)> {
