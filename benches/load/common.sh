@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2154  # $here is set by the script that sources this file
-# Sourced by callgrind.sh, ab.sh, wakeups.sh and reload_under_load.sh (which set $here to this
-# folder): a scratch folder $d removed on exit, with every PID in $pids stopped; the harness's
-# backend ($backend, built if missing); a one-worker keygate config; new keys; a peer's config.
+# Sourced by callgrind.sh, ab.sh, wakeups.sh, syscalls.sh and reload_under_load.sh (which set
+# $here to this folder): a scratch folder $d removed on exit, with every PID in $pids stopped; the
+# harness's backend ($backend, built if missing); a one-worker keygate config; new keys; a peer's
+# config; a proxy (keygate or a peer) started and ready.
 backend="$here/backend/target/release/kg-perf-backend"
 [ -x "$backend" ] || (cd "$here/backend" && cargo build --release --quiet)
 d=$(mktemp -d)
@@ -60,4 +61,33 @@ peer_setup() {
     nginx) peer_cmd=(nginx -p "$d" -e "$d/nginx-error.log" -c "$d/nginx.conf") ;;
     haproxy) peer_cmd=(haproxy -db -f "$d/haproxy.conf") ;;
   esac
+}
+
+# start_proxy BINARY|nginx|haproxy CPU PORT OPS_PORT UPSTREAM_PORT: the proxy on CPU, in the
+# foreground of a subshell in $d, ready to serve (for a peer, its harness config and key index;
+# for keygate, a one-worker config at log level info, so that each refusal writes its line as
+# SPEC asks, and a new full-access key). Sets $proxy_pid, $key and $h2port (where h2c is
+# served); writes $d/post.lua, wrk's POST of the harness's JSON body.
+# shellcheck disable=SC2034  # key and h2port are the caller's
+start_proxy() {
+  local what=$1 cpu=$2 port=$3 ops=$4 up=$5 cmd
+  case "$what" in
+    nginx|haproxy)
+      peer_setup "$what" "$port" "$ops" "$up"
+      cmd=("${peer_cmd[@]}")
+      h2port=$ops
+      ;;
+    *)
+      write_config "$port" "$up" "$ops" info
+      key=$(create_key "$what" bench full-access)
+      cmd=("$what" serve --config "$d/keygate.toml")
+      h2port=$port
+      ;;
+  esac
+  (cd "$d" && exec taskset -c "$cpu" "${cmd[@]}" >/dev/null 2>&1) & proxy_pid=$!
+  pids+=("$proxy_pid")
+  for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+  (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$what did not start" >&2; exit 1; }
+  printf 'wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n' \
+    "'{\"points\": 5, \"member\": \"m-123\", \"reason\": \"purchase\", \"ref\": \"abcdefghij\"}'" >"$d/post.lua"
 }

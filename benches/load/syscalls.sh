@@ -18,8 +18,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 [ $# -ge 1 ] || { sed -n 9,9p "$0" >&2; exit 2; }
-peer=""
-case "$1" in nginx|haproxy) peer=$1; bin=$1 ;; *) bin="$(realpath "$1")" ;; esac
+case "$1" in nginx|haproxy) bin=$1 ;; *) bin="$(realpath "$1")" ;; esac
 shift
 modes=("$@"); [ ${#modes[@]} -gt 0 ] || modes=(get deny h2c)
 for m in "${modes[@]}"; do
@@ -35,23 +34,7 @@ port=18790 ops=18791 up=18781
 # shellcheck source=common.sh
 source "$here/common.sh"
 taskset -c 0 "$backend" "127.0.0.1:$up" 1 >/dev/null 2>&1 & pids+=($!)
-if [ -n "$peer" ]; then
-  peer_setup "$peer" "$port" "$ops" "$up"
-  cmd=("${peer_cmd[@]}")
-  h2port=$ops
-else
-  # Log level info: each refusal writes its line, as SPEC asks.
-  write_config "$port" "$up" "$ops" info
-  key=$(create_key "$bin" syscalls full-access)
-  cmd=("$bin" serve --config "$d/keygate.toml")
-  h2port=$port
-fi
-(cd "$d" && exec taskset -c "$cpu" "${cmd[@]}" >/dev/null 2>&1) & proxy_pid=$!
-pids+=("$proxy_pid")
-for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
-(echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$bin did not start" >&2; exit 1; }
-printf 'wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n' \
-  "'{\"points\": 5, \"member\": \"m-123\", \"reason\": \"purchase\", \"ref\": \"abcdefghij\"}'" >"$d/post.lua"
+start_proxy "$bin" "$cpu" "$port" "$ops" "$up"
 
 events=raw_syscalls:sys_enter
 for s in recvfrom read writev sendto write epoll_wait futex; do events+=",syscalls:sys_enter_$s"; done

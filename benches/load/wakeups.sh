@@ -17,8 +17,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 [ $# -ge 1 ] || { sed -n 9,9p "$0" >&2; exit 2; }
-peer=""
-case "$1" in nginx|haproxy) peer=$1; bin=$1 ;; *) bin="$(realpath "$1")" ;; esac
+case "$1" in nginx|haproxy) bin=$1 ;; *) bin="$(realpath "$1")" ;; esac
 shift
 modes=("$@"); [ ${#modes[@]} -gt 0 ] || modes=(get post deny h2c)
 for m in "${modes[@]}"; do
@@ -32,23 +31,7 @@ port=18290 ops=18291 up=18281
 source "$here/common.sh"
 taskset -c 0 "$backend" "127.0.0.1:$up" 1 >/dev/null 2>&1 & backend_pid=$!
 pids+=("$backend_pid")
-if [ -n "$peer" ]; then
-  peer_setup "$peer" "$port" "$ops" "$up"
-  cmd=("${peer_cmd[@]}")
-  h2port=$ops
-else
-  # Log level info: each refusal writes its line, as SPEC asks.
-  write_config "$port" "$up" "$ops" info
-  key=$(create_key "$bin" wakeups full-access)
-  cmd=("$bin" serve --config "$d/keygate.toml")
-  h2port=$port
-fi
-(cd "$d" && exec taskset -c 1 "${cmd[@]}" >/dev/null 2>&1) & proxy_pid=$!
-pids+=("$proxy_pid")
-for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
-(echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$bin did not start" >&2; exit 1; }
-printf 'wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n' \
-  "'{\"points\": 5, \"member\": \"m-123\", \"reason\": \"purchase\", \"ref\": \"abcdefghij\"}'" >"$d/post.lua"
+start_proxy "$bin" 1 "$port" "$ops" "$up"
 
 switches() { # PID: context switches of all its threads so far
   cat /proc/"$1"/task/*/status 2>/dev/null \
