@@ -123,9 +123,9 @@ pub type DigestState = BuildHasherDefault<DigestHasher>;
 /// tenth of the load's time (PERFORMANCE.md, session 12). The ids these
 /// sets hold come from the store, never from a request, and whoever can
 /// write the store decides every key already, so SipHash's resistance to
-/// chosen collisions buys nothing there. A
-/// multiply-and-rotate over 8-byte words, folded at the end so that the low
-/// bits (the bucket) depend on every byte, costs a fraction of it.
+/// chosen collisions buys nothing there. A multiply-and-rotate over 8-byte
+/// words, folded at the end so that the low bits (the bucket) depend on
+/// every byte, costs a fraction of it.
 #[derive(Default, Clone, Copy)]
 pub struct IdHasher(u64);
 

@@ -73,7 +73,7 @@ impl KeySet {
     /// the offending record so the caller can point at its line.
     pub fn from_records(records: Vec<KeyRecord>) -> Result<Self, (usize, KeySetError)> {
         let n = records.len();
-        let mut ids = HashSet::with_capacity_and_hasher(n, super::IdState::default());
+        let mut ids = HashSet::with_capacity_and_hasher(n, super::hash::IdState::default());
         let mut hashes = std::collections::HashMap::with_capacity_and_hasher(
             n,
             super::hash::DigestState::default(),

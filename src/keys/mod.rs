@@ -17,7 +17,7 @@ pub mod token;
 pub mod tokens;
 mod usage;
 
-pub use hash::{IdHasher, IdState, KeyHash};
+pub use hash::{IdHasher, KeyHash};
 pub use id::KeyId;
 pub use index::{IndexDelta, KeyEntry, KeyIndex, Lookup, Rare, SharedIndex};
 pub use keyset::{KeySet, KeySetError, KeyUpdate, StoreSnapshot};

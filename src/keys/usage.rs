@@ -119,7 +119,7 @@ impl Borrow<str> for ById {
 /// changed without keeping a copy of a million counters to compare.
 #[derive(Debug, Default)]
 pub(super) struct Table {
-    set: HashSet<ById, super::IdState>,
+    set: HashSet<ById, super::hash::IdState>,
     generation: u64,
     /// Ids whose counters no index held at a sweep, since when: forgotten
     /// only once that has lasted `FORGET_AFTER` (few: deleted keys).
